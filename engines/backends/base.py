@@ -1,0 +1,30 @@
+"""The one interface every inference backend offers: run the content graph on a frame."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from engines.models.base import StyleModel
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Engine(ABC):
+    """Runs a model's content side. Style codes and alpha are inputs, so no style ever rebuilds it."""
+
+    name: str = "base"
+
+    def __init__(self, model: StyleModel, device: torch.device, precision: str = "fp32") -> None:
+        self.model = model
+        self.device = device
+        self.precision = precision
+
+    @abstractmethod
+    def run(self, image: Tensor, alpha: Tensor, code: tuple[Tensor, ...]) -> Tensor:
+        """(1, 3, H, W) float32 RGB in [0, 1], H and W multiples of ``model.factor`` -> same, clamped."""
+
+    def describe(self) -> str:
+        return f"{self.name} {self.precision} on {self.device}"

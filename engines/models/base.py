@@ -1,0 +1,40 @@
+"""What every model offers: a style side (image -> style code) and a content side (frame + code -> image).
+
+The content side is one graph whose style code and alpha are plain tensor inputs, so an engine can
+export or compile it once and use it with any style and any strength.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+StyleCode = dict[str, Tensor]
+
+
+class StyleModel(nn.Module, ABC):
+    """A style-transfer network split at the style code."""
+
+    name: ClassVar[str]
+    #: input height and width must be multiples of this (the encoder's downsampling)
+    factor: ClassVar[int]
+    #: the order in which the content graph takes the style code's tensors
+    code_names: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def encode_style(self, style: Tensor) -> StyleCode:
+        """(1, 3, H, W) RGB in [0, 1] -> the style code, a few (1, C, 1, 1) tensors."""
+
+    @abstractmethod
+    def content_graph(self) -> nn.Module:
+        """A module with ``forward(image, alpha, *code) -> image``: RGB in [0, 1] in and out (clamped)."""
+
+    @abstractmethod
+    def stylize_masked(self, image: Tensor, codes: Sequence[StyleCode], masks: Tensor, alpha: float) -> Tensor:
+        """Spatial control: ``masks`` (K, H, W) one-hot at image resolution picks style k for region k."""
+
+    def code_tensors(self, code: StyleCode) -> tuple[Tensor, ...]:
+        """The style code in the content graph's input order."""
+        return tuple(code[name] for name in self.code_names)

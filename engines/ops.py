@@ -1,0 +1,73 @@
+"""The maths of AdaIN as small pure functions.
+
+Conventions follow the trained weights (see shared/weights/README.md): per-channel mean over H*W and
+std = sqrt(unbiased variance + eps) with eps = 1e-5 inside the square root.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+EPS = 1e-5
+
+
+def mean_std(feat: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std of an (N, C, H, W) feature map, each (N, C, 1, 1)."""
+    n, c = feat.shape[:2]
+    flat = feat.reshape(n, c, -1)
+    var = flat.var(dim=2, unbiased=True) + eps
+    return flat.mean(dim=2).reshape(n, c, 1, 1), var.sqrt().reshape(n, c, 1, 1)
+
+
+def adain(content: Tensor, style_mean: Tensor, style_std: Tensor, eps: float = EPS) -> Tensor:
+    """AdaIN(x, y) = sigma(y) * (x - mu(x)) / sigma(x) + mu(y), with the style side precomputed."""
+    c_mean, c_std = mean_std(content, eps)
+    return (content - c_mean) / c_std * style_std + style_mean
+
+
+def blend(stylized: Tensor, original: Tensor, alpha: Tensor | float) -> Tensor:
+    """The paper's content/style trade-off: alpha * t + (1 - alpha) * f(c)."""
+    return alpha * stylized + (1.0 - alpha) * original
+
+
+def masked_mean_std(feat: Tensor, mask: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
+    """Mean/std of the pixels where ``mask`` (N, 1, H, W, in {0, 1}) is set; unbiased like :func:`mean_std`."""
+    n, c = feat.shape[:2]
+    flat = feat.reshape(n, c, -1)
+    m = mask.reshape(n, 1, -1).to(feat.dtype)
+    count = m.sum(dim=2).clamp_min(2.0)
+    mean = (flat * m).sum(dim=2) / count
+    var = ((flat - mean.unsqueeze(2)) ** 2 * m).sum(dim=2) / (count - 1.0) + eps
+    return mean.reshape(n, c, 1, 1), var.sqrt().reshape(n, c, 1, 1)
+
+
+def masked_adain(content: Tensor, style_means: Sequence[Tensor], style_stds: Sequence[Tensor],
+                 masks: Tensor, eps: float = EPS) -> Tensor:
+    """Spatial control (paper section 7): region k is normalised by its own statistics and given style k's.
+
+    ``masks`` is (K, H, W) with one-hot regions at the feature map's resolution.
+    """
+    out = torch.zeros_like(content)
+    for k, (s_mean, s_std) in enumerate(zip(style_means, style_stds)):
+        m = masks[k].reshape(1, 1, *masks.shape[1:]).to(content.dtype)
+        if float(m.sum()) == 0.0:
+            continue
+        c_mean, c_std = masked_mean_std(content, m, eps)
+        out = out + m * ((content - c_mean) / c_std * s_std + s_mean)
+    return out
+
+
+def mix_codes(codes: Sequence[dict[str, Tensor]], weights: Sequence[float]) -> dict[str, Tensor]:
+    """Style interpolation: a weighted mean of style codes.
+
+    For AdaIN this is exactly the paper's sum_k w_k AdaIN(c, s_k), because AdaIN is affine in the style
+    mean and std; for MicroAST the modulation vectors are mixed the same way.
+    """
+    if len(codes) != len(weights) or not codes:
+        raise ValueError("one weight per style code is needed")
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("style weights must sum to more than zero")
+    return {key: sum(w / total * code[key] for w, code in zip(weights, codes)) for key in codes[0]}

@@ -1,0 +1,75 @@
+"""Style codes cached on disk, so a style costs its encoder pass once, ever.
+
+The key covers everything that changes the code: model, weights, the image's bytes and the style size.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import platformdirs
+import torch
+
+from engines.models.base import StyleCode
+
+log = logging.getLogger(__name__)
+
+CODE_FORMAT = 1
+
+
+def style_cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("streamer")) / "styles"
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def style_key(model: str, weights_id: str, image_digest: str, style_size: int) -> str:
+    raw = f"v{CODE_FORMAT}|{model}|{weights_id}|{image_digest}|{style_size}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+class StyleCache:
+    """A folder of ``<key>.pt`` files, each one style code; unreadable entries are recomputed."""
+
+    def __init__(self, model: str, weights_id: str, folder: Path | None = None) -> None:
+        self.model = model
+        self.weights_id = weights_id
+        self.folder = folder or style_cache_dir()
+
+    def path_for(self, image_path: Path, style_size: int) -> Path:
+        key = style_key(self.model, self.weights_id, file_digest(image_path), style_size)
+        return self.folder / f"{self.model}-{key}.pt"
+
+    def get_or_compute(self, image_path: Path, style_size: int, compute: Callable[[], StyleCode]) -> StyleCode:
+        entry = self.path_for(image_path, style_size)
+        if entry.exists():
+            try:
+                code = torch.load(entry, map_location="cpu", weights_only=True)
+                if isinstance(code, dict) and all(isinstance(v, torch.Tensor) for v in code.values()):
+                    log.debug("style code from cache: %s", entry)
+                    return code
+            except Exception:  # a damaged entry is just a miss
+                log.debug("ignoring unreadable style cache entry %s", entry)
+        code = compute()
+        self._store(entry, code)
+        return code
+
+    def _store(self, entry: Path, code: StyleCode) -> None:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".part")
+            with os.fdopen(fd, "wb") as f:
+                torch.save({k: v.cpu() for k, v in code.items()}, f)
+            os.replace(tmp, entry)
+        except OSError as exc:  # a read-only or full cache only costs speed
+            log.warning("could not cache the style code (%s); it will be recomputed next time", exc)

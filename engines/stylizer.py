@@ -1,0 +1,99 @@
+"""Frames in, stylized frames out: conversion, padding to the model's factor, the engine, colour.
+
+The Stylizer holds the state (a model and an engine); everything else here is a pure function.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from engines.backends.base import Engine
+from engines.color import preserve_color
+from engines.models.base import StyleCode, StyleModel
+
+log = logging.getLogger(__name__)
+
+
+def to_tensor(rgb: np.ndarray) -> Tensor:
+    """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+def to_uint8(image: Tensor) -> np.ndarray:
+    """(1, 3, H, W) in [0, 1] -> (H, W, 3) uint8, clamped then rounded."""
+    return image[0].clamp(0.0, 1.0).mul(255.0).add_(0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def pad_to_multiple(image: Tensor, factor: int) -> tuple[Tensor, tuple[int, int]]:
+    """Pad bottom/right so H and W divide by ``factor``; reflection keeps the border natural."""
+    h, w = image.shape[-2:]
+    ph, pw = (-h) % factor, (-w) % factor
+    if ph == 0 and pw == 0:
+        return image, (h, w)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(image, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+def resize_short_side(rgb: np.ndarray, short_side: int) -> np.ndarray:
+    """Resize so the short side is ``short_side`` (0 keeps it), antialiased, aspect kept."""
+    h, w = rgb.shape[:2]
+    if short_side <= 0 or min(h, w) == short_side:
+        return rgb
+    scale = short_side / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+
+
+class Stylizer:
+    """A model's style side plus an engine for its content side."""
+
+    def __init__(self, model: StyleModel, engine: Engine) -> None:
+        self.model = model
+        self.engine = engine
+        self.device = engine.device
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @torch.inference_mode()
+    def encode_style(self, style_rgb: np.ndarray, style_size: int = 512) -> StyleCode:
+        """The style code of an image, computed in fp32 on the CPU: it is done once per style."""
+        image = to_tensor(resize_short_side(style_rgb, style_size))
+        image, _ = pad_to_multiple(image, self.model.factor)
+        code = self.model.encode_style(image)
+        return {k: v.float().contiguous() for k, v in code.items()}
+
+    def stylize_tensor(self, image: Tensor, code: StyleCode, alpha: float) -> Tensor:
+        padded, (h, w) = pad_to_multiple(image, self.model.factor)
+        alpha_t = torch.tensor(float(alpha), dtype=torch.float32)
+        out = self.engine.run(padded, alpha_t, self.model.code_tensors(code))
+        return out[..., :h, :w]
+
+    def stylize(self, frame_rgb: np.ndarray, code: StyleCode, alpha: float = 1.0,
+                keep_color: bool = False) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> stylized (H, W, 3) uint8 RGB of the same size."""
+        image = to_tensor(frame_rgb)
+        out = self.stylize_tensor(image, code, alpha).cpu()
+        if keep_color:
+            out = preserve_color(out, image)
+        return to_uint8(out)
+
+    @torch.inference_mode()
+    def stylize_masked(self, frame_rgb: np.ndarray, codes: Sequence[StyleCode], masks: np.ndarray,
+                       alpha: float = 1.0, keep_color: bool = False) -> np.ndarray:
+        """Spatial control: ``masks`` (K, H, W) bool, one region per style, at the frame's size."""
+        image = to_tensor(frame_rgb)
+        padded, (h, w) = pad_to_multiple(image, self.model.factor)
+        m = torch.from_numpy(masks.astype(np.float32))
+        m, _ = pad_to_multiple(m[None], self.model.factor)
+        out = self.model.stylize_masked(padded, codes, m[0], float(alpha))[..., :h, :w]
+        if keep_color:
+            out = preserve_color(out, image)
+        return to_uint8(out)

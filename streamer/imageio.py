@@ -1,0 +1,117 @@
+"""Reading and writing still images the way a user expects: any mode, EXIF rotation, atomic writes."""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engines.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: the longest side we accept: larger images are almost always a mistake and exhaust memory
+MAX_SIDE = 16384
+MAX_PIXELS = 100_000_000
+
+Image.MAX_IMAGE_PIXELS = None  # we apply our own, clearer limit below
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _to_rgb8(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any PIL mode -> (H, W, 3) uint8 RGB, plus the alpha channel when there is one."""
+    alpha = None
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2), None
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        alpha = np.asarray(rgba)[..., 3].copy()
+        return np.asarray(rgba.convert("RGB")).copy(), alpha
+    return np.asarray(img.convert("RGB")).copy(), None
+
+
+def load_image_with_alpha(path: str | Path, what: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
+    """Load an image as upright uint8 RGB (EXIF rotation applied) and its alpha channel if any."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise InputError(f"{what} is a folder, not an image file: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                w, h = img.size
+                if max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
+                    raise InputError(f"{what} is too large ({w}x{h}); the limit is {MAX_SIDE} px a side and "
+                                     f"{MAX_PIXELS // 1_000_000} megapixels: shrink it first")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb8(img)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"cannot read {what} {path}: not a supported or intact image ({exc.__class__.__name__})")
+
+
+def load_image(path: str | Path, what: str = "image") -> np.ndarray:
+    return load_image_with_alpha(path, what)[0]
+
+
+def load_mask(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
+    """A binary or label mask -> (K, H, W) bool regions at ``size`` (H, W), one per distinct value.
+
+    Values are sorted, so in a black/white mask region 0 is black and region 1 is white. Grey levels
+    from JPEG artefacts are snapped to the nearest of the few dominant values.
+    """
+    rgb = load_image(path, "mask")
+    gray = np.asarray(Image.fromarray(rgb).convert("L").resize((size[1], size[0]), Image.Resampling.NEAREST))
+    values, counts = np.unique(gray, return_counts=True)
+    major = values[counts >= max(1, gray.size // 1000)]
+    if len(major) > 16:
+        raise InputError(f"mask {path} has {len(major)} levels; use a binary or label mask with a few flat values")
+    labels = np.abs(gray[..., None].astype(int) - major[None, None].astype(int)).argmin(axis=2)
+    return np.stack([labels == k for k in range(len(major))]), [int(v) for v in major]
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Fail before any work when the output cannot be written as an image."""
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(f"unsupported output type '{path.suffix or path.name}': use one of {', '.join(IMAGE_SUFFIXES)}")
+    if not path.parent.exists():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    return path
+
+
+def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None) -> None:
+    """Write atomically (temp file + rename): a crash or a full disk never leaves a half-written image."""
+    path = Path(path)
+    img = Image.fromarray(rgb)
+    if alpha is not None and path.suffix.lower() in (".png", ".webp", ".tif", ".tiff"):
+        img.putalpha(Image.fromarray(alpha))
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            save_kwargs = {"quality": 95} if fmt == "JPEG" else {}
+            img.save(f, format=fmt, **save_kwargs)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_path(p) and not p.name.startswith("."))

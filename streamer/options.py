@@ -1,0 +1,132 @@
+"""Command-line options shared by render, live and bench, and what they build: a Stylizer and styles."""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engines.backends import ENGINE_NAMES, PRECISIONS, create_engine
+from engines.errors import DeviceError, InputError
+from engines.models import MODEL_NAMES, StyleCode, check_model_name, default_model, load_model, weights_fingerprint
+from engines.ops import mix_codes
+from engines.style_cache import StyleCache
+from engines.stylizer import Stylizer
+from streamer.imageio import is_image_path, list_images, load_image
+
+log = logging.getLogger(__name__)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and engine")
+    g.add_argument("--model", default="auto", choices=("auto", *MODEL_NAMES),
+                   help="network; auto = adain on an NVIDIA GPU, microast on a CPU (default: auto)")
+    g.add_argument("--weights-dir", default=None,
+                   help="folder with weight files (<dir>/<model>/<file>); also STREAMER_WEIGHTS_DIR")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default: fp32")
+    g.add_argument("--engine", default="auto", choices=ENGINE_NAMES,
+                   help="inference backend; auto = the fastest available (default)")
+
+
+def add_style_options(p: argparse.ArgumentParser, several_means: str = "mixed") -> None:
+    g = p.add_argument_group("style")
+    g.add_argument("--style", "-s", action="extend", nargs="+", required=True, metavar="IMAGE",
+                   help=f"style image(s) or folder(s); several are {several_means}")
+    g.add_argument("--style-weights", type=float, nargs="+", default=None, metavar="W",
+                   help="interpolation weights, one per style (normalised to sum to 1)")
+    g.add_argument("--style-size", type=int, default=512,
+                   help="short side the style image is resized to before encoding (0 = original; default 512)")
+    g.add_argument("--alpha", type=float, default=1.0, help="content/style trade-off in [0, 1] (default 1)")
+    g.add_argument("--preserve-color", action="store_true",
+                   help="keep the content's colours (luminance-only transfer)")
+
+
+def alpha_value(text: str | float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"--alpha must be a number between 0 and 1, not '{text}'") from None
+    if not 0.0 <= value <= 1.0:
+        raise InputError(f"--alpha must be between 0 and 1, not {value:g}")
+    return value
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for, but no CUDA GPU is visible to PyTorch; use --device cpu")
+    return torch.device(name)
+
+
+def build_stylizer(args: argparse.Namespace, shape_hint: tuple[int, int] | None = None) -> Stylizer:
+    """The model (weights resolved or downloaded) and the engine the options ask for."""
+    device = pick_device(args.device)
+    name = args.model
+    if name == "auto":
+        name = default_model(device.type == "cuda")
+        log.info("model: %s (auto: %s)", name, "CUDA GPU present" if device.type == "cuda" else
+                 "CPU only; adain runs at about one frame per second here")
+    check_model_name(name)
+    model = load_model(name, args.weights_dir)
+    engine = create_engine(args.engine, model, device, args.precision,
+                           weights_id=weights_fingerprint(name, args.weights_dir), shape_hint=shape_hint)
+    return Stylizer(model, engine)
+
+
+def expand_style_paths(items: list[str]) -> list[Path]:
+    """Files as given and the images inside folders, in order; a style named twice is an error."""
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise InputError(f"style folder has no images: {p}")
+            paths.extend(found)
+        elif not p.exists():
+            raise InputError(f"style image not found: {p}")
+        elif not is_image_path(p):
+            raise InputError(f"style is not a supported image type: {p}")
+        else:
+            paths.append(p)
+    seen: set[Path] = set()
+    for p in paths:
+        key = p.resolve()
+        if key in seen:
+            raise InputError(f"style given twice: {p}")
+        seen.add(key)
+    return paths
+
+
+@dataclass
+class Style:
+    name: str
+    path: Path
+    code: StyleCode = field(repr=False)
+
+
+def load_styles(paths: list[Path], stylizer: Stylizer, style_size: int, weights_dir: str | None = None) -> list[Style]:
+    """Style codes for each image, from the on-disk cache or computed once and cached."""
+    if style_size < 0:
+        raise InputError("--style-size must be 0 (original) or a positive number of pixels")
+    cache = StyleCache(stylizer.name, weights_fingerprint(stylizer.name, weights_dir))
+    styles = []
+    for p in paths:
+        code = cache.get_or_compute(p, style_size, lambda p=p: stylizer.encode_style(load_image(p, "style image"), style_size))
+        styles.append(Style(p.stem, p, code))
+    return styles
+
+
+def mixed_code(styles: list[Style], weights: list[float] | None) -> StyleCode:
+    """One style, or the paper's interpolation of several with normalised weights."""
+    if weights is None:
+        weights = [1.0] * len(styles)
+    if len(weights) != len(styles):
+        raise InputError(f"--style-weights has {len(weights)} values for {len(styles)} styles")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise InputError("--style-weights must be non-negative and not all zero")
+    return mix_codes([s.code for s in styles], weights)

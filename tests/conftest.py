@@ -1,0 +1,55 @@
+"""Shared test fixtures: where the real weights and media are, and a private cache per test session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("STREAMER_SHARED", ROOT.parent / "shared"))
+WEIGHTS = SHARED / "weights"
+MEDIA = SHARED / "media"
+CLIP = MEDIA / "video" / "cutBunny.mp4"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Style codes and engines go to a temporary cache, never the user's."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    os.environ.pop("STREAMER_WEIGHTS_DIR", None)
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    if not (WEIGHTS / "microast").is_dir():
+        pytest.skip(f"real weights not found at {WEIGHTS} (set STREAMER_SHARED)")
+    return WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def media() -> Path:
+    if not (MEDIA / "content").is_dir():
+        pytest.skip(f"real media not found at {MEDIA} (set STREAMER_SHARED)")
+    return MEDIA
+
+
+@pytest.fixture(scope="session")
+def clip() -> Path:
+    if not CLIP.exists():
+        pytest.skip(f"real clip not found at {CLIP} (set STREAMER_SHARED)")
+    return CLIP
+
+
+@pytest.fixture(scope="session")
+def microast(weights_dir: Path):
+    from engines.models import load_model
+
+    return load_model("microast", weights_dir, download=False)
+
+
+@pytest.fixture(scope="session")
+def adain_r31(weights_dir: Path):
+    from engines.models import load_model
+
+    return load_model("adain-r31", weights_dir, download=False)
