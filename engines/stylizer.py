@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 
 def to_tensor(rgb: np.ndarray) -> Tensor:
     """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
+    if not rgb.flags.writeable or not rgb.flags.c_contiguous:
+        rgb = np.array(rgb, copy=True, order="C")  # torch wants a writable, contiguous buffer
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255.0)
 
 
 def to_uint8(image: Tensor) -> np.ndarray:
@@ -31,9 +33,14 @@ def to_uint8(image: Tensor) -> np.ndarray:
 
 
 def pad_to_multiple(image: Tensor, factor: int) -> tuple[Tensor, tuple[int, int]]:
-    """Pad bottom/right so H and W divide by ``factor``; reflection keeps the border natural."""
+    """Pad bottom/right so H and W divide by ``factor``; reflection keeps the border natural.
+
+    Tiny images are padded up to ``2 * factor`` (at least 16) so every reflection pad in the network fits.
+    """
     h, w = image.shape[-2:]
-    ph, pw = (-h) % factor, (-w) % factor
+    least = max(2 * factor, 16)
+    ph = max((-h) % factor, least - h)
+    pw = max((-w) % factor, least - w)
     if ph == 0 and pw == 0:
         return image, (h, w)
     mode = "reflect" if ph < h and pw < w else "replicate"

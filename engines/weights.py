@@ -1,0 +1,418 @@
+"""Where each model's pretrained weights come from, where they live on disk, and how they are checked.
+
+Weights are never shipped with the project: they are looked up in a user-given folder
+(``--weights-dir`` / ``STREAMER_WEIGHTS_DIR``), then in the per-user cache, and downloaded into the
+cache from their public addresses on first use. Every file with a known sha256 is verified before use;
+files without one are verified key by key and shape by shape by the model loader (``check_layout``).
+Every failure a user can fix is a one-line :class:`WeightsError`, never a traceback.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import platformdirs
+
+from engines.errors import WeightsError
+
+if TYPE_CHECKING:  # torch is imported lazily: listing or locating weights should not pay for it
+    import torch
+
+log = logging.getLogger(__name__)
+
+ENV_WEIGHTS_DIR = "STREAMER_WEIGHTS_DIR"
+DOWNLOAD_TIMEOUT_S = 30.0
+_CHUNK = 1 << 16
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One published weights file."""
+
+    filename: str  # e.g. "decoder_iter_160000.pth.tar"
+    url: str  # public download address
+    sha256: str | None  # None: verified by key/shape layout by the model loader instead
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """All files one model needs, with their license and provenance (shown by ``streamer models list``)."""
+
+    model: str  # "adain" | "adain-r31" | "microast"
+    files: tuple[WeightFile, ...]
+    license: str
+    source: str  # one-line human description of where they come from
+
+
+_MICROAST_URL = "https://github.com/EndyWon/MicroAST/raw/main/models/"
+_R31_URL = "https://github.com/pietrocarbo/deep-transfer/raw/master/models/autoencoder_vgg19/vgg19_3/"
+_ADAIN_URL = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/"
+
+WEIGHTS: dict[str, ModelWeights] = {
+    "adain": ModelWeights(
+        model="adain",
+        files=(
+            WeightFile("vgg_normalised.pth", _ADAIN_URL + "vgg_normalised.pth", None),
+            WeightFile("decoder.pth", _ADAIN_URL + "decoder.pth", None),
+        ),
+        license="MIT",
+        source="AdaIN (Huang & Belongie, ICCV 2017), relu4_1 encoder/decoder from the PyTorch port "
+               "github.com/naoto0804/pytorch-AdaIN (release v0.0.0)",
+    ),
+    "adain-r31": ModelWeights(
+        model="adain-r31",
+        files=(
+            WeightFile("vgg_normalised_conv3_1.pth", _R31_URL + "vgg_normalised_conv3_1.pth",
+                       "ff8506173d3a17e7b0fbfbff242c00b6827cfbcd7c21852b46806ae6a3fd7b09"),
+            WeightFile("feature_invertor_conv3_1.pth", _R31_URL + "feature_invertor_conv3_1.pth",
+                       "f32bc7bd366ff027936b3d90a98bc3f8667ba3f2762df916261a0586c5e30ab5"),
+        ),
+        license="Apache-2.0",
+        source="normalised VGG-19 encoder and decoder at relu3_1 from github.com/pietrocarbo/deep-transfer "
+               "(models/autoencoder_vgg19/vgg19_3)",
+    ),
+    "microast": ModelWeights(
+        model="microast",
+        files=tuple(
+            WeightFile(name, _MICROAST_URL + name, sha)
+            for name, sha in (
+                ("content_encoder_iter_160000.pth.tar",
+                 "c8d895c0eec52507c157e102fab217c37f0c399ef3e168ef8b0b2677714660a4"),
+                ("style_encoder_iter_160000.pth.tar",
+                 "94f6b3fa386828692c20809a0af8bd0eba9c04e90a7d8842086976e4d223c5af"),
+                ("modulator_iter_160000.pth.tar",
+                 "8588055baf7d5ad8398d595d5518c6f030e3ff8dbb6007a7c1779776e11da28b"),
+                ("decoder_iter_160000.pth.tar",
+                 "32e04a46b953fd9f94ec9e20f351511305a5260e000c18f9aef6570d5f1e23d9"),
+            )
+        ),
+        license="MIT (Copyright (c) 2022 Zhizhong Wang)",
+        source="MicroAST (Wang et al., AAAI 2023), github.com/EndyWon/MicroAST (models/)",
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------- places
+
+
+def cache_dir() -> Path:
+    """The per-user download cache; read at every call so XDG_CACHE_HOME changes (tests) take effect."""
+    return Path(platformdirs.user_cache_dir("streamer")) / "weights"
+
+
+def weights_root(weights_dir: str | Path | None = None) -> Path | None:
+    """The user's own weights folder: ``--weights-dir`` beats ``STREAMER_WEIGHTS_DIR``; None if neither."""
+    if weights_dir is not None and str(weights_dir) != "":
+        return Path(weights_dir).expanduser()
+    env = os.environ.get(ENV_WEIGHTS_DIR, "").strip()
+    return Path(env).expanduser() if env else None
+
+
+def _spec(model: str) -> ModelWeights:
+    try:
+        return WEIGHTS[model]
+    except (KeyError, TypeError):
+        raise WeightsError(f"unknown model '{model}': known models are {', '.join(sorted(WEIGHTS))}") from None
+
+
+def _candidates(model: str, filename: str, root: Path | None) -> list[Path]:
+    """Search order for one file; a user folder comes before the cache."""
+    places = [root / model / filename, root / filename] if root is not None else []
+    places.append(cache_dir() / model / filename)
+    return places
+
+
+def _where_to_put(model: str, root: Path | None) -> str:
+    """The 'put them here' half of a missing-weights message."""
+    cache = cache_dir() / model
+    text = (f"put them in {cache}{os.sep} or in a folder of your own as <dir>/{model}/<file> "
+            f"and pass --weights-dir <dir> (or set {ENV_WEIGHTS_DIR}=<dir>)")
+    if root is not None:
+        text += f"; the weights folder now in use is {root} (looked in {root / model} and {root})"
+    return text
+
+
+# ------------------------------------------------------------------------------------- verification
+
+# (resolved path, size, mtime_ns) -> sha256 hex: hashing a few MB on every model load is wasted work.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def _digest_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def file_sha256(path: Path) -> str:
+    """The file's sha256 (hex), memoised per (path, size, mtime) so repeated checks are cheap."""
+    path = Path(path)
+    try:
+        key = _digest_key(path)
+        with _DIGESTS_LOCK:
+            if key in _DIGESTS:
+                return _DIGESTS[key]
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                digest.update(chunk)
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
+    value = digest.hexdigest()
+    with _DIGESTS_LOCK:
+        _DIGESTS[key] = value
+    return value
+
+
+def _remember_digest(path: Path, value: str) -> None:
+    """Record a digest computed while downloading, so the first use does not hash the file again."""
+    try:
+        key = _digest_key(path)
+    except OSError:
+        return
+    with _DIGESTS_LOCK:
+        _DIGESTS[key] = value
+
+
+def _check_sha(model: str, wf: WeightFile, path: Path, in_cache: bool) -> None:
+    """Raise a one-line WeightsError unless ``path`` has the published sha256."""
+    if wf.sha256 is None:
+        return
+    got = file_sha256(path)
+    if got == wf.sha256.lower():
+        return
+    if in_cache:
+        todo = f"delete it and run `streamer models download {model}` (or just run again) to fetch it afresh"
+    else:
+        todo = f"replace it with the file from {wf.url}, or delete it to use the downloaded copy"
+    raise WeightsError(f"weights file {wf.filename} at {path} is corrupt or a different file "
+                       f"(sha256 {got[:12]}…, expected {wf.sha256[:12]}…): {todo}")
+
+
+def _find(model: str, wf: WeightFile, root: Path | None) -> Path | None:
+    for place in _candidates(model, wf.filename, root):
+        if place.is_file():
+            return place
+    return None
+
+
+# ----------------------------------------------------------------------------------------- download
+
+
+class _DownloadFailed(Exception):
+    """Internal: why one download failed (turned into a user-facing WeightsError by the caller)."""
+
+
+def _looks_like_torch(head: bytes) -> bool:
+    """Cheap sniff for files without a sha256: a torch zip archive or a legacy pickle, not an HTML page."""
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
+
+
+def _download(wf: WeightFile, dest: Path, progress: bool) -> None:
+    """Stream ``wf.url`` into a temp file beside ``dest``, verify it, then atomically rename it into place.
+
+    Whatever goes wrong (network, HTTP, short read, bad sha256, interrupt), no file is left at ``dest``
+    and the temp file is removed, so a later run never mistakes a partial download for the real one.
+    """
+    from tqdm import tqdm
+
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as exc:
+        raise _DownloadFailed(f"cannot write to {dest.parent}: {exc.strerror or exc}") from None
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        received = 0
+        head = b""
+        request = urllib.request.Request(wf.url, headers={"User-Agent": "streamer-weights/1"})
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                      file=sys.stderr, disable=None if progress else True, leave=False) as bar:
+                while chunk := resp.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    if len(head) < 8:
+                        head += chunk[: 8 - len(head)]
+                    received += len(chunk)
+                    bar.update(len(chunk))
+        if total is not None and received != total:
+            raise _DownloadFailed(f"the download stopped after {received} of {total} bytes")
+        if received == 0:
+            raise _DownloadFailed("the server sent an empty file")
+        got = digest.hexdigest()
+        if wf.sha256 is not None and got != wf.sha256.lower():
+            raise _DownloadFailed(f"the downloaded {wf.filename} has sha256 {got[:12]}…, "
+                                  f"expected {wf.sha256[:12]}…")
+        if wf.sha256 is None and not _looks_like_torch(head):
+            raise _DownloadFailed(f"the downloaded {wf.filename} is not a PyTorch weights file")
+        os.replace(tmp, dest)
+        _remember_digest(dest, got)
+        log.info("downloaded %s (%d bytes) to %s", wf.url, received, dest)
+    except _DownloadFailed:
+        raise
+    except urllib.error.HTTPError as exc:
+        raise _DownloadFailed(f"HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        raise _DownloadFailed(f"cannot connect: {getattr(reason, 'strerror', None) or reason}") from None
+    except TimeoutError:
+        raise _DownloadFailed(f"no answer within {DOWNLOAD_TIMEOUT_S:.0f} s") from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise _DownloadFailed(f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}") from None
+    finally:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # pragma: no cover - e.g. a read-only folder after a successful mkstemp
+            log.warning("could not remove temporary file %s: %s", tmp, exc)
+
+
+# -------------------------------------------------------------------------------------------- public
+
+
+def resolve_weights(model: str, weights_dir: str | Path | None = None, download: bool = True,
+                    progress: bool = True) -> dict[str, Path]:
+    """Every file of ``model`` as {filename: verified path}, downloading missing ones into the cache.
+
+    Per file: ``<root>/<model>/<file>``, ``<root>/<file>`` (root from ``weights_root``), then
+    ``<cache_dir()>/<model>/<file>``. A file found in the user's folder is used (and must verify) even if
+    the cache has one too: the user's choice wins and a bad copy there is reported, not silently skipped.
+    """
+    spec = _spec(model)
+    root = weights_root(weights_dir)
+    if root is not None and not root.is_dir():
+        log.warning("weights folder %s does not exist; using the cache %s", root, cache_dir())
+
+    found: dict[str, Path] = {}
+    missing: list[WeightFile] = []
+    for wf in spec.files:
+        path = _find(model, wf, root)
+        if path is None:
+            missing.append(wf)
+            continue
+        _check_sha(model, wf, path, in_cache=path.parent == cache_dir() / model)
+        found[wf.filename] = path
+
+    if missing and not download:
+        raise WeightsError(
+            f"weights for model '{model}' are missing: {', '.join(wf.filename for wf in missing)}; "
+            f"run `streamer models download {model}`, or get them from {' '.join(wf.url for wf in missing)} "
+            f"and {_where_to_put(model, root)}")
+
+    for index, wf in enumerate(missing):
+        dest = cache_dir() / model / wf.filename
+        log.info("downloading %s for model '%s' from %s", wf.filename, model, wf.url)
+        try:
+            _download(wf, dest, progress)
+        except _DownloadFailed as exc:
+            # Stop at the first failure: offline, the others would only fail the same way, slowly.
+            still = missing[index:]
+            raise WeightsError(
+                f"could not download weights for model '{model}' ({wf.url}: {exc}); missing "
+                f"{', '.join(w.filename for w in still)}: get them from {' '.join(w.url for w in still)} "
+                f"and {_where_to_put(model, root)}") from None
+        found[wf.filename] = dest
+
+    return {wf.filename: found[wf.filename] for wf in spec.files}
+
+
+def download_model(model: str, weights_dir: str | Path | None = None) -> dict[str, Path]:
+    """``streamer models download NAME``: make every file of ``model`` present and verified."""
+    return resolve_weights(model, weights_dir, download=True, progress=True)
+
+
+def model_status(model: str, weights_dir: str | Path | None = None) -> str:
+    """``"ready (<folder>)"``, ``"missing"`` or ``"corrupt"`` for ``streamer models list``; never downloads."""
+    spec = _spec(model)
+    root = weights_root(weights_dir)
+    folders: list[Path] = []
+    missing = False
+    for wf in spec.files:
+        path = _find(model, wf, root)
+        if path is None:
+            missing = True
+            continue
+        try:
+            _check_sha(model, wf, path, in_cache=path.parent == cache_dir() / model)
+        except WeightsError:
+            return "corrupt"
+        if path.parent not in folders:
+            folders.append(path.parent)
+    if missing:
+        return "missing"
+    return f"ready ({', '.join(str(f) for f in folders)})"
+
+
+def load_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
+    """Read a weights file safely (``weights_only``: no arbitrary code) into a plain {key: tensor} dict."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        state: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle errors, disallowed globals, I/O: all mean "bad file"
+        log.debug("torch.load(%s) failed: %r", path, exc)
+        raise WeightsError(f"weights file is corrupt or not a PyTorch weights file: {path}") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+            break
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"weights file is corrupt or not a PyTorch weights file: {path} "
+                           f"(it holds a {type(state).__name__}, not a state dict)")
+    tensors = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise WeightsError(f"weights file is corrupt or not a PyTorch weights file: {path} (no tensors in it)")
+    return tensors
+
+
+def _fmt_shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
+
+
+def check_layout(state: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], what: str,
+                 path: Path) -> None:
+    """Refuse a file that would load wrongly: every expected key must exist with exactly that shape.
+
+    Extra keys are allowed (a full VGG-19 file serves a prefix of it). The message names the first
+    problem and how many more there are, so a wrong file is told apart from a slightly damaged one.
+    """
+    problems: list[str] = []
+    for key, want in expected.items():
+        want = tuple(int(d) for d in want)
+        if key not in state:
+            problems.append(f"key '{key}' is missing (the model needs shape {_fmt_shape(want)})")
+            continue
+        have = getattr(state[key], "shape", None)
+        if have is None:
+            problems.append(f"key '{key}' is not a tensor (the model needs shape {_fmt_shape(want)})")
+        elif tuple(int(d) for d in have) != want:
+            problems.append(f"key '{key}' has shape {_fmt_shape(tuple(have))} "
+                            f"but the model needs {_fmt_shape(want)}")
+    if problems:
+        more = f" (and {len(problems) - 1} more key(s) differ)" if len(problems) > 1 else ""
+        raise WeightsError(f"{path} does not match {what}: {problems[0]}{more}")
+
+
+__all__ = ["WeightFile", "ModelWeights", "WEIGHTS", "ENV_WEIGHTS_DIR", "cache_dir", "weights_root",
+           "resolve_weights", "download_model", "model_status", "file_sha256", "load_state_dict",
+           "check_layout"]
