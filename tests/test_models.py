@@ -151,3 +151,26 @@ def test_any_size_comes_back_exactly(microast) -> None:
     for h, w in [(1, 1), (3, 5), (67, 101), (64, 64)]:
         frame = np.random.default_rng(h).integers(0, 255, (h, w, 3), dtype=np.uint8)
         assert st.stylize(frame, code).shape == (h, w, 3)
+
+
+def test_adain_relu4_1_files_load_by_layout(tmp_path) -> None:
+    """The paper's files have no published sha256: they are accepted or refused by key and shape."""
+    from engines.errors import WeightsError
+    from engines.models import load_model
+    from engines.models.vgg import AdaIN
+
+    folder = tmp_path / "adain"
+    folder.mkdir()
+    donor = AdaIN()
+    vgg = dict(donor.encoder.state_dict())
+    vgg["32.weight"], vgg["32.bias"] = torch.zeros(512, 512, 3, 3), torch.zeros(512)  # the full VGG-19 goes on
+    torch.save(vgg, folder / "vgg_normalised.pth")
+    torch.save(donor.decoder.state_dict(), folder / "decoder.pth")
+    model = load_model("adain", tmp_path, download=False)
+    torch.testing.assert_close(model.decoder[28].weight, donor.decoder[28].weight)
+
+    bad = dict(donor.decoder.state_dict())
+    bad["1.weight"] = torch.zeros(256, 256, 3, 3)
+    torch.save(bad, folder / "decoder.pth")
+    with pytest.raises(WeightsError, match="1.weight"):
+        load_model("adain", tmp_path, download=False)
