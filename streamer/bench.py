@@ -1,13 +1,467 @@
-"""`streamer bench` (to be written)."""
+"""`streamer bench`: how fast every model x engine x precision runs on this machine, side by side.
+
+For each model, all engines are built in one process and timed in turns (engine A, B, C, A, B, C ...),
+so a busy machine slows them alike and the ratios stay meaningful. Reported per size: the median
+ms/frame of the content side (warm-up excluded), frames/s, the speedup over PyTorch fp32 eager, the
+agreement with it (PSNR), and the achieved GFLOP/s against the graph's FLOPs and the machine's measured
+fp32 peak (a large matmul timed in the same run). Per model: the cost of encoding one style. Per
+engine: end-to-end frames/s of a real video render (decode, stylize, encode) through
+``streamer.video.render_video_file``.
+"""
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.backends import ENGINE_NAMES, PRECISIONS, create_engine, engine_class
+from engines.backends.machine import describe_machine
+from engines.errors import InputError, StreamerError, WeightsError
+from engines.models import MODEL_NAMES, StyleModel, load_model, weights_fingerprint
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZES = ((640, 360), (1280, 720), (256, 256), (512, 512))
+#: on a CPU the default leaves out adain (relu4_1): it alone would take minutes per size
+CPU_DEFAULT_MODELS = ("microast", "adain-r31")
+ROOT = Path(__file__).resolve().parents[1]
+#: idle time between two engines' runs: runtimes' worker threads spin for a while after a run, which
+#: would otherwise be billed to whichever engine runs next
+SWITCH_PAUSE_S = 0.05
 
 
+# -- small pure helpers -------------------------------------------------------------------------------
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x360' -> (640, 360); '512' -> (512, 512). Width first, as people say it."""
+    try:
+        if "x" in text.lower():
+            w, h = (int(v) for v in text.lower().split("x"))
+        else:
+            w = h = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT or N, not '{text}'") from None
+    if w < 16 or h < 16 or w > 8192 or h > 8192:
+        raise argparse.ArgumentTypeError(f"size {text} is out of range (16..8192)")
+    return w, h
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return float("inf") if mse == 0 else 10.0 * float(np.log10(1.0 / mse))
+
+
+def median_ms(times: list[float]) -> float:
+    return statistics.median(times) * 1000.0
+
+
+def content_flops(model: StyleModel, height: int, width: int) -> int:
+    """FLOPs of one content-graph pass at (H, W), counted on the meta device (no compute, any size)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from engines.backends.graph import code_shapes
+
+    graph = copy.deepcopy(model.content_graph()).to("meta").eval()
+    args = [torch.empty(1, 3, height, width, device="meta"), torch.empty((), device="meta")]
+    args += [torch.empty(s, device="meta") for s in code_shapes(model).values()]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        graph(*args)
+    return int(counter.get_total_flops())
+
+
+def measure_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of a large matmul on all cores: the practical ceiling for conv-heavy graphs."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+# -- inputs -------------------------------------------------------------------------------------------
+def default_clip() -> Path | None:
+    import os
+
+    shared = Path(os.environ.get("STREAMER_SHARED", ROOT.parent / "shared"))
+    clip = shared / "media" / "video" / "cutBunny.mp4"
+    return clip if clip.exists() else None
+
+
+def default_style() -> Path | None:
+    import os
+
+    shared = Path(os.environ.get("STREAMER_SHARED", ROOT.parent / "shared"))
+    for name in ("brushstrokes.jpg", "la_muse.jpg"):
+        if (shared / "media" / "style" / name).exists():
+            return shared / "media" / "style" / name
+    return None
+
+
+def _shared_weights() -> Path | None:
+    import os
+
+    shared = Path(os.environ.get("STREAMER_SHARED", ROOT.parent / "shared")) / "weights"
+    return shared if shared.is_dir() else None
+
+
+def load_bench_model(name: str, weights_dir: str | None) -> tuple[StyleModel, str, str]:
+    """(model, weights id, note). Weights already on disk are used (never downloaded: speed needs no
+    download); without them, random weights of the same architecture, for speed only."""
+    folders = [weights_dir] if weights_dir is not None else [None, _shared_weights()]
+    for folder in folders:
+        try:
+            model = load_model(name, folder, download=False)
+            return model, weights_fingerprint(name, folder), "real weights"
+        except WeightsError:
+            continue
+    from engines.backends.cache import graph_weights_id
+
+    model = random_weights_model(name)
+    log.warning("%s: weights not found locally; benchmarking RANDOM weights (speed only, images meaningless)", name)
+    return model, graph_weights_id(model), "RANDOM weights (speed only)"
+
+
+def random_weights_model(name: str, seed: int = 0) -> StyleModel:
+    """The model's architecture with random weights that keep activations in range (He init, a mid-grey
+    final bias), so outputs are varied images rather than a clamped constant: fit for speed and for
+    engine-vs-engine agreement, meaningless as art."""
+    from engines.models.microast import MicroAST
+    from engines.models.vgg import AdaIN, AdaINR31
+
+    cls = {"adain": AdaIN, "adain-r31": AdaINR31, "microast": MicroAST}[name]
+    torch.manual_seed(seed)
+    model = cls().eval().requires_grad_(False)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:
+        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        conv.bias.data.zero_()
+    convs[-1].weight.data.mul_(0.1)
+    convs[-1].bias.data.fill_(0.5)
+    return model
+
+
+def frame_tensor(width: int, height: int) -> torch.Tensor:
+    """A real photo at (H, W) when the shared media is present, else smooth noise: speed does not care."""
+    import os
+
+    from PIL import Image
+
+    from engines.stylizer import to_tensor
+
+    shared = Path(os.environ.get("STREAMER_SHARED", ROOT.parent / "shared"))
+    photo = shared / "media" / "content" / "golden_gate.jpg"
+    if photo.exists():
+        rgb = np.asarray(Image.open(photo).convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
+        return to_tensor(rgb)
+    g = torch.Generator().manual_seed(0)
+    small = torch.rand(1, 3, max(2, height // 16), max(2, width // 16), generator=g)
+    return torch.nn.functional.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
+
+
+# -- results ------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    model: str
+    engine: str
+    precision: str
+    size: str
+    ms: float | None = None
+    fps: float | None = None
+    speedup: float | None = None
+    psnr_db: float | None = None
+    gflops: float | None = None
+    peak_pct: float | None = None
+    runs: int = 0
+    note: str = ""
+    times_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class RenderRow:
+    model: str
+    engine: str
+    precision: str
+    fps: float | None = None
+    frames: int = 0
+    speedup: float | None = None
+    note: str = ""
+
+
+def _engine_label(kind: str, precision: str) -> str:
+    return f"{kind}/{precision}"
+
+
+def time_side_by_side(runs: dict[str, Callable[[], object]], repeats: int, warmup: int, budget_s: float,
+                      min_repeats: int = 2) -> dict[str, list[float]]:
+    """Interleaved timing: each round calls every runner once; stop at ``repeats`` rounds or when over budget."""
+    for _ in range(warmup):
+        for fn in runs.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    start = time.perf_counter()
+    for r in range(repeats):
+        for k, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+            time.sleep(SWITCH_PAUSE_S)
+        if r + 1 >= min_repeats and time.perf_counter() - start > budget_s * len(runs):
+            break
+    return times
+
+
+# -- the command --------------------------------------------------------------------------------------
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="(not yet available)")
+    p = sub.add_parser("bench", help="speed of every model x engine on this machine",
+                       description="Time every model x engine x precision side by side: content-side ms/frame, "
+                                   "style encoding, end-to-end video render frames/s, GFLOP/s vs the machine's peak.")
+    p.add_argument("--models", nargs="+", choices=(*MODEL_NAMES, "all"), default=None,
+                   help=f"default: all on a GPU, {' '.join(CPU_DEFAULT_MODELS)} on a CPU")
+    p.add_argument("--engines", nargs="+", choices=ENGINE_NAMES[1:], default=None,
+                   help="default: every engine available here (torch fp32 eager is always run as the baseline)")
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
+                   help="default: fp32 on a CPU, fp32 and fp16 on a GPU")
+    p.add_argument("--sizes", nargs="+", type=parse_size, default=None, metavar="WxH",
+                   help="frame sizes, WIDTHxHEIGHT or N for a square (default 640x360 1280x720 256 512)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per engine and size, at most (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--budget", type=float, default=6.0,
+                   help="seconds of timing per engine and size; slow ones stop early, after 2 runs (default 6)")
+    p.add_argument("--render-frames", type=int, default=48,
+                   help="frames of the clip to render end to end, at most (default 48; 0 = skip the render)")
+    p.add_argument("--clip", default=None, help="video for the end-to-end render (default: the project's test clip)")
+    p.add_argument("--style", default=None, help="style image (default: a bundled test style, else noise)")
+    p.add_argument("--quick", action="store_true",
+                   help="a one-minute run: microast at 640x360, 3 repeats, 24 render frames")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write the results as JSON to FILE ('-' or no FILE: to stdout instead of the table)")
+    p.add_argument("--weights-dir", default=None, help="folder with weight files (<dir>/<model>/<file>)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
     p.set_defaults(run=run)
 
 
+def _plan(args: argparse.Namespace, device: torch.device) -> tuple[list[str], list[str], list[str], list]:
+    gpu = device.type == "cuda"
+    if args.quick:
+        models = args.models or ["microast"]
+        sizes = args.sizes or [(640, 360)]
+        args.repeats = min(args.repeats, 3)
+        args.render_frames = min(args.render_frames, 24)
+    else:
+        models = args.models or (list(MODEL_NAMES) if gpu else list(CPU_DEFAULT_MODELS))
+        sizes = args.sizes or list(DEFAULT_SIZES)
+    if "all" in models:
+        models = list(MODEL_NAMES)
+    engines = args.engines or [e for e in ENGINE_NAMES[1:] if e != "tensorrt" or gpu]
+    if "torch" not in engines:
+        engines = ["torch", *engines]
+    precisions = args.precisions or (["fp32", "fp16"] if gpu else ["fp32"])
+    if args.repeats < 1 or args.warmup < 0 or args.budget <= 0 or args.render_frames < 0:
+        raise InputError("--repeats must be >= 1, --warmup and --render-frames >= 0, --budget > 0")
+    return list(dict.fromkeys(models)), list(dict.fromkeys(engines)), list(dict.fromkeys(precisions)), sizes
+
+
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("streamer bench: not yet available")
+    from streamer.options import pick_device
+
+    device = pick_device(args.device)
+    models, engines, precisions, sizes = _plan(args, device)
+    machine = describe_machine()
+    peak = measure_peak_gflops()
+    log.info("machine: %s, %d cores; fp32 matmul peak %.0f GFLOP/s", machine["cpu"], machine["physical_cores"], peak)
+    clip = Path(args.clip) if args.clip else default_clip()
+    if clip is not None and not clip.exists():
+        raise InputError(f"clip not found: {clip}")
+    style_path = Path(args.style) if args.style else default_style()
+
+    rows: list[Row] = []
+    renders: list[RenderRow] = []
+    model_info: dict[str, dict] = {}
+    for name in models:
+        model, weights_id, weights_note = load_bench_model(name, args.weights_dir)
+        info = model_info[name] = {"weights": weights_note, "gflop": {}}
+        code, info["style_encode_ms"] = _style_code(model, style_path)
+        built: dict[str, object] = {}
+        labels = ["torch/fp32", *(_engine_label(k, p) for k in engines for p in precisions)]
+        for label in dict.fromkeys(labels):  # torch fp32 eager first: the baseline
+            kind, prec = label.split("/")
+            reason = engine_class(kind).unavailable_reason(device, prec)
+            if reason:
+                rows.extend(Row(name, kind, prec, f"{w}x{h}", note=f"n/a: {reason}") for w, h in sizes)
+                continue
+            try:
+                t = time.perf_counter()
+                built[label] = create_engine(kind, model, device, prec, weights_id=weights_id)
+                info.setdefault("engine_setup_s", {})[label] = round(time.perf_counter() - t, 2)
+            except (StreamerError, RuntimeError, OSError) as exc:
+                rows.extend(Row(name, kind, prec, f"{w}x{h}", note=f"failed: {exc}") for w, h in sizes)
+        base_label = "torch/fp32"
+        for w, h in sizes:
+            rows.extend(_bench_size(name, model, built, base_label, code, w, h, args, peak, info))
+        if args.render_frames and clip is not None:
+            renders.extend(_bench_render(name, model, built, base_label, code, clip, args, rows))
+        for engine in built.values():
+            engine.close()
+
+    order = {m: i for i, m in enumerate(models)}
+    size_order = {f"{w}x{h}": i for i, (w, h) in enumerate(sizes)}
+    engine_order = {e: i for i, e in enumerate(["torch", *engines])}
+    rows.sort(key=lambda r: (order[r.model], size_order[r.size], engine_order.get(r.engine, 99), r.precision))
+    report = {"machine": machine, "peak_gflops": round(peak, 1), "peak_gflops_end": round(measure_peak_gflops(), 1),
+              "clip": str(clip) if clip else None, "models": model_info,
+              "content": [asdict(r) for r in rows], "render": [asdict(r) for r in renders]}
+    if args.json and args.json != "-":
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.json == "-":
+        print(json.dumps(report, indent=1))
+    else:
+        print(format_report(report))
+    return 0
+
+
+def _style_code(model: StyleModel, style_path: Path | None):
+    """The style code used for every run, and what encoding one style costs (ms, 512 px short side, fp32 CPU)."""
+    from engines.backends.base import Engine
+    from engines.stylizer import Stylizer
+    from streamer.imageio import load_image
+
+    class _NoEngine(Engine):  # encode_style needs only the model
+        def run(self, image, alpha, code):  # pragma: no cover - never called
+            raise NotImplementedError
+
+    stylizer = Stylizer(model, _NoEngine(model, torch.device("cpu")))
+    if style_path is not None:
+        rgb = load_image(style_path, "style image")
+    else:
+        rgb = (np.random.default_rng(0).random((512, 512, 3)) * 255).astype(np.uint8)
+    stylizer.encode_style(rgb, 128)  # warm-up (allocator, oneDNN primitives)
+    times = []
+    for _ in range(2):
+        t = time.perf_counter()
+        code = stylizer.encode_style(rgb, 512)
+        times.append(time.perf_counter() - t)
+    return code, round(median_ms(times), 1)
+
+
+def _bench_size(name, model, built, base_label, code, w, h, args, peak, info) -> list[Row]:
+    from engines.stylizer import pad_to_multiple
+
+    image, _ = pad_to_multiple(frame_tensor(w, h), model.factor)
+    ph, pw = image.shape[-2:]
+    flops = content_flops(model, ph, pw)
+    info["gflop"][f"{w}x{h}"] = round(flops / 1e9, 2)
+    alpha = torch.tensor(1.0)
+    code_t = model.code_tensors(code)
+    outputs, failed = {}, {}
+    for label, engine in built.items():
+        try:
+            engine.prepare(ph, pw)
+            outputs[label] = engine.run(image, alpha, code_t).cpu()
+        except Exception as exc:  # one engine failing at one size must not end the bench
+            log.debug("bench %s %s failed", label, name, exc_info=True)
+            failed[label] = f"failed: {exc.__class__.__name__}: {exc}"
+    runs = {label: (lambda e=built[label]: e.run(image, alpha, code_t)) for label in outputs}
+    log.info("bench %s %dx%d: %s", name, w, h, ", ".join(runs))
+    times = time_side_by_side(runs, args.repeats, max(0, args.warmup - 1), args.budget)
+    ref = outputs.get(base_label)
+    base_ms = median_ms(times[base_label]) if base_label in times else None
+    rows = []
+    for label in built:
+        kind, prec = label.split("/")
+        row = Row(name, kind, prec, f"{w}x{h}")
+        if label in failed:
+            row.note = failed[label]
+        else:
+            row.times_ms = [round(t * 1000, 2) for t in times[label]]
+            row.runs = len(row.times_ms)
+            row.ms = round(median_ms(times[label]), 2)
+            row.fps = round(1000.0 / row.ms, 2)
+            row.speedup = round(base_ms / row.ms, 2) if base_ms else None
+            if ref is not None and label != base_label:
+                row.psnr_db = round(min(psnr(outputs[label], ref), 199.0), 1)
+            row.gflops = round(flops / (row.ms / 1000.0) / 1e9, 1)
+            row.peak_pct = round(100.0 * row.gflops / peak, 1)
+        rows.append(row)
+    return rows
+
+
+def _bench_render(name, model, built, base_label, code, clip, args, rows) -> list[RenderRow]:
+    """End-to-end: decode, stylize, encode the clip's first frames with each engine in turn."""
+    from engines.stylizer import Stylizer
+
+    try:
+        from streamer.video import render_video_file
+    except ImportError as exc:
+        return [RenderRow(name, *label.split("/"), note=f"n/a: streamer.video not available ({exc})")
+                for label in built]
+    out = []
+    with tempfile.TemporaryDirectory(prefix="streamer-bench-") as tmp:
+        for label, engine in built.items():
+            kind, prec = label.split("/")
+            ms = [r.ms for r in rows if r.model == name and r.engine == kind and r.precision == prec and r.ms]
+            est_s = (min(ms) / 1000.0) if ms else 1.0  # a rough per-frame cost: keep slow engines to the budget
+            frames = int(max(8, min(args.render_frames, 4 * args.budget / est_s)))
+            try:
+                stats = render_video_file(clip, Path(tmp) / f"{kind}-{prec}.mp4", Stylizer(model, engine), code,
+                                          progress=False, max_frames=frames)
+                out.append(RenderRow(name, kind, prec, round(stats.fps, 2), stats.frames))
+            except Exception as exc:
+                log.debug("render with %s failed", label, exc_info=True)
+                out.append(RenderRow(name, kind, prec, note=f"failed: {exc.__class__.__name__}: {exc}"))
+    base = next((r.fps for r in out if f"{r.engine}/{r.precision}" == base_label and r.fps), None)
+    for r in out:
+        if r.fps and base:
+            r.speedup = round(r.fps / base, 2)
+    return out
+
+
+def _fmt(v, spec: str = "", none: str = "-") -> str:
+    return none if v is None else format(v, spec)
+
+
+def format_report(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"machine: {m['cpu']} | {m['physical_cores']} physical cores ({m['logical_cpus']} logical) | "
+        f"ISA {' '.join(m['isa']) or '?'} | GPU: {m['gpu'] or 'none'} | torch {m['torch']}",
+        f"fp32 peak (2048^3 matmul, same run): {report['peak_gflops']:.0f} GFLOP/s at start, "
+        f"{report['peak_gflops_end']:.0f} at end",
+        "",
+    ]
+    for name, info in report["models"].items():
+        lines.append(f"{name}: {info['weights']}; style encoding {info['style_encode_ms']:.0f} ms (512 px); "
+                     "GFLOP/frame " + ", ".join(f"{k} {v}" for k, v in info["gflop"].items()))
+    lines.append("")
+    head = (f"{'model':10} {'engine':12} {'prec':5} {'size':>9} {'ms/frame':>9} {'fps':>6} {'x torch':>7} "
+            f"{'PSNR':>6} {'GFLOP/s':>8} {'%peak':>6} {'runs':>4}  note")
+    lines += ["content side (median of timed runs, engines interleaved; x torch = speedup vs torch fp32 eager)",
+              head, "-" * len(head)]
+    for r in report["content"]:
+        lines.append(
+            f"{r['model']:10} {r['engine']:12} {r['precision']:5} {r['size']:>9} {_fmt(r['ms'], '9.1f'):>9} "
+            f"{_fmt(r['fps'], '6.2f'):>6} {_fmt(r['speedup'], '6.2f') + ('x' if r['speedup'] else ''):>7} "
+            f"{_fmt(r['psnr_db'], '6.1f'):>6} {_fmt(r['gflops'], '8.1f'):>8} {_fmt(r['peak_pct'], '5.1f'):>6} "
+            f"{r['runs']:>4}  {r['note']}")
+    if report["render"]:
+        lines += ["", f"end-to-end render of {report['clip']} (decode + stylize + encode, first frames)",
+                  f"{'model':10} {'engine':12} {'prec':5} {'frames':>6} {'fps':>6} {'x torch':>7}  note"]
+        for r in report["render"]:
+            lines.append(f"{r['model']:10} {r['engine']:12} {r['precision']:5} {r['frames']:>6} "
+                         f"{_fmt(r['fps'], '6.2f'):>6} {_fmt(r['speedup'], '6.2f') + ('x' if r['speedup'] else ''):>7}"
+                         f"  {r['note']}")
+    elif report["clip"] is None:
+        lines += ["", "end-to-end render: n/a (no clip; pass --clip VIDEO)"]
+    return "\n".join(lines)

@@ -1,4 +1,16 @@
-"""Choosing and creating an inference engine for a model's content side."""
+"""Choosing and creating an inference engine for a model's content side.
+
+``--engine auto`` picks, in order, the first engine that can run the requested precision here:
+
+* NVIDIA GPU (``--device cuda``): TensorRT (torch-tensorrt installed), else ONNX Runtime with its
+  CUDA/TensorRT providers (onnxruntime-gpu), else PyTorch.
+* CPU: the per-model order in :data:`CPU_PREFERENCE`, which is the ranking `streamer bench` measured
+  side by side (ms/frame of the content side at 640x360, fp32, see the table there). A table rather
+  than a calibration run at start-up: the ranking was the same at every size measured and a timing
+  run would cost seconds at every start and be noisy on busy machines.
+
+The choice and the reason are logged (``streamer: engine: ...``).
+"""
 from __future__ import annotations
 
 import logging
@@ -6,11 +18,63 @@ import logging
 import torch
 
 from engines.backends.base import DTYPES, PRECISIONS, Engine
-from engines.errors import DeviceError
+from engines.errors import DeviceError, InputError
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES = ("auto", "torch", "tensorrt", "onnxruntime")
+ENGINE_NAMES = ("auto", "torch", "tensorrt", "onnxruntime", "openvino")
+
+#: measured on a 2-core AMD EPYC (Zen 4, AVX2 kernels), content side at 640x360 fp32, ms/frame:
+#:   microast  torch 1116  onnxruntime 380  openvino 338
+#:   adain-r31 torch 3542  onnxruntime 1135 openvino 1150
+#:   adain     torch 8600  onnxruntime 2967 openvino 3023   (random weights, speed only)
+#: OpenVINO and ONNX Runtime are within noise of each other for the VGG models; OpenVINO is ahead
+#: for MicroAST (depthwise/grouped convs, fused element-wise subgraphs).
+CPU_PREFERENCE: dict[str, tuple[str, ...]] = {
+    "microast": ("openvino", "onnxruntime", "torch"),
+    "adain-r31": ("onnxruntime", "openvino", "torch"),
+    "adain": ("onnxruntime", "openvino", "torch"),
+}
+GPU_PREFERENCE: tuple[str, ...] = ("tensorrt", "onnxruntime", "torch")
+DEFAULT_CPU_PREFERENCE: tuple[str, ...] = ("openvino", "onnxruntime", "torch")
+
+
+def engine_class(kind: str) -> type[Engine]:
+    if kind == "torch":
+        from engines.backends.torch_engine import TorchEngine
+
+        return TorchEngine
+    if kind == "onnxruntime":
+        from engines.backends.onnxruntime_engine import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine
+    if kind == "openvino":
+        from engines.backends.openvino_engine import OpenVINOEngine
+
+        return OpenVINOEngine
+    if kind == "tensorrt":
+        from engines.backends.tensorrt_engine import TensorRTEngine
+
+        return TensorRTEngine
+    raise InputError(f"unknown engine '{kind}': choose one of {', '.join(ENGINE_NAMES)}")
+
+
+def auto_order(model_name: str, device: torch.device) -> tuple[str, ...]:
+    if device.type == "cuda":
+        return GPU_PREFERENCE
+    return CPU_PREFERENCE.get(model_name, DEFAULT_CPU_PREFERENCE)
+
+
+def pick_engine(model_name: str, device: torch.device, precision: str) -> tuple[str, str]:
+    """(engine kind, why) for ``--engine auto``: the first in the measured order that works here."""
+    skipped = []
+    for kind in auto_order(model_name, device):
+        reason = engine_class(kind).unavailable_reason(device, precision)
+        if reason is None:
+            why = "measured fastest available" if not skipped else "fastest available; skipped " + "; ".join(skipped)
+            return kind, why
+        skipped.append(f"{kind}: {reason}")
+    raise DeviceError(f"no engine can run {precision} on {device.type}: " + "; ".join(skipped))
 
 
 def create_engine(kind: str, model, device: torch.device, precision: str = "fp32",
@@ -18,16 +82,24 @@ def create_engine(kind: str, model, device: torch.device, precision: str = "fp32
     """Build the engine ``kind`` for ``model``; ``auto`` picks the fastest available and logs which.
 
     ``weights_id`` keys on-disk engine caches; ``shape_hint`` (H, W) is the expected frame size, used by
-    engines that optimise for a shape range.
+    engines that optimise for a shape (they build for it now rather than on the first frame).
     """
-    from engines.backends.torch_engine import TorchEngine
-
-    if kind in ("auto", "torch"):
-        engine: Engine = TorchEngine(model, device, precision)
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    device = torch.device(device)
+    why = "asked for"
+    if kind == "auto":
+        kind, why = pick_engine(model.name, device, precision)
+    cls = engine_class(kind)
+    reason = cls.unavailable_reason(device, precision)
+    if reason:
+        raise DeviceError(reason)
+    if kind == "torch":
+        engine: Engine = cls(model, device, precision)
     else:
-        raise DeviceError(f"engine '{kind}' is not available yet")
-    log.info("engine: %s", engine.describe())
+        engine = cls(model, device, precision, weights_id=weights_id, shape_hint=shape_hint)
+    log.info("engine: %s (%s)", engine.describe(), why)
     return engine
 
 
-__all__ = ["DTYPES", "ENGINE_NAMES", "PRECISIONS", "Engine", "create_engine"]
+__all__ = ["DTYPES", "ENGINE_NAMES", "PRECISIONS", "Engine", "create_engine", "pick_engine", "CPU_PREFERENCE"]

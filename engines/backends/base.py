@@ -28,3 +28,15 @@ class Engine(ABC):
 
     def describe(self) -> str:
         return f"{self.name} {self.precision} on {self.device}"
+
+    # -- optional: engines that build per shape or hold native resources override these ----------------
+    @classmethod
+    def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
+        """None if this engine can run ``precision`` on ``device`` here, else one line saying why not."""
+        return None
+
+    def prepare(self, height: int, width: int) -> None:
+        """Build whatever a (H, W) input needs now, so the first frame of that size is not slow."""
+
+    def close(self) -> None:
+        """Release sessions, compiled models or GPU memory; the engine is not used afterwards."""

@@ -1,6 +1,8 @@
 """Plain PyTorch eager execution: the reference every faster engine is checked against."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -11,10 +13,20 @@ from engines.models.base import StyleModel
 class TorchEngine(Engine):
     name = "torch"
 
+    @classmethod
+    def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return "--device cuda was asked for, but no CUDA GPU is visible to PyTorch; use --device cpu"
+        return None
+
     def __init__(self, model: StyleModel, device: torch.device, precision: str = "fp32") -> None:
         super().__init__(model, device, precision)
         self.dtype = DTYPES[precision]
-        self.graph = model.content_graph().to(device=device, dtype=self.dtype).eval()
+        graph = model.content_graph()
+        if device.type != "cpu" or self.dtype != torch.float32:
+            # a copy: the content side may share modules with the style side (VGG), which stays fp32 on the CPU
+            graph = copy.deepcopy(graph)
+        self.graph = graph.to(device=device, dtype=self.dtype).eval()
 
     @torch.inference_mode()
     def run(self, image: Tensor, alpha: Tensor, code: tuple[Tensor, ...]) -> Tensor:

@@ -1,0 +1,139 @@
+"""On-disk cache of built engines (ONNX exports, TensorRT engines).
+
+An entry is ``<stem>-<digest>.<ext>`` plus ``<same>.json`` holding the full key. The digest is a hash
+of the key, so a changed model, weights file, shape profile, precision, GPU or library version looks
+for a different file and the build runs again. The sidecar is compared field by field before loading:
+an entry whose key does not match exactly (copied from another machine, left by another version, or
+half-written) is rebuilt and replaced, never loaded.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import torch
+
+log = logging.getLogger(__name__)
+
+#: bump when the layout of cached entries or the export recipe changes
+CACHE_FORMAT = 1
+
+
+def engine_cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("streamer")) / "engines"
+
+
+def key_digest(key: Mapping[str, Any]) -> str:
+    raw = json.dumps({"format": CACHE_FORMAT, **key}, sort_keys=True, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:20]
+
+
+def graph_weights_id(module: torch.nn.Module) -> str:
+    """A hash of a module's parameters and buffers: the weights id when the caller has none (random weights)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+    return "t" + h.hexdigest()[:15]
+
+
+def _normalise(key: Mapping[str, Any]) -> dict:
+    return json.loads(json.dumps({"format": CACHE_FORMAT, **key}, sort_keys=True, default=str))
+
+
+class EngineCache:
+    """A folder of built engines, each found by its key and trusted only if its sidecar matches."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = Path(folder) if folder is not None else engine_cache_dir()
+
+    def path_for(self, stem: str, key: Mapping[str, Any], ext: str) -> Path:
+        return self.folder / f"{stem}-{key_digest(key)}.{ext}"
+
+    def lookup(self, stem: str, key: Mapping[str, Any], ext: str) -> Path | None:
+        """The entry for ``key`` if present and its recorded key matches exactly; stale entries are removed."""
+        path = self.path_for(stem, key, ext)
+        meta = path.with_name(path.name + ".json")
+        if not path.exists():
+            return None
+        try:
+            recorded = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if recorded != _normalise(key):
+            log.warning("engine cache entry %s does not match this model/machine; rebuilding it", path.name)
+            self.remove(path)
+            return None
+        return path
+
+    def store(self, stem: str, key: Mapping[str, Any], ext: str, write: Callable[[Path], None]) -> Path:
+        """Build into a temporary file with ``write(tmp_path)``, then publish the entry and its key atomically."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.path_for(stem, key, ext)
+        fd, tmp_name = tempfile.mkstemp(dir=self.folder, prefix=f".{path.stem}.", suffix=f".{ext}")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            write(tmp)
+            meta_tmp = tmp.with_name(tmp.name + ".json")
+            meta_tmp.write_text(json.dumps(_normalise(key), indent=1, sort_keys=True))
+            os.replace(tmp, path)  # the payload first: a sidecar never points at a half-written file
+            os.replace(meta_tmp, path.with_name(path.name + ".json"))
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + ".json")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+        return path
+
+    def get_or_build(self, stem: str, key: Mapping[str, Any], ext: str, write: Callable[[Path], None]) -> Path:
+        found = self.lookup(stem, key, ext)
+        if found is not None:
+            log.debug("engine cache hit: %s", found)
+            return found
+        return self.store(stem, key, ext, write)
+
+    @staticmethod
+    def remove(path: Path) -> None:
+        for p in (path, path.with_name(path.name + ".json")):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+@contextlib.contextmanager
+def build_progress(desc: str, enabled: bool = True) -> Iterator[None]:
+    """A ticking elapsed-time bar for builds that give no progress of their own (exports, TensorRT builds)."""
+    log.info("%s (first time only; cached afterwards)", desc)
+    if not enabled or not sys.stderr.isatty():
+        yield
+        return
+    from tqdm import tqdm
+
+    stop = threading.Event()
+    bar = tqdm(desc=desc, bar_format="{desc}: {elapsed}", leave=False, dynamic_ncols=True)
+
+    def tick() -> None:
+        while not stop.wait(0.5):
+            bar.refresh()
+
+    t = threading.Thread(target=tick, daemon=True)
+    t.start()
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+        bar.close()
+        log.info("%s: done in %.1f s", desc, time.perf_counter() - start)

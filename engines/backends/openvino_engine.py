@@ -1,0 +1,117 @@
+"""OpenVINO on the CPU: the same cached ONNX export as ONNX Runtime, compiled per frame size.
+
+Measured on the reference machine it is the fastest CPU runtime for MicroAST (its oneDNN "brgconv"
+kernels and fused eltwise subgraphs), so ``--engine auto`` prefers it on CPUs when installed.
+The model is read once; each new (H, W) is a ``reshape`` to static shapes plus a compile (well under a
+second), and the last few compiled models are kept. Precision is always pinned explicitly: on CPUs with
+AMX/AVX512-BF16 OpenVINO would otherwise silently run bf16 when fp32 was asked for.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from engines.backends.base import Engine
+from engines.backends.graph import cached_onnx, input_names, padded_shape
+from engines.backends.machine import physical_cores
+from engines.errors import DeviceError
+from engines.models.base import StyleModel
+
+log = logging.getLogger(__name__)
+
+MAX_COMPILED = 4
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def _ov():
+    try:
+        import openvino
+    except ImportError:
+        raise DeviceError("--engine openvino needs the openvino package: pip install openvino") from None
+    return openvino
+
+
+class OpenVINOEngine(Engine):
+    name = "openvino"
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
+        if device.type != "cpu":
+            return "the openvino engine runs on the CPU; use --device cpu, or --engine tensorrt/torch on a GPU"
+        try:
+            ov = _ov()
+        except DeviceError as exc:
+            return str(exc)
+        if precision == "fp32":
+            return None
+        caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        need = {"bf16": "BF16", "fp16": "FP16"}[precision]
+        if need not in caps:
+            return (f"this CPU has no native {precision} (OpenVINO reports {', '.join(sorted(caps))}); "
+                    "use --precision fp32")
+        return None
+
+    def __init__(self, model: StyleModel, device: torch.device, precision: str = "fp32",
+                 weights_id: str | None = None, shape_hint: tuple[int, int] | None = None,
+                 threads: int | None = None) -> None:
+        super().__init__(model, device, precision)
+        reason = self.unavailable_reason(device, precision)
+        if reason:
+            raise DeviceError(reason)
+        self.ov = _ov()
+        self.core = self.ov.Core()
+        self.threads = threads or physical_cores()
+        self.path = cached_onnx(model, weights_id, rewrite=True)
+        self.names = input_names(model)
+        self._compiled: OrderedDict[tuple[int, int], tuple[object, object]] = OrderedDict()
+        self._lock = threading.Lock()
+        if shape_hint is not None:
+            self.prepare(*padded_shape(model, *shape_hint))
+
+    def describe(self) -> str:
+        return f"openvino {self.ov.__version__.split('-')[0]} {self.precision} (CPU, {self.threads} threads)"
+
+    def config(self) -> dict:
+        return {
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": "1",
+            "INFERENCE_NUM_THREADS": str(self.threads),
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
+        }
+
+    def _request(self, height: int, width: int):
+        key = (height, width)
+        with self._lock:
+            entry = self._compiled.get(key)
+            if entry is None:
+                model = self.core.read_model(str(self.path))
+                model.reshape({"image": [1, 3, height, width]})
+                compiled = self.core.compile_model(model, "CPU", self.config())
+                entry = (compiled, compiled.create_infer_request())
+                log.debug("openvino compiled for %dx%d", width, height)
+                self._compiled[key] = entry
+                while len(self._compiled) > MAX_COMPILED:
+                    self._compiled.popitem(last=False)
+            else:
+                self._compiled.move_to_end(key)
+            return entry[1]
+
+    def prepare(self, height: int, width: int) -> None:
+        self._request(height, width)
+
+    def run(self, image: Tensor, alpha: Tensor, code: tuple[Tensor, ...]) -> Tensor:
+        request = self._request(image.shape[-2], image.shape[-1])
+        feeds = [t.detach().to("cpu", torch.float32).contiguous().numpy() for t in (image, alpha, *code)]
+        with self._lock:  # one infer request per shape: serialise callers (normally one engine thread)
+            request.infer(feeds, share_inputs=True)
+            out = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        return torch.from_numpy(out)
+
+    def close(self) -> None:
+        with self._lock:
+            self._compiled.clear()

@@ -1,0 +1,407 @@
+"""Reading and writing video files with PyAV, the way a user expects.
+
+The writer encodes to a temporary file beside the target and renames it on close, so a crash never
+leaves a half-written file at the final name; closing after Ctrl-C still yields a valid, playable
+file (the encoder is flushed and the container's index written). Audio is copied packet for packet
+when the container accepts the codec, and re-encoded (AAC, or Opus for WebM) when it does not.
+
+Odd frame sizes: H.264 in 4:2:0 (``yuv420p``, the default and the only format every player
+supports) needs even width and height. For such formats an odd-sized frame is padded by one pixel
+(the last row/column repeated, so nothing shows) and the file is one pixel larger on that side.
+Formats without chroma subsampling (``--pix-fmt yuv444p``, ``libx264rgb``, ``ffv1``) keep the
+exact size.
+"""
+from __future__ import annotations
+
+import errno
+import fractions
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.container
+import numpy as np
+
+from engines.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: output suffix -> FFmpeg muxer name; the temp file's ".part" suffix means we must name the muxer
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
+#: muxers that get the index at the front, so players and browsers can start before the end
+FASTSTART = {"mp4", "mov"}
+#: container -> video codec used by ``codec="auto"``
+AUTO_CODEC = {"webm": "libvpx-vp9"}
+#: encoder-specific quality and speed options, keyed by encoder name
+#: encoders with x264-style presets; "veryfast" leaves the CPU to the network (see streamer.video)
+X264_PRESETS = ("libx264", "libx264rgb", "libx265")
+PRESET_NAMES = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+DEFAULT_PRESET = "veryfast"
+_CRF_CODECS = {"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libvpx", "libaom-av1", "libsvtav1"}
+
+
+def _fraction(value: fractions.Fraction | float | int) -> fractions.Fraction:
+    """A frame rate as an exact fraction; 29.97 and friends become the NTSC 30000/1001."""
+    if isinstance(value, fractions.Fraction):
+        return value
+    if isinstance(value, int):
+        return fractions.Fraction(value)
+    return fractions.Fraction(value).limit_denominator(1001)
+
+
+def _container_format(path: Path) -> str:
+    fmt = CONTAINERS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(f"unsupported video output type '{path.suffix or path.name}': use one of "
+                         f"{', '.join(CONTAINERS)}")
+    return fmt
+
+
+def resolve_codec(path: Path, codec: str) -> str:
+    """``auto`` -> H.264, or VP9 for WebM (which allows nothing else)."""
+    if codec != "auto":
+        return codec
+    return AUTO_CODEC.get(_container_format(path), "libx264")
+
+
+def check_output(path: Path, codec: str = "auto") -> str:
+    """Fail early (before any model loads) when ``path`` cannot hold ``codec`` video; returns the encoder name."""
+    path = Path(path)
+    fmt = _container_format(path)
+    codec = resolve_codec(path, codec)
+    try:
+        encoder = av.Codec(codec, "w")
+    except (av.FFmpegError, ValueError):
+        raise InputError(f"video codec '{codec}' is not available in this PyAV/FFmpeg build") from None
+    if encoder.type != "video":
+        raise InputError(f"'{codec}' is not a video codec")
+    with av.open(io.BytesIO(), "w", format=fmt) as probe:
+        if encoder.name not in probe.supported_codecs:
+            raise InputError(f"a {path.suffix} file cannot hold {codec} video; use another codec (--codec) "
+                             f"or container (e.g. .mkv)")
+    if not path.parent.is_dir():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    return codec
+
+
+def _subsampled(pix_fmt: str) -> tuple[bool, bool]:
+    """(width must be even, height must be even) for a pixel format."""
+    try:
+        desc = av.VideoFormat(pix_fmt)
+    except (ValueError, av.FFmpegError):
+        raise InputError(f"unknown pixel format '{pix_fmt}'") from None
+    if len(desc.components) < 2 or desc.name.startswith(("rgb", "bgr", "gbr", "gray")):
+        return False, False
+    chroma = desc.components[1]
+    return chroma.width != desc.components[0].width or desc.name.startswith(("yuv420", "yuv422", "nv")), \
+        chroma.height != desc.components[0].height or desc.name.startswith(("yuv420", "nv"))
+
+
+def even_padding(width: int, height: int, pix_fmt: str) -> tuple[int, int]:
+    """(extra columns, extra rows) the pixel format needs to encode a ``width`` x ``height`` frame."""
+    need_w, need_h = _subsampled(pix_fmt)
+    return (width % 2 if need_w else 0), (height % 2 if need_h else 0)
+
+
+def pad_edges(rgb: np.ndarray, pad_w: int, pad_h: int) -> np.ndarray:
+    if not pad_w and not pad_h:
+        return rgb
+    return np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def _file_mode() -> int:
+    """The mode a new file gets under the current umask (mkstemp's temp files are private, 0600)."""
+    try:
+        with open("/proc/self/status") as f:  # race-free on Linux
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class VideoWriter:
+    """H.264 (default) MP4/MKV writer with PyAV; writes to a temp file beside the target and renames on close,
+    so a crash never leaves a half-written file at the final name; close() after Ctrl-C still yields a valid,
+    playable file.
+
+    ``time_base`` is the unit of ``write``'s ``pts`` (default ``1/fps``); give the source stream's time base
+    and its frames' pts to keep every timestamp, including variable frame rate. ``audio_from``: an open
+    input container whose audio streams are carried over; feed its packets to :meth:`mux_audio` in
+    demux order (copied when the container accepts the codec, re-encoded otherwise). ``rotation``: degrees
+    counter-clockwise players should turn the picture (copied from a phone video's display matrix).
+    ``preset``: x264/x265 speed preset (default ``veryfast``); ``threads``: encoder threads (default: FFmpeg's).
+    """
+
+    def __init__(self, path: Path, width: int, height: int, fps: fractions.Fraction | float, codec: str = "libx264",
+                 crf: int = 18, pix_fmt: str = "yuv420p", time_base: fractions.Fraction | None = None,
+                 audio_from: av.container.InputContainer | None = None, *, preset: str | None = None,
+                 threads: int | None = None, faststart: bool = True, rotation: int = 0) -> None:
+        self.path = Path(path)
+        if width <= 0 or height <= 0:
+            raise InputError(f"cannot write a {width}x{height} video")
+        fmt = _container_format(self.path)
+        codec = check_output(self.path, codec)
+        if preset is not None and preset not in PRESET_NAMES:
+            raise InputError(f"unknown preset '{preset}': use one of {', '.join(PRESET_NAMES)}")
+        self.width, self.height = width, height
+        self.fps = _fraction(fps)
+        if self.fps <= 0:
+            raise InputError(f"frame rate must be positive, not {fps}")
+        self.time_base = time_base or 1 / self.fps
+        self.pad_w, self.pad_h = even_padding(width, height, pix_fmt)
+        if self.pad_w or self.pad_h:
+            log.info("%s needs even sizes: %dx%d is encoded as %dx%d (edge pixels repeated)", pix_fmt, width, height,
+                     width + self.pad_w, height + self.pad_h)
+        self.frames = 0
+        self._last_pts: int | None = None
+        self._closed = False
+        self._audio: dict[int, av.stream.Stream] = {}
+        self._reencode: dict[int, tuple[av.codec.context.CodecContext, av.stream.Stream]] = {}
+
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+            os.close(fd)
+        except OSError as exc:
+            raise InputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self.tmp_path = Path(tmp)
+        os.chmod(self.tmp_path, _file_mode())
+        try:
+            options = {"movflags": "+faststart"} if faststart and fmt in FASTSTART else {}
+            self.container = av.open(str(self.tmp_path), "w", format=fmt, options=options)
+            self._add_video_stream(codec, crf, pix_fmt, preset, threads)
+            if rotation:
+                self.stream.set_display_rotation(rotation)  # players turn it, as they did the source
+            if audio_from is not None:
+                self._add_audio_streams(audio_from)
+            self.container.start_encoding()  # fail now, not after the first frame, on bad combinations
+        except InputError:
+            self.abort()
+            raise
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            self.abort()
+            if _is_disk_full(exc):
+                raise InputError(f"cannot write {self.path}: disk full") from None
+            raise InputError(f"cannot write {self.path} with codec {codec}: {exc}") from None
+        except BaseException:
+            self.abort()
+            raise
+
+    # -- setup -------------------------------------------------------------------------------------
+    def _add_video_stream(self, codec: str, crf: int, pix_fmt: str, preset: str | None, threads: int | None) -> None:
+        options: dict[str, str] = {}
+        if codec in _CRF_CODECS:
+            options["crf"] = str(crf)
+        if codec.startswith("libvpx"):
+            options.update({"b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"})
+        if codec in X264_PRESETS:
+            options["preset"] = preset or DEFAULT_PRESET
+        stream = self.container.add_stream(codec, rate=self.fps, options=options)
+        ctx = stream.codec_context
+        ctx.width, ctx.height = self.width + self.pad_w, self.height + self.pad_h
+        try:
+            ctx.pix_fmt = pix_fmt
+        except (ValueError, av.FFmpegError):
+            raise InputError(f"unknown pixel format '{pix_fmt}'") from None
+        ctx.time_base = self.time_base
+        stream.time_base = self.time_base
+        if threads is not None:
+            ctx.thread_count = threads
+        if not pix_fmt.startswith(("rgb", "bgr", "gbr", "gray")):
+            # Say which RGB->YUV matrix we used, so players convert back with the same one.
+            ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range = 1, 1, 1, 1  # BT.709, limited range
+        self.stream = stream
+
+    def _add_audio_streams(self, source: av.container.InputContainer) -> None:
+        supported = self.container.supported_codecs
+        for in_stream in source.streams.audio:
+            name = in_stream.codec_context.name
+            if name in supported:
+                self._audio[in_stream.index] = self.container.add_stream_from_template(in_stream)
+                log.debug("audio stream %d: copying %s", in_stream.index, name)
+                continue
+            target = next((c for c in ("aac", "libopus", "libvorbis", "libmp3lame") if c in supported), None)
+            if target is None:
+                log.warning("audio stream %d (%s) cannot go into a %s file; it is left out", in_stream.index, name,
+                            self.path.suffix)
+                continue
+            rate = 48000 if target == "libopus" else in_stream.codec_context.sample_rate or 48000
+            out = self.container.add_stream(target, rate=rate)
+            layout = in_stream.codec_context.layout
+            if layout is not None and layout.nb_channels <= 2:
+                out.codec_context.layout = layout
+            else:
+                out.codec_context.layout = "stereo"
+            decoder = av.CodecContext.create(in_stream.codec_context.name, "r")
+            decoder.extradata = in_stream.codec_context.extradata
+            if in_stream.codec_context.sample_rate:
+                decoder.sample_rate = in_stream.codec_context.sample_rate
+            decoder.layout = in_stream.codec_context.layout
+            self._reencode[in_stream.index] = (decoder, out)
+            log.info("audio stream %d: %s cannot go into %s, re-encoding to %s", in_stream.index, name,
+                     self.path.suffix, target)
+
+    # -- writing -----------------------------------------------------------------------------------
+    def write(self, frame_rgb: np.ndarray, pts: int | None = None) -> None:
+        """Encode one RGB uint8 (H, W, 3) frame; ``pts`` in ``time_base`` units (default: the next 1/fps step)."""
+        if frame_rgb.shape != (self.height, self.width, 3) or frame_rgb.dtype != np.uint8:
+            raise ValueError(f"expected a {self.height}x{self.width}x3 uint8 frame, got {frame_rgb.shape} "
+                             f"{frame_rgb.dtype}")
+        if pts is None:
+            pts = round(self.frames / (self.fps * self.time_base))
+        if self._last_pts is not None and pts <= self._last_pts:
+            log.debug("pts %d not after %d: moved to %d", pts, self._last_pts, self._last_pts + 1)
+            pts = self._last_pts + 1
+        rgb = np.ascontiguousarray(pad_edges(frame_rgb, self.pad_w, self.pad_h))
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        ctx = self.stream.codec_context
+        if frame.format.name != ctx.pix_fmt:
+            frame = frame.reformat(format=ctx.pix_fmt, dst_colorspace="itu709", dst_color_range="MPEG")
+        frame.pts = pts
+        frame.time_base = self.time_base
+        self._mux(self.stream.encode(frame))
+        self._last_pts = pts
+        self.frames += 1
+
+    def mux_audio(self, packet: av.Packet) -> None:
+        """Copy an audio packet from ``audio_from``'s stream (or re-encode it, see the class doc)."""
+        index = packet.stream.index
+        if index in self._audio:
+            if packet.dts is None and packet.pts is None:
+                return  # the demuxer's end-of-stream flush packet
+            packet.stream = self._audio[index]
+            self._mux(packet)
+        elif index in self._reencode:
+            decoder, out = self._reencode[index]
+            try:
+                frames = decoder.decode(packet if packet.size else None)
+            except av.FFmpegError as exc:
+                log.debug("undecodable audio packet skipped: %s", exc)
+                return
+            for frame in frames:
+                frame.pts = None  # let the encoder count samples: keeps audio gapless
+                self._mux(out.encode(frame))
+
+    def _mux(self, packets) -> None:
+        try:
+            self.container.mux(packets)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError):
+        self.abort()
+        if _is_disk_full(exc):
+            raise InputError(f"cannot write {self.path}: disk full (nothing was written)") from None
+        raise InputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    # -- finishing ---------------------------------------------------------------------------------
+    def close(self) -> Path:
+        """Flush the encoders, finish the container and move it to its final name; returns that name."""
+        if self._closed:
+            return self.path
+        try:
+            self._mux(self.stream.encode(None))
+            for decoder, out in self._reencode.values():
+                for frame in decoder.decode(None):
+                    frame.pts = None
+                    self._mux(out.encode(frame))
+                self._mux(out.encode(None))
+            self.container.close()
+        except OSError as exc:
+            self._fail(exc)
+        self._closed = True
+        try:
+            os.replace(self.tmp_path, self.path)
+        except OSError as exc:
+            self.tmp_path.unlink(missing_ok=True)
+            raise InputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        return self.path
+
+    def abort(self) -> None:
+        """Stop and remove the temp file; nothing appears at the final name."""
+        if not self._closed:
+            self._closed = True
+            container = getattr(self, "container", None)
+            if container is not None:
+                try:
+                    container.close()
+                except Exception:  # noqa: BLE001 - we are throwing the file away anyway
+                    pass
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None or issubclass(exc_type, KeyboardInterrupt):
+            self.close()  # a partial but valid file after Ctrl-C
+        else:
+            self.abort()
+
+
+# -- reading ---------------------------------------------------------------------------------------
+@dataclass
+class VideoInfo:
+    width: int
+    height: int
+    fps: fractions.Fraction
+    time_base: fractions.Fraction
+    frames: int  # 0 when the container does not say
+    duration: float  # seconds, 0 when unknown
+    has_audio: bool
+    stream_index: int = 0  # the picture stream (cover art and thumbnails are skipped)
+    rotation: int = 0  # degrees counter-clockwise the player turns the picture (phone videos)
+
+
+def video_stream(container: av.container.InputContainer, info: VideoInfo) -> av.video.stream.VideoStream:
+    return next(s for s in container.streams.video if s.index == info.stream_index)
+
+
+def _first_frame_rotation(path: Path, index: int) -> int:
+    """The display rotation phones store; read from the first frame (PyAV shows it there)."""
+    try:
+        with av.open(str(path), "r") as c:
+            stream = next(s for s in c.streams.video if s.index == index)
+            for frame in c.decode(stream):
+                return int(round(frame.rotation or 0))
+    except (av.FFmpegError, OSError, ValueError, StopIteration):
+        pass
+    return 0
+
+
+def open_video(path: Path) -> tuple[av.container.InputContainer, VideoInfo]:
+    """Open a video file for decoding with one clear error for each way it can fail."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input video not found: {path}")
+    if path.is_dir():
+        raise InputError(f"input video is a folder: {path}")
+    try:
+        container = av.open(str(path), "r")
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read video {path}: not a supported or intact video file ({exc.__class__.__name__})") \
+            from None
+    pictures = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
+    if not pictures:
+        container.close()
+        raise InputError(f"{path} has no video stream")
+    stream = pictures[0]
+    ctx = stream.codec_context
+    if not ctx.width or not ctx.height:
+        container.close()
+        raise InputError(f"cannot read video {path}: the video stream has no frame size (corrupt or unsupported)")
+    rate = stream.average_rate or stream.base_rate or stream.guessed_rate or fractions.Fraction(25)
+    duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else (
+        container.duration / av.time_base if container.duration else 0.0)
+    info = VideoInfo(ctx.width, ctx.height, fractions.Fraction(rate), stream.time_base or 1 / fractions.Fraction(rate),
+                     stream.frames or round(duration * rate), duration, bool(container.streams.audio),
+                     stream.index, _first_frame_rotation(path, stream.index))
+    return container, info

@@ -1,0 +1,68 @@
+"""`streamer bench`: a quick real run gives a table and JSON a reader can trust (baseline, ratios, FLOPs,
+machine), and says when weights are random."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from streamer.bench import content_flops, format_report, parse_size, time_side_by_side
+from streamer.cli import main
+
+
+def test_parse_size():
+    assert parse_size("640x360") == (640, 360)
+    assert parse_size("512") == (512, 512)
+    for bad in ("640x", "big", "8x8", "99999"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_size(bad)
+
+
+def test_flops_are_counted_without_running_and_scale_with_pixels(microast):
+    small, big = content_flops(microast, 64, 96), content_flops(microast, 128, 192)
+    assert small > 0 and 3.9 < big / small < 4.1
+    assert 12e9 < content_flops(microast, 360, 640) < 14e9  # MicroAST at 640x360: ~12.8 GFLOP
+
+
+def test_side_by_side_timing_interleaves_and_respects_the_budget():
+    calls = []
+    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = time_side_by_side(runs, repeats=3, warmup=1, budget_s=10.0)
+    assert calls == ["a", "b"] * 4 and all(len(v) == 3 for v in times.values())
+    import time as _time
+
+    slow = {"s": lambda: _time.sleep(0.05)}
+    assert len(time_side_by_side(slow, repeats=50, warmup=0, budget_s=0.01)["s"]) == 2  # stops early, not < 2
+
+
+def test_quick_bench_table_and_json(weights_dir, clip, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--models", "microast", "--engines", "onnxruntime", "--sizes", "96x64", "--repeats", "2",
+                 "--render-frames", "8", "--clip", str(clip), "--weights-dir", str(weights_dir), "--json", str(out)])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert table.startswith("machine: ") and "GFLOP/s" in table and "x torch" in table
+    report = json.loads(out.read_text())
+    assert report["machine"]["physical_cores"] >= 1 and report["peak_gflops"] > 0
+    assert report["models"]["microast"]["weights"] == "real weights"
+    assert report["models"]["microast"]["style_encode_ms"] > 0
+    rows = {r["engine"]: r for r in report["content"]}
+    assert set(rows) == {"torch", "onnxruntime"}
+    assert rows["torch"]["speedup"] == 1.0 and rows["torch"]["runs"] == 2
+    ort = rows["onnxruntime"]
+    assert ort["ms"] > 0 and ort["psnr_db"] >= 45.0 and ort["gflops"] > 0 and 0 < ort["peak_pct"]
+    assert ort["speedup"] == pytest.approx(rows["torch"]["ms"] / ort["ms"], rel=0.02)
+    renders = {r["engine"]: r for r in report["render"]}
+    assert set(renders) == {"torch", "onnxruntime"}
+    assert all(r["frames"] == 8 and r["fps"] > 0 for r in renders.values()), renders
+    assert format_report(report) == table.rstrip("\n")
+
+
+def test_missing_weights_bench_random_weights_and_say_so(weights_dir, capsys):
+    if (weights_dir / "adain").exists():
+        pytest.skip("the adain weights are present here")
+    code = main(["bench", "--models", "adain", "--engines", "torch", "--sizes", "32", "--repeats", "1",
+                 "--render-frames", "0", "--weights-dir", str(weights_dir)])
+    assert code == 0
+    assert "adain: RANDOM weights (speed only)" in capsys.readouterr().out

@@ -1,0 +1,433 @@
+"""`streamer live` without a camera or a display: test pattern and file sources into a recording and a
+registered pyvirtualcam test backend; latest-frame-wins under a slow engine; camera errors; no display;
+a real window under Xvfb when Xvfb is installed."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import streamer.capture as capture
+import streamer.live as live
+from engines.errors import InputError
+from streamer.capture import LatestSlot, PatternSource
+from streamer.cli import main
+from streamer.hotkeys import LiveState
+from streamer.live import LiveSession
+from streamer.options import Style
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FakeCamera:
+    """A pyvirtualcam backend that keeps what it is sent (registered with --vcam-backend tests.test_live:FakeCamera)."""
+
+    instances: list[FakeCamera] = []
+
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device, **kw) -> None:
+        self.width, self.height, self.fps = width, height, fps
+        self.frames: list[np.ndarray] = []
+        self.closed = False
+        self.fail_at: int | None = None
+        FakeCamera.instances.append(self)
+
+    def send(self, frame: np.ndarray) -> None:
+        self.frames.append(frame.reshape(self.height, self.width, 3).copy())
+        if self.fail_at is not None and len(self.frames) >= self.fail_at:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C here
+
+    def close(self) -> None:
+        self.closed = True
+
+    def device(self) -> str:
+        return "fake"
+
+    def native_fourcc(self):
+        return None
+
+
+class FakeStylizer:
+    """Instant (or deliberately slow) stand-in where the model does not matter.
+
+    A style code ``{"fill": v}`` paints the frame v; ``{"fill": None}`` passes it through unchanged.
+    """
+
+    name = "fake"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls = 0
+
+    def stylize(self, frame, code, alpha=1.0, keep_color=False):
+        self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
+        if code["fill"] is None:
+            return frame.copy()
+        return np.full_like(frame, code["fill"])
+
+
+def fake_styles(*fills) -> list[Style]:
+    return [Style(f"s{i}", Path(f"s{i}.png"), {"fill": f}) for i, f in enumerate(fills)]
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    """`streamer live` with the FakeStylizer and two styles: pass-through and grey 128."""
+    stylizer = FakeStylizer()
+    monkeypatch.setattr(live, "build_stylizer", lambda args, shape_hint=None: stylizer)
+    monkeypatch.setattr(live, "expand_style_paths", lambda items: [Path(i) for i in items])
+    monkeypatch.setattr(live, "load_styles", lambda paths, *a, **k: fake_styles(None, 128)[:max(1, len(paths))])
+    return stylizer
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cameras():
+    FakeCamera.instances.clear()
+    yield
+    FakeCamera.instances.clear()
+
+
+@pytest.fixture
+def style_image(media) -> str:
+    return str(media / "style" / "la_muse.jpg")
+
+
+def frames_of(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def run_cli(*argv: str) -> int:
+    return main(["live", "--no-stdin", *argv])
+
+
+# -- the real model ----------------------------------------------------------------------------
+def test_test_pattern_into_vcam_and_recording_with_microast(tmp_path, weights_dir, style_image, capsys):
+    out = tmp_path / "x.mp4"
+    rc = run_cli("--source", "test", "--capture-size", "160x96", "--vcam", "--vcam-backend",
+                 "tests.test_live:FakeCamera", "--record", str(out), "--max-frames", "20", "--style", style_image,
+                 "--style-size", "128", "--model", "microast", "--weights-dir", str(weights_dir))
+    assert rc == 0, capsys.readouterr().err
+    (cam,) = FakeCamera.instances
+    assert cam.closed and len(cam.frames) == 20
+    assert all(f.shape == (96, 160, 3) and f.dtype == np.uint8 for f in cam.frames)
+    recorded = frames_of(out)
+    assert len(recorded) == 20 and recorded[0].shape == (96, 160, 3)
+    assert cam.frames[-1].std() > 10  # a picture, not a blank frame
+    assert "20 frames out" in capsys.readouterr().err
+
+
+def test_file_source_with_microast(tmp_path, weights_dir, clip, style_image, capsys):
+    out = tmp_path / "clip.mp4"
+    rc = run_cli("--source", str(clip), "--capture-size", "160x90", "--record", str(out), "--max-frames", "12",
+                 "--style", style_image, "--style-size", "128", "--model", "microast", "--weights-dir",
+                 str(weights_dir))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "file" in err and "160x90" in err
+    recorded = frames_of(out)
+    assert len(recorded) == 12 and recorded[0].shape == (90, 160, 3)
+
+
+# -- outputs, with a fake model ------------------------------------------------------------------
+def test_vcam_gets_rgb_at_the_capture_or_out_size(tmp_path, fake_model, monkeypatch):
+    """Pass-through style: the pattern's red/green/blue bars must arrive as red/green/blue (not BGR)."""
+    monkeypatch.setenv("STREAMER_VCAM_BACKEND", "tests.test_live:FakeCamera")  # the documented env route
+    assert run_cli("--source", "test", "--capture-size", "160x96", "--vcam", "--max-frames", "5",
+                   "--style", "x.png") == 0
+    frame = FakeCamera.instances[0].frames[-1]
+    assert frame.shape == (96, 160, 3)
+    assert tuple(frame[2, 20]) == (255, 0, 0) and tuple(frame[2, 60]) == (0, 255, 0)
+    assert tuple(frame[2, 100]) == (0, 0, 255)
+    FakeCamera.instances.clear()
+    assert run_cli("--source", "test", "--capture-size", "160x96", "--vcam", "--out-size", "320x192",
+                   "--max-frames", "3", "--style", "x.png") == 0
+    assert FakeCamera.instances[0].frames[-1].shape == (192, 320, 3)
+
+
+def test_no_virtual_camera_driver_says_how_to_get_one(fake_model, monkeypatch, capsys):
+    class Missing:
+        def __init__(self, **kw):
+            raise RuntimeError("No v4l2 loopback device found at /dev/video[0-99]")
+
+    import pyvirtualcam
+
+    monkeypatch.setitem(pyvirtualcam.camera.BACKENDS, "missing", Missing)
+    rc = run_cli("--source", "test", "--vcam", "--vcam-backend", "missing", "--max-frames", "3", "--style", "x.png")
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "no virtual camera" in err and ("v4l2loopback" in err or "OBS" in err) and "Traceback" not in err
+
+
+def test_ctrl_c_finalises_the_recording(tmp_path, fake_model, capsys):
+    out = tmp_path / "cut.mp4"
+
+    class Interrupting(FakeCamera):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.fail_at = 8
+
+    import pyvirtualcam
+
+    pyvirtualcam.register_backend("interrupting", Interrupting)
+    rc = run_cli("--source", "test", "--capture-size", "160x96", "--vcam", "--vcam-backend", "interrupting",
+                 "--record", str(out), "--max-frames", "100", "--style", "x.png")
+    assert rc == 130
+    assert len(frames_of(out)) == 7  # the frames before the interrupt, in a playable file
+    assert FakeCamera.instances[0].closed
+    assert [p.name for p in tmp_path.iterdir()] == ["cut.mp4"]  # no temp file left behind
+
+
+def test_disk_full_while_recording_is_one_line(tmp_path, fake_model, monkeypatch, capsys):
+    import streamer.videoio as videoio
+
+    real_write = videoio.VideoWriter.write
+
+    def filling_write(self, frame, pts=None):
+        if self.frames >= 3:
+            self.abort()
+            raise InputError(f"cannot write {self.path}: disk full (nothing was written)")
+        real_write(self, frame, pts)
+
+    monkeypatch.setattr(videoio.VideoWriter, "write", filling_write)
+    out = tmp_path / "full.mp4"
+    rc = run_cli("--source", "test", "--capture-size", "160x96", "--vcam", "--vcam-backend",
+                 "tests.test_live:FakeCamera", "--record", str(out), "--max-frames", "50", "--style", "x.png")
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert [line for line in err.splitlines() if "error" in line] == \
+        [f"streamer: error: cannot write {out}: disk full (nothing was written)"]
+    assert FakeCamera.instances[0].closed  # the other output was still closed properly
+    assert not any(tmp_path.iterdir())
+
+
+def test_record_refuses_to_overwrite(tmp_path, fake_model, capsys):
+    out = tmp_path / "x.mp4"
+    out.write_bytes(b"keep me")
+    assert run_cli("--source", "test", "--record", str(out), "--style", "x.png") == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+
+
+# -- the session ---------------------------------------------------------------------------------
+class Collector:
+    def __init__(self) -> None:
+        self.frames: list[np.ndarray] = []
+        self.closed = False
+
+    def send(self, frame) -> None:
+        self.frames.append(frame)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_slot_keeps_only_the_newest_and_delivers_it_before_the_error():
+    slot = LatestSlot()
+    for i in range(5):
+        slot.put(i)
+    assert slot.pending == 1 and slot.dropped == 4
+    slot.close(RuntimeError("camera gone"))
+    assert slot.take(timeout=0) == 4  # the last good frame still gets through
+    with pytest.raises(RuntimeError, match="camera gone"):
+        slot.take(timeout=1)
+    assert slot.put_count == 5
+
+
+def test_latest_frame_wins_under_a_slow_engine():
+    """A 100 fps source and a 10 fps engine: frames are dropped and counted, latency stays ~one step."""
+    step = 0.1
+    stylizer = FakeStylizer(delay=step)
+    source = PatternSource(64, 48, fps=100)
+    out = Collector()
+    session = LiveSession(source, stylizer, fake_styles(None), LiveState(1), outputs=[out], fps=30, max_frames=45)
+    pending: list[int] = []
+    sampler_stop = threading.Event()
+
+    def sample():
+        while not sampler_stop.is_set():
+            pending.append(session.in_slot.pending)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        summary = session.run()
+    finally:
+        sampler_stop.set()
+        sampler.join()
+    assert max(pending) <= 1  # never more than one frame waiting, however slow the engine
+    assert summary.frames_out == 45 and out.closed
+    assert summary.frames_captured > 3 * summary.frames_stylized  # the source really was faster
+    # every captured frame was either stylized or dropped (the last one may still wait in the slot)
+    assert summary.frames_captured - summary.frames_stylized - summary.dropped in (0, 1)
+    assert summary.latency_ms < 3 * step * 1000  # a queue would have grown to seconds by now
+    assert not session.capture.is_alive() and not session.engine.is_alive()
+
+
+def test_stdin_commands_switch_style_on_the_next_frame_and_reset_temporal(tmp_path):
+    class Temporal:
+        resets = 0
+
+        def process(self, source, stylized):
+            return stylized
+
+        def reset(self):
+            Temporal.resets += 1
+
+    stylizer = FakeStylizer(delay=0.01)
+    out = Collector()
+    session = LiveSession(PatternSource(64, 48, fps=60), stylizer, fake_styles(10, 200), LiveState(2), outputs=[out],
+                          fps=30, max_frames=30, temporal=Temporal(), snapshot_dir=tmp_path, stdin=True)
+    typed: list[str] = []
+
+    def drain():  # after six frames, as if typed: switch to style 2, take a snapshot
+        if len(out.frames) >= 6 and not typed:
+            typed.extend(["2\n", "s\n"])
+            return typed
+        return []
+
+    session.stdin.drain = drain
+    session.run()
+    fills = [int(f[0, 0, 0]) for f in out.frames]
+    assert fills[0] == 10 and fills[-1] == 200
+    switch = fills.index(200)
+    assert all(v == 10 for v in fills[:switch]) and all(v == 200 for v in fills[switch:])
+    assert 6 <= switch <= 10  # typed after frame 6; shows within a step or two (timing is noisy on a busy CPU)
+    assert Temporal.resets == 2  # once at the start, once at the switch
+    (snap,) = tmp_path.glob("streamer-*.png")
+    assert snap.stat().st_size > 0
+
+
+# -- sources ---------------------------------------------------------------------------------------
+class FakeCapture:
+    """cv2.VideoCapture stand-in: a camera that delivers ``good`` frames, then nothing, and never comes back."""
+
+    opened = 0
+    released = 0
+    good = 5
+
+    def __init__(self, *args) -> None:
+        FakeCapture.opened += 1
+        self.first = FakeCapture.opened == 1
+        self.n = 0
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return self.first
+
+    def set(self, *args) -> bool:
+        return True
+
+    def get(self, prop) -> float:
+        return 30.0
+
+    def read(self):
+        self.n += 1
+        if self.first and self.n <= FakeCapture.good:
+            return True, np.full((48, 64, 3), 90, np.uint8)
+        return False, None
+
+    def release(self) -> None:
+        FakeCapture.released += 1
+
+
+@pytest.fixture
+def fake_capture(monkeypatch):
+    FakeCapture.opened = FakeCapture.released = 0
+    monkeypatch.setattr(capture.cv2, "VideoCapture", FakeCapture)
+    monkeypatch.setattr(capture, "RETRY_DELAY", 0.01)
+    return FakeCapture
+
+
+def test_camera_unplugged_mid_stream_gives_a_clear_error(tmp_path, fake_model, fake_capture, capsys):
+    out = tmp_path / "cam.mp4"
+    rc = run_cli("--source", "0", "--record", str(out), "--style", "x.png", "--fps", "100")
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "camera 0 stopped delivering frames" in err and "Traceback" not in err
+    assert fake_capture.opened >= 1 + capture.RETRIES  # it tried to re-open
+    assert fake_capture.released >= fake_capture.opened  # and released every handle
+    assert len(frames_of(out)) >= 1  # what was recorded before the loss is kept, playable
+
+
+def test_missing_camera(tmp_path, fake_model, fake_capture, capsys):
+    fake_capture.opened = 1  # so the next capture is not "first": it never opens
+    assert run_cli("--source", "3", "--record", str(tmp_path / "never.mp4"), "--style", "x.png") == 3
+    err = capsys.readouterr().err
+    assert "cannot open camera 3" in err and "--source test" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_file_source(tmp_path, fake_model, capsys):
+    assert run_cli("--source", str(tmp_path / "nope.mp4"), "--record", str(tmp_path / "x.mp4"),
+                   "--style", "x.png") == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_file_source_ends_cleanly(tmp_path, fake_model, clip, capsys):
+    """A short file without --loop: the session stops when it ends, exit 0."""
+    short = tmp_path / "short.mp4"
+    with av.open(str(clip)) as src, av.open(str(short), "w") as dst:
+        stream = dst.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 160, 90, "yuv420p"
+        for i, frame in enumerate(src.decode(video=0)):
+            if i == 6:
+                break
+            dst.mux(stream.encode(frame.reformat(160, 90, "yuv420p")))
+        dst.mux(stream.encode(None))
+    out = tmp_path / "out.mp4"
+    assert run_cli("--source", str(short), "--record", str(out), "--style", "x.png") == 0
+    assert "source ended" in capsys.readouterr().err
+    assert len(frames_of(out)) >= 4  # all six frames, give or take the output clock's jitter
+
+
+# -- display -------------------------------------------------------------------------------------
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="DISPLAY/WAYLAND_DISPLAY is how Linux says it")
+def test_no_display_says_to_use_vcam_or_record(monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    for extra in ([], ["--window", "--record", "never.mp4"]):
+        assert run_cli("--source", "test", "--style", "x.png", *extra) == 3
+        err = capsys.readouterr().err
+        assert "no display" in err and "--vcam" in err and "--record" in err and "Traceback" not in err
+    assert not Path("never.mp4").exists()
+
+
+@pytest.fixture
+def xvfb():
+    if not shutil.which("Xvfb"):
+        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
+    pytest.importorskip("tkinter", reason="the window needs tkinter")
+    for number in range(150, 170):
+        if not Path(f"/tmp/.X11-unix/X{number}").exists() and not Path(f"/tmp/.X{number}-lock").exists():
+            break
+    proc = subprocess.Popen(["Xvfb", f":{number}", "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if Path(f"/tmp/.X11-unix/X{number}").exists():
+            break
+        time.sleep(0.05)
+    yield f":{number}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_real_window_under_xvfb(xvfb, weights_dir, style_image):
+    """The real CLI (PyAV loaded, microast) opens a window on an X display and runs to --max-frames."""
+    env = {**os.environ, "DISPLAY": xvfb}
+    env.pop("WAYLAND_DISPLAY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamer", "live", "--source", "test", "--capture-size", "160x96", "--window", "--hud",
+         "--max-frames", "15", "--style", style_image, "--style-size", "128", "--model", "microast",
+         "--weights-dir", str(weights_dir)],
+        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "window open (tk)" in proc.stderr and "15 frames out" in proc.stderr
