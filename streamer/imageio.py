@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engines.errors import InputError
+from streamer.fileutil import new_file_mode
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: the longest side we accept: larger images are almost always a mistake and exhaust memory
@@ -104,6 +105,7 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
         with os.fdopen(fd, "wb") as f:
             save_kwargs = {"quality": 95} if fmt == "JPEG" else {}
             img.save(f, format=fmt, **save_kwargs)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

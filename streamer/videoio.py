@@ -27,6 +27,7 @@ import av.container
 import numpy as np
 
 from engines.errors import InputError
+from streamer.fileutil import new_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +114,6 @@ def pad_edges(rgb: np.ndarray, pad_w: int, pad_h: int) -> np.ndarray:
     return np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
-def _file_mode() -> int:
-    """The mode a new file gets under the current umask (mkstemp's temp files are private, 0600)."""
-    try:
-        with open("/proc/self/status") as f:  # race-free on Linux
-            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        umask = os.umask(0o022)
-        os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -173,7 +163,7 @@ class VideoWriter:
         except OSError as exc:
             raise InputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self.tmp_path = Path(tmp)
-        os.chmod(self.tmp_path, _file_mode())
+        os.chmod(self.tmp_path, new_file_mode())
         try:
             options = {"movflags": "+faststart"} if faststart and fmt in FASTSTART else {}
             self.container = av.open(str(self.tmp_path), "w", format=fmt, options=options)

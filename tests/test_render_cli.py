@@ -44,6 +44,7 @@ def test_render_image_keeps_exact_size_and_stylizes(run, small_content, style, t
     code, err = run("render", small_content, out, "--style", style, "--model", model)
     assert code == 0, err
     assert Image.open(out).size == Image.open(small_content).size == (146, 103)
+    assert out.stat().st_mode & 0o044 == 0o044  # readable like any new file, not a private temp file
     assert np.abs(_rgb(out).astype(int) - _rgb(small_content)).mean() > 5
 
 
