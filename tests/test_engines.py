@@ -88,7 +88,7 @@ def test_reduced_precision_torch_stays_close(adain_r31, media, precision):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_openvino_where_the_cpu_has_it(microast, media, precision):
     if not _available("openvino", precision):
-        pytest.skip(f"this CPU has no native {precision}: {engine_class('openvino').unavailable_reason(CPU, precision)}")
+        pytest.skip(engine_class("openvino").unavailable_reason(CPU, precision))
     image, _ = pad_to_multiple(_frame(media, "golden_gate.jpg", 64, 96), microast.factor)
     code, alpha = _code(microast, media), torch.tensor(1.0)
     ref = create_engine("torch", microast, CPU).run(image, alpha, code)
@@ -124,7 +124,7 @@ def test_engine_used_from_a_worker_thread(microast):
 
 # -- the graph every engine starts from ---------------------------------------------------------------
 def test_cpu_rewrites_are_exact(microast, adain_r31):
-    from engines.backends.graph import GroupSumConv, SpaceToDepthConv
+    from engines.backends.graph import GroupSumConv, NearestUpConv, SpaceToDepthConv
 
     for model, size in ((microast, (36, 52)), (adain_r31, (40, 56))):
         graph = model.content_graph()
@@ -135,6 +135,7 @@ def test_cpu_rewrites_are_exact(microast, adain_r31):
     assert not any(isinstance(m, (GroupSumConv, SpaceToDepthConv)) for m in microast.modules())  # model untouched
     kinds = {type(m) for m in cpu_graph(microast.content_graph()).modules()}
     assert {GroupSumConv, SpaceToDepthConv} <= kinds  # the rewrites did apply to MicroAST
+    assert NearestUpConv in {type(m) for m in cpu_graph(adain_r31.content_graph()).modules()}  # and to VGG
 
 
 def test_content_graph_exports_with_dynamic_height_and_width(microast):

@@ -5,7 +5,7 @@
 * NVIDIA GPU (``--device cuda``): TensorRT (torch-tensorrt installed), else ONNX Runtime with its
   CUDA/TensorRT providers (onnxruntime-gpu), else PyTorch.
 * CPU: the per-model order in :data:`CPU_PREFERENCE`, which is the ranking `streamer bench` measured
-  side by side (ms/frame of the content side at 640x360, fp32, see the table there). A table rather
+  side by side (ms/frame of the content side, fp32, see the table there). A table rather
   than a calibration run at start-up: the ranking was the same at every size measured and a timing
   run would cost seconds at every start and be noisy on busy machines.
 
@@ -24,16 +24,18 @@ log = logging.getLogger(__name__)
 
 ENGINE_NAMES = ("auto", "torch", "tensorrt", "onnxruntime", "openvino")
 
-#: measured on a 2-core AMD EPYC (Zen 4, AVX2 kernels), content side at 640x360 fp32, ms/frame:
-#:   microast  torch 1116  onnxruntime 380  openvino 338
-#:   adain-r31 torch 3542  onnxruntime 1135 openvino 1150
-#:   adain     torch 8600  onnxruntime 2967 openvino 3023   (random weights, speed only)
-#: OpenVINO and ONNX Runtime are within noise of each other for the VGG models; OpenVINO is ahead
-#: for MicroAST (depthwise/grouped convs, fused element-wise subgraphs).
+#: measured by `streamer bench --models all` on a 2-core AMD EPYC (Zen 4, AVX2 kernels, no native bf16),
+#: content side, fp32, ms/frame (speedup vs torch eager), all engines interleaved in one process:
+#:              640x360                      1280x720
+#:   microast   torch 646  ort 399  ov 251 (2.6x)   torch 3212  ort 1433  ov 1005 (3.2x)
+#:   adain-r31  torch 959  ort 676  ov 576 (1.7x)   torch 5547  ort 3107  ov 2433 (2.3x)
+#:   adain      torch 4630 ort 3165 ov 2558 (1.8x)  torch 20481 ort 12122 ov 9109 (2.3x)  (random weights)
+#: OpenVINO was fastest for every model at every size (256, 512, 640x360, 1280x720; at 256x256 adain
+#: one earlier run had ONNX Runtime ahead by 6%), ONNX Runtime second; both match torch fp32 to > 100 dB.
 CPU_PREFERENCE: dict[str, tuple[str, ...]] = {
     "microast": ("openvino", "onnxruntime", "torch"),
-    "adain-r31": ("onnxruntime", "openvino", "torch"),
-    "adain": ("onnxruntime", "openvino", "torch"),
+    "adain-r31": ("openvino", "onnxruntime", "torch"),
+    "adain": ("openvino", "onnxruntime", "torch"),
 }
 GPU_PREFERENCE: tuple[str, ...] = ("tensorrt", "onnxruntime", "torch")
 DEFAULT_CPU_PREFERENCE: tuple[str, ...] = ("openvino", "onnxruntime", "torch")
