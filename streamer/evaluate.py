@@ -104,7 +104,8 @@ def warping_errors(source: Iterable[np.ndarray], *videos: Iterable[np.ndarray], 
         for k, it in enumerate(its):
             frame = next(it, None)
             if frame is None:
-                raise InputError(f"{names[k]} has {t} frames but the source has more; they must match frame for frame")
+                raise InputError(f"{names[k]} has {_frames(t)} but the source has more; "
+                                 "they must match frame for frame")
             cur.append(_match_size(frame, src.shape, names[k]))
         g = fl.gray(src)
         if prev is not None:
@@ -129,8 +130,12 @@ def warping_errors(source: Iterable[np.ndarray], *videos: Iterable[np.ndarray], 
         if next(it, None) is not None:
             raise InputError(f"{names[k]} has more frames than the source ({t}); they must match frame for frame")
     if t < 2:
-        raise InputError(f"the source has {t} frame(s); the warping error needs at least two")
+        raise InputError(f"the source has {_frames(t)}; the warping error needs at least two")
     return report
+
+
+def _frames(n: int) -> str:
+    return f"{n} frame" if n == 1 else f"{n} frames"
 
 
 def _match_size(frame: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -192,8 +197,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Measure a rendered video's quality.")
     what = p.add_subparsers(dest="metric", metavar="METRIC", required=True)
     f = what.add_parser("flicker", help="temporal flicker: the warping error (Lai et al. 2018)",
-                        description=__doc__.split("\n\n")[1].replace("\n", " "),
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+                        description=__doc__.split("\n\n")[1].replace("\n", " "))
     f.add_argument("source", help="the source video (or folder of frames) the stylized one was made from")
     f.add_argument("stylized", help="the stylized video (or folder of frames), frame for frame")
     f.add_argument("--json", action="store_true", help="print JSON with the per-frame values")
@@ -213,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_frames is None:
         n_src, n_sty = frame_count(src), frame_count(sty)
         if n_src and n_sty and n_src != n_sty:
-            raise InputError(f"{sty} has {n_sty} frames but {src} has {n_src}; they must match frame for frame")
+            raise InputError(f"{sty} has {_frames(n_sty)} but {src} has {_frames(n_src)}; "
+                             "they must match frame for frame")
     report = warping_errors(read_frames(src, args.max_frames), read_frames(sty, args.max_frames),
                             method=args.flow, names=[str(sty)])
     styl, floor = report.mean(report.videos[0]), report.mean(report.source)

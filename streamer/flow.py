@@ -31,11 +31,14 @@ def gray(rgb: np.ndarray, scale: float = 1.0) -> np.ndarray:
 class FlowEstimator:
     """One OpenCV flow object, reused across frames (DIS allocates its pyramids once)."""
 
-    def __init__(self, method: str = "dis", preset: str = "medium") -> None:
+    def __init__(self, method: str = "dis", preset: str = "medium", finest_scale: int | None = None) -> None:
+        """``finest_scale``: DIS's finest pyramid level (0 = input size; the presets use 2 or 1)."""
         if method not in FLOW_METHODS:
             raise ValueError(f"unknown flow method {method!r}; use one of {FLOW_METHODS}")
         self.method = method
         self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset]) if method == "dis" else None
+        if self._dis is not None and finest_scale is not None:
+            self._dis.setFinestScale(finest_scale)
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Flow from gray ``a`` to gray ``b``: ``a(p) ~ b(p + flow(p))``."""

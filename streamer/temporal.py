@@ -24,11 +24,12 @@ below run on the engine's *output*, so they work with every engine (torch, ONNX,
 A scene cut (most of the frame unexplained by motion, or a jump of the tone histogram) resets the
 history, so nothing is ever blended across shots; ``reset()`` does the same on a style switch.
 
-Cost: the flow is DIS ("fast" preset) on a half-size grey image, in both directions; warping and
-blending are single OpenCV calls at the output's size: ~10 ms of one core per 640x360 frame, a few
-percent of a MicroAST frame (see tools/temporal_numbers.py). For live use, ``prepare(source)``
-may be called as soon as a frame is captured: the flow then runs on a helper thread while the engine
-stylizes it (OpenCV releases the GIL) and ``process`` only waits for it; otherwise it runs inline.
+Cost: the flow is DIS ("fast" preset, refined to 1/4 of the frame) on a half-size grey image, in
+both directions; warping and blending are single OpenCV calls at the output's size: ~13 ms of one
+core per 640x360 frame, ~2% of a MicroAST or AdaIN-r31 render on this CPU (tools/temporal_numbers.py,
+tools/temporal_render_fps.py). For live use, ``prepare(source)`` may be called as soon as a frame is
+captured: the flow (about half the cost) then runs on a helper thread while the engine stylizes it
+(OpenCV releases the GIL) and ``process`` only waits for it; otherwise it runs inline.
 """
 from __future__ import annotations
 
@@ -50,13 +51,17 @@ log = logging.getLogger(__name__)
 DEFAULT_STRENGTH = 0.8
 #: at strength 1 a fully trusted pixel takes this share from the warped history (never 1: no freezing)
 MAX_HISTORY = 0.9
-#: flow on a grey image at this fraction of the frame's size, with this DIS preset (measured on the real
-#: clip: "fast" at 1/2 removes ~60% of the flicker for ~1 ms more than "ultrafast", which removes ~52%;
-#: full size removes ~63% but costs ~10 ms more per 640x360 frame; 1/4 size only ~42%)
+#: flow on a grey image at this fraction of the frame's size, with this DIS preset, down to this pyramid
+#: level (DIS's presets stop at level 2, i.e. 1/8 of the frame here; level 1 = 1/4 of the frame).
+#: Measured on the real clip (share of the warping error removed, AdaIN-r31 / MicroAST; CPU ms per
+#: 640x360 frame for the whole process()): 1/2 "fast" level 1: 51% / ~65%, 13.5 ms; 1/2 "fast" (level 2):
+#: 42% / 57-61%, 10 ms; 1/2 "ultrafast": 40% / 50-54%, 9 ms; full size "ultrafast": 46% / 61-64%, 19 ms;
+#: 1/4 "ultrafast": 30% / 39-45%.
 FLOW_SCALE = 0.5
 FLOW_PRESET = "fast"
+FLOW_FINEST = 1
 #: forward-backward tolerance in full-resolution px^2 (Ruder et al. use 0.5 with full-size flow;
-#: half-size flow is coarser, and 1.0 keeps ~3% more of the flicker removal at the same sharpness)
+#: half-size flow is coarser, and 1.0 removed ~3 points more flicker at the same sharpness)
 CONSISTENCY_PX2 = 1.0
 
 
@@ -80,6 +85,11 @@ def match_stats_lut(mean: np.ndarray, std: np.ndarray, target_mean: np.ndarray, 
 def confidence(valid: np.ndarray, residual: np.ndarray, residual_lo: float = 8.0,
                residual_hi: float = 32.0) -> np.ndarray:
     """How far to trust the motion-compensated history at each (small-scale) pixel, float32 in [0, 1].
+
+    The residual band 8-32 was measured against 6-24 and 10-40: 62/65/67% of the warping error removed
+    on MicroAST, 46/51/54% on AdaIN-r31, sharpness falling a little with each; with the erosion, pixels
+    the metric's own flow cannot vouch for stay *less* changed than the average pixel (no ghosts);
+    without it they changed more, so it stays.
 
     0 where the forward-backward check failed (``valid`` False: occluded, disoccluded, flow lost) or
     where the warped previous source differs from the current source (``residual``, 0-255) by
@@ -121,7 +131,7 @@ class TemporalStabilizer:
         self.texture = texture
         self.interpolation = cv2.INTER_CUBIC  # bilinear blurs a little more on every recursion
         self.preset = preset
-        self._flow = fl.FlowEstimator("dis", preset)
+        self._flow = fl.FlowEstimator("dis", preset, FLOW_FINEST)
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._pending: deque[tuple[np.ndarray, Future]] = deque()
@@ -142,7 +152,7 @@ class TemporalStabilizer:
         is captured or decoded, while the engine is busy with earlier ones). Call it once per frame, in
         frame order, with the very array later given to ``process``; any number of frames may be ahead."""
         if self._pool is None:
-            self._flow_ahead = fl.FlowEstimator("dis", self.preset)
+            self._flow_ahead = fl.FlowEstimator("dis", self.preset, FLOW_FINEST)
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="temporal-flow")
         with self._lock:
             future = self._pool.submit(self._prepared_motion, source_rgb, self._last_prepared)
@@ -225,8 +235,8 @@ def add_temporal_options(p: argparse.ArgumentParser) -> None:
     """``--temporal`` and ``--temporal-strength``, for render and live."""
     g = p.add_argument_group("temporal stability")
     g.add_argument("--temporal", action="store_true",
-                   help="reduce flicker: steady the tone and carry texture along the optical flow "
-                        "(reset at scene cuts and style switches)")
+                   help="reduce flicker: carry the stylized texture along the optical flow where the flow "
+                        "is reliable (never across scene cuts; reset on style switches)")
     g.add_argument("--temporal-strength", type=float, default=DEFAULT_STRENGTH, metavar="S",
                    help=f"0 (off) to 1 (steadiest); only with --temporal (default {DEFAULT_STRENGTH})")
 
