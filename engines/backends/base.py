@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from importlib import import_module
+from types import ModuleType
 
 import torch
 from torch import Tensor
 
+from engines.errors import DeviceError
 from engines.models.base import StyleModel
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -40,3 +43,11 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release sessions, compiled models or GPU memory; the engine is not used afterwards."""
+
+
+def require_module(module: str, engine: str) -> ModuleType:
+    """Import an engine's runtime, or say in one line which package to install."""
+    try:
+        return import_module(module)
+    except ImportError:
+        raise DeviceError(f"--engine {engine} needs the {module} package: pip install {module}") from None

@@ -15,7 +15,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from engines.backends.base import Engine
+from engines.backends.base import Engine, require_module
 from engines.backends.graph import OUTPUT_NAME, cached_onnx, input_names, padded_shape
 from engines.backends.machine import physical_cores
 from engines.errors import DeviceError
@@ -28,11 +28,7 @@ MAX_SESSIONS = 4
 
 
 def _ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise DeviceError("--engine onnxruntime needs the onnxruntime package: pip install onnxruntime") from None
-    return onnxruntime
+    return require_module("onnxruntime", "onnxruntime")
 
 
 class OnnxRuntimeEngine(Engine):

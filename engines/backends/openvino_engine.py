@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engines.backends.base import Engine
+from engines.backends.base import Engine, require_module
 from engines.backends.graph import cached_onnx, input_names, padded_shape
 from engines.backends.machine import physical_cores
 from engines.errors import DeviceError
@@ -29,11 +29,7 @@ _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
 def _ov():
-    try:
-        import openvino
-    except ImportError:
-        raise DeviceError("--engine openvino needs the openvino package: pip install openvino") from None
-    return openvino
+    return require_module("openvino", "openvino")
 
 
 class OpenVINOEngine(Engine):
