@@ -89,6 +89,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--max-frames", type=int, default=0, help="stop after N output frames (0 = run until q/Ctrl-C)")
     c.add_argument("--no-stdin", action="store_true", help="do not read commands from stdin")
     add_model_options(p)
+    from streamer.temporal import add_temporal_options
+
+    add_temporal_options(p)
     p.set_defaults(run=run)
 
 
@@ -448,8 +451,10 @@ class LiveSession:
 
 # -- command -----------------------------------------------------------------------------------
 def temporal_filter(args: argparse.Namespace) -> Temporal | None:
-    """The temporal-stability filter the options ask for, or None (as in streamer.video: the option plugs in here)."""
-    return getattr(args, "temporal_filter", None)
+    """The temporal-stability filter ``--temporal`` asks for, or None."""
+    from streamer.temporal import make_temporal
+
+    return make_temporal(args)
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -431,3 +431,15 @@ def test_real_window_under_xvfb(xvfb, weights_dir, style_image):
         env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "window open (tk)" in proc.stderr and "15 frames out" in proc.stderr
+
+
+def test_live_temporal_option_builds_a_stabilizer() -> None:
+    from streamer.cli import build_parser
+    from streamer.live import temporal_filter
+    from streamer.temporal import TemporalStabilizer
+
+    parser = build_parser()
+    on = parser.parse_args(["live", "--style", "x.jpg", "--temporal", "--temporal-strength", "0.5"])
+    off = parser.parse_args(["live", "--style", "x.jpg"])
+    assert isinstance(temporal_filter(on), TemporalStabilizer)
+    assert temporal_filter(off) is None
