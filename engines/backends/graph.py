@@ -206,11 +206,16 @@ def _fold_upsample_into_conv(seq: nn.Sequential) -> int:
             folded += 1
         i += 1
     if folded:
-        for name in list(seq._modules):
-            del seq._modules[name]
-        for j, m in enumerate(mods):
-            seq.add_module(str(j), m)
+        _set_modules(seq, mods)
     return folded
+
+
+def _set_modules(seq: nn.Sequential, mods: list[nn.Module]) -> None:
+    """Replace a Sequential's children with ``mods``, renumbered from 0."""
+    for name in list(seq._modules):
+        del seq._modules[name]
+    for j, m in enumerate(mods):
+        seq.add_module(str(j), m)
 
 
 def _is_zero_pad(m: nn.Module) -> bool:
@@ -242,10 +247,7 @@ def _fold_pointwise_into_next(seq: nn.Sequential) -> int:
             folded += 1
         i += 1
     if folded:
-        for name in list(seq._modules):
-            del seq._modules[name]
-        for j, m in enumerate(mods):
-            seq.add_module(str(j), m)
+        _set_modules(seq, mods)
     return folded
 
 
