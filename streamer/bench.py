@@ -250,7 +250,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engines", nargs="+", choices=ENGINE_NAMES[1:], default=None,
                    help="default: every engine available here (torch fp32 eager is always run as the baseline)")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
-                   help="default: fp32 on a CPU, fp32 and fp16 on a GPU")
+                   help="default: fp32 and int8 (OpenVINO) on a CPU, fp32 and fp16 on a GPU")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=None, metavar="WxH",
                    help="frame sizes, WIDTHxHEIGHT or N for a square (default 640x360 1280x720 256 512)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per engine and size, at most (default 5)")
@@ -285,7 +285,7 @@ def _plan(args: argparse.Namespace, device: torch.device) -> tuple[list[str], li
     engines = args.engines or [e for e in ENGINE_NAMES[1:] if e != "tensorrt" or gpu]
     if "torch" not in engines:
         engines = ["torch", *engines]
-    precisions = args.precisions or (["fp32", "fp16"] if gpu else ["fp32"])
+    precisions = args.precisions or (["fp32", "fp16"] if gpu else ["fp32", "int8"])
     if args.repeats < 1 or args.warmup < 0 or args.budget <= 0 or args.render_frames < 0:
         raise InputError("--repeats must be >= 1, --warmup and --render-frames >= 0, --budget > 0")
     return list(dict.fromkeys(models)), list(dict.fromkeys(engines)), list(dict.fromkeys(precisions)), sizes
@@ -316,7 +316,11 @@ def run(args: argparse.Namespace) -> int:
         labels = ["torch/fp32", *(_engine_label(k, p) for k in engines for p in precisions)]
         for label in dict.fromkeys(labels):  # torch fp32 eager first: the baseline
             kind, prec = label.split("/")
+            if prec == "int8" and kind != "openvino" and not args.precisions:
+                continue  # by default int8 is shown where it exists (OpenVINO on a CPU)
             reason = engine_class(kind).unavailable_reason(device, prec)
+            if prec == "int8" and model.int8_refusal:
+                reason = model.int8_refusal
             if reason:
                 rows.extend(Row(name, kind, prec, f"{w}x{h}", note=f"n/a: {reason}") for w, h in sizes)
                 continue

@@ -88,6 +88,8 @@ def create_engine(kind: str, model, device: torch.device, precision: str = "fp32
     """
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and model.int8_refusal:
+        raise InputError(model.int8_refusal)
     device = torch.device(device)
     why = "asked for"
     if kind == "auto":

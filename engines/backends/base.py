@@ -11,7 +11,7 @@ from torch import Tensor
 from engines.errors import DeviceError
 from engines.models.base import StyleModel
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -41,6 +41,8 @@ class OnnxRuntimeEngine(Engine):
         except DeviceError as exc:
             return str(exc)
         providers = ort.get_available_providers()
+        if precision == "int8":
+            return "onnxruntime does not run int8 here; int8 runs on --engine openvino"
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in providers and "TensorrtExecutionProvider" not in providers:
                 return ("this onnxruntime has no CUDA provider; pip install onnxruntime-gpu, "

@@ -25,7 +25,8 @@ from engines.models.base import StyleModel
 log = logging.getLogger(__name__)
 
 MAX_COMPILED = 4
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+#: what runs between quantised layers: int8 models keep their unquantised layers in f32
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 
 
 def _ov():
@@ -46,7 +47,7 @@ class OpenVINOEngine(Engine):
         if precision == "fp32":
             return None
         caps = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-        need = {"bf16": "BF16", "fp16": "FP16"}[precision]
+        need = {"bf16": "BF16", "fp16": "FP16", "int8": "INT8"}[precision]
         if need not in caps:
             return (f"this CPU has no native {precision} (OpenVINO reports {', '.join(sorted(caps))}); "
                     "use --precision fp32")
@@ -62,7 +63,15 @@ class OpenVINOEngine(Engine):
         self.ov = _ov()
         self.core = self.ov.Core()
         self.threads = threads or physical_cores()
-        self.path = cached_onnx(model, weights_id, rewrite=True)
+        if precision == "int8":
+            from engines.backends.int8 import cached_int8, read_model_file
+
+            path = cached_int8(model, weights_id)
+            self._read = lambda: read_model_file(self.core, path)
+        else:
+            path = cached_onnx(model, weights_id, rewrite=True)
+            self._read = lambda: self.core.read_model(str(path))
+        self.path = path
         self.names = input_names(model)
         self._compiled: OrderedDict[tuple[int, int], tuple[object, object]] = OrderedDict()
         self._lock = threading.Lock()
@@ -85,7 +94,7 @@ class OpenVINOEngine(Engine):
         with self._lock:
             entry = self._compiled.get(key)
             if entry is None:
-                model = self.core.read_model(str(self.path))
+                model = self._read()
                 model.reshape({"image": [1, 3, height, width]})
                 compiled = self.core.compile_model(model, "CPU", self.config())
                 entry = (compiled, compiled.create_infer_request())

@@ -138,6 +138,8 @@ class TensorRTEngine(Engine):
         reason = missing_requirement(device)
         if reason:
             return reason
+        if precision == "int8":
+            return "TensorRT int8 is not offered (it needs per-GPU calibration); use --precision fp16"
         if precision == "bf16" and not torch.cuda.is_bf16_supported():
             return "this GPU has no bf16; use --precision fp16"
         return None

@@ -17,6 +17,8 @@ class TorchEngine(Engine):
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
         if device.type == "cuda" and not torch.cuda.is_available():
             return "--device cuda was asked for, but no CUDA GPU is visible to PyTorch; use --device cpu"
+        if precision not in DTYPES:
+            return f"the torch engine does not run {precision}; int8 runs on --engine openvino"
         return None
 
     def __init__(self, model: StyleModel, device: torch.device, precision: str = "fp32") -> None:

@@ -22,6 +22,8 @@ class StyleModel(nn.Module, ABC):
     factor: ClassVar[int]
     #: the order in which the content graph takes the style code's tensors
     code_names: ClassVar[tuple[str, ...]]
+    #: None if int8 (engines/backends/int8.py) keeps this model's output close to fp32, else why not
+    int8_refusal: ClassVar[str | None] = None
 
     @abstractmethod
     def encode_style(self, style: Tensor) -> StyleCode:
