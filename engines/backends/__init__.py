@@ -101,9 +101,6 @@ def create_engine(kind: str, model, device: torch.device, precision: str = "fp32
     if kind == "auto":
         kind, why = pick_engine(model.name, device, precision)
     cls = engine_class(kind)
-    reason = cls.unavailable_reason(device, precision)
-    if reason:
-        raise DeviceError(reason)
     if kind == "torch":
         engine: Engine = cls(model, device, precision)
     else:

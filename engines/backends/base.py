@@ -21,6 +21,9 @@ class Engine(ABC):
     name: str = "base"
 
     def __init__(self, model: StyleModel, device: torch.device, precision: str = "fp32") -> None:
+        reason = self.unavailable_reason(device, precision)
+        if reason:
+            raise DeviceError(reason)
         self.model = model
         self.device = device
         self.precision = precision

@@ -32,6 +32,7 @@ import torch
 from engines.backends.base import require_module
 from engines.backends.graph import cached_onnx, input_names
 from engines.models.base import StyleModel
+from engines.stylizer import to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,6 @@ def dead_leaves(height: int, width: int, rng: np.random.Generator, leaves: int =
     return np.clip(blurred + grain, 0, 255).astype(np.uint8)
 
 
-def _to_input(rgb: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
-
-
 def calibration_feeds(model: StyleModel, samples: int = CALIBRATION_SAMPLES, seed: int = 0) -> list[dict]:
     """Graph inputs for calibration: a synthetic frame and the code of another synthetic image as style."""
     rng = np.random.default_rng(seed)
@@ -84,11 +81,11 @@ def calibration_feeds(model: StyleModel, samples: int = CALIBRATION_SAMPLES, see
     feeds = []
     for i in range(samples):
         with torch.inference_mode():
-            style = torch.from_numpy(_to_input(dead_leaves(256, 256, rng)))
+            style = to_tensor(dead_leaves(256, 256, rng))
             code = [t.float().contiguous().numpy() for t in model.code_tensors(model.encode_style(style))]
         h, w = CALIBRATION_SIZES[i % len(CALIBRATION_SIZES)]
         alpha = np.array(1.0 if i % 4 else 0.5, np.float32)
-        feeds.append({names[0]: _to_input(dead_leaves(h, w, rng)), names[1]: alpha, **dict(zip(names[2:], code))})
+        feeds.append({names[0]: to_tensor(dead_leaves(h, w, rng)).numpy(), names[1]: alpha, **dict(zip(names[2:], code))})
     return feeds
 
 
@@ -164,7 +161,6 @@ def cached_int8(model: StyleModel, weights_id: str | None, cache=None) -> Path:
     }
 
     def build(path: Path) -> None:
-        require_module("nncf", "openvino --precision int8")
         with build_progress(f"calibrating int8 {model.name}"), _quiet_nncf():
             write_model_file(quantize(model, onnx_path), path)
 

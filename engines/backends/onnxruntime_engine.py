@@ -63,9 +63,6 @@ class OnnxRuntimeEngine(Engine):
                  weights_id: str | None = None, shape_hint: tuple[int, int] | None = None,
                  threads: int | None = None) -> None:
         super().__init__(model, device, precision)
-        reason = self.unavailable_reason(device, precision)
-        if reason:
-            raise DeviceError(reason)
         self.ort = _ort()
         self.threads = threads or physical_cores()
         self.providers = self._providers()

@@ -57,9 +57,6 @@ class OpenVINOEngine(Engine):
                  weights_id: str | None = None, shape_hint: tuple[int, int] | None = None,
                  threads: int | None = None) -> None:
         super().__init__(model, device, precision)
-        reason = self.unavailable_reason(device, precision)
-        if reason:
-            raise DeviceError(reason)
         self.ov = _ov()
         self.core = self.ov.Core()
         self.threads = threads or physical_cores()

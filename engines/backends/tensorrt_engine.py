@@ -148,9 +148,6 @@ class TensorRTEngine(Engine):
                  weights_id: str | None = None, shape_hint: tuple[int, int] | None = None,
                  cache: EngineCache | None = None) -> None:
         super().__init__(model, device, precision)
-        reason = self.unavailable_reason(device, precision)
-        if reason:
-            raise DeviceError(reason)
         import tensorrt
         import torch_tensorrt
 
