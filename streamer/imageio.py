@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engines.errors import InputError
-from streamer.fileutil import new_file_mode
+from streamer.fileutil import existing_file, new_file_mode
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: the longest side we accept: larger images are almost always a mistake and exhaust memory
@@ -41,11 +41,7 @@ def _to_rgb8(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
 
 def load_image_with_alpha(path: str | Path, what: str = "image") -> tuple[np.ndarray, np.ndarray | None]:
     """Load an image as upright uint8 RGB (EXIF rotation applied) and its alpha channel if any."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
-    if path.is_dir():
-        raise InputError(f"{what} is a folder, not an image file: {path}")
+    path = existing_file(path, what, "an image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -27,7 +27,7 @@ import av.container
 import numpy as np
 
 from engines.errors import InputError
-from streamer.fileutil import new_file_mode
+from streamer.fileutil import existing_file, new_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -369,11 +369,7 @@ def _first_frame_rotation(path: Path, index: int) -> int:
 
 def open_video(path: Path) -> tuple[av.container.InputContainer, VideoInfo]:
     """Open a video file for decoding with one clear error for each way it can fail."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"input video not found: {path}")
-    if path.is_dir():
-        raise InputError(f"input video is a folder: {path}")
+    path = existing_file(path, "input video", "a video file")
     try:
         container = av.open(str(path), "r")
     except (av.FFmpegError, OSError, ValueError) as exc:
