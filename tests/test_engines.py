@@ -124,18 +124,34 @@ def test_engine_used_from_a_worker_thread(microast):
 
 # -- the graph every engine starts from ---------------------------------------------------------------
 def test_cpu_rewrites_are_exact(microast, adain_r31):
-    from engines.backends.graph import GroupSumConv, NearestUpConv, SpaceToDepthConv
+    from engines.backends.graph import (BilinearUp2, GroupSumConv, NearestUpConv, SpaceToDepthConv,
+                                        SplitDepthwiseConv)
 
-    for model, size in ((microast, (36, 52)), (adain_r31, (40, 56))):
-        graph = model.content_graph()
-        fast = cpu_graph(graph)
-        example = example_inputs(model, *size)
-        with torch.no_grad():
-            assert torch.allclose(fast(*example), graph(*example), atol=2e-5)
+    for runtime in ("openvino", "onnxruntime"):
+        for model, size in ((microast, (36, 52)), (adain_r31, (40, 56))):
+            graph = model.content_graph()
+            fast = cpu_graph(graph, runtime, model.factor)
+            example = example_inputs(model, *size)
+            with torch.no_grad():
+                assert torch.allclose(fast(*example), graph(*example), atol=2e-5), (runtime, model.name)
     assert not any(isinstance(m, (GroupSumConv, SpaceToDepthConv)) for m in microast.modules())  # model untouched
-    kinds = {type(m) for m in cpu_graph(microast.content_graph()).modules()}
-    assert {GroupSumConv, SpaceToDepthConv} <= kinds  # the rewrites did apply to MicroAST
+    modules = list(cpu_graph(microast.content_graph(), "openvino").modules())
+    kinds = {type(m) for m in modules}
+    assert {GroupSumConv, SpaceToDepthConv, SplitDepthwiseConv, BilinearUp2} <= kinds  # they did apply to MicroAST
+    assert sorted(m.rows for m in modules if isinstance(m, SpaceToDepthConv)) == [2, 4]  # 3-channel last layer: 4
+    assert BilinearUp2 not in {type(m) for m in cpu_graph(microast.content_graph(), "onnxruntime").modules()}
     assert NearestUpConv in {type(m) for m in cpu_graph(adain_r31.content_graph()).modules()}  # and to VGG
+
+
+def test_onnx_export_uses_the_space_to_depth_operator(microast, tmp_path):
+    """The rewrite's custom op must reach ONNX as SpaceToDepth (a runtime that saw it as an unknown op fails)."""
+    import onnx
+
+    from engines.backends.graph import export_onnx
+
+    path = export_onnx(microast, tmp_path / "m.onnx", "onnxruntime")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("SpaceToDepth") == 2 and not any("space_to_depth" in op for op in ops)
 
 
 def test_content_graph_exports_with_dynamic_height_and_width(microast):

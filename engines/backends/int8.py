@@ -154,7 +154,7 @@ def cached_int8(model: StyleModel, weights_id: str | None, cache=None) -> Path:
 
     ov = require_module("openvino", "openvino")
     cache = cache or EngineCache()
-    onnx_path = cached_onnx(model, weights_id, rewrite=True, cache=cache)
+    onnx_path = cached_onnx(model, weights_id, "openvino", cache=cache)
     key = {
         "kind": "openvino-int8", "model": model.name, "weights": weights_id or graph_weights_id(model),
         "onnx": onnx_path.name, "recipe": INT8_RECIPE, "openvino": ov.__version__,

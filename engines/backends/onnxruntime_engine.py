@@ -66,7 +66,7 @@ class OnnxRuntimeEngine(Engine):
         self.ort = _ort()
         self.threads = threads or physical_cores()
         self.providers = self._providers()
-        self.path = cached_onnx(model, weights_id, rewrite=device.type == "cpu")
+        self.path = cached_onnx(model, weights_id, "onnxruntime" if device.type == "cpu" else None)
         self.names = input_names(model)
         self._sessions: OrderedDict[tuple[int, int], object] = OrderedDict()
         self._lock = threading.Lock()

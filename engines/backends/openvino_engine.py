@@ -66,7 +66,7 @@ class OpenVINOEngine(Engine):
             path = cached_int8(model, weights_id)
             self._read = lambda: read_model_file(self.core, path)
         else:
-            path = cached_onnx(model, weights_id, rewrite=True)
+            path = cached_onnx(model, weights_id, "openvino")
             self._read = lambda: self.core.read_model(str(path))
         self.path = path
         self.names = input_names(model)
