@@ -14,11 +14,16 @@ EPS = 1e-5
 
 
 def mean_std(feat: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std of an (N, C, H, W) feature map, each (N, C, 1, 1)."""
-    n, c = feat.shape[:2]
-    flat = feat.reshape(n, c, -1)
-    var = flat.var(dim=2, unbiased=True) + eps
-    return flat.mean(dim=2).reshape(n, c, 1, 1), var.sqrt().reshape(n, c, 1, 1)
+    """Per-channel mean and std of an (N, C, H, W) feature map, each (N, C, 1, 1).
+
+    Written with keep-dim reductions and elementwise ops only: a reshape to (N, C, H*W) in the exported
+    graph makes OpenVINO convert the features to a planar layout and back around it.
+    """
+    mean = feat.mean(dim=(2, 3), keepdim=True)
+    centred = feat - mean
+    count = feat.shape[2] * feat.shape[3]
+    var = (centred * centred).mean(dim=(2, 3), keepdim=True) * (count / (count - 1)) + eps
+    return mean, var.sqrt()
 
 
 def adain(content: Tensor, style_mean: Tensor, style_std: Tensor, eps: float = EPS) -> Tensor:
@@ -28,7 +33,14 @@ def adain(content: Tensor, style_mean: Tensor, style_std: Tensor, eps: float = E
 
 
 def blend(stylized: Tensor, original: Tensor, alpha: Tensor | float) -> Tensor:
-    """The paper's content/style trade-off: alpha * t + (1 - alpha) * f(c)."""
+    """The paper's content/style trade-off: alpha * t + (1 - alpha) * f(c).
+
+    A 0-d ``alpha`` (an engine input) is given the features' rank first: broadcasting a scalar made
+    OpenVINO run this blend, and every elementwise op after it, in a planar layout (a reorder around
+    each conv: 2.3 ms of MicroAST's 100).
+    """
+    if isinstance(alpha, Tensor) and alpha.dim() == 0:
+        alpha = alpha.reshape([1] * stylized.dim())
     return alpha * stylized + (1.0 - alpha) * original
 
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import hashlib
 import io
 import logging
 import warnings
@@ -51,6 +53,18 @@ INPUT_NAMES_HEAD = ("image", "alpha")
 OUTPUT_NAME = "stylized"
 #: the runtimes an export can be rewritten for (their fastest kernels differ)
 CPU_RUNTIMES = ("openvino", "onnxruntime")
+
+
+@functools.cache
+def graph_code_id() -> str:
+    """A hash of the source that decides what an exported graph computes (the maths, the models, these
+    rewrites), part of every cache key: new code never loads an export or engine built from the old."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in [root / "ops.py", *sorted((root / "models").glob("*.py")), Path(__file__).resolve()]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def input_names(model: StyleModel) -> list[str]:
@@ -485,14 +499,14 @@ def padded_shape(model: StyleModel, height: int, width: int) -> tuple[int, int]:
 
 def cached_onnx(model: StyleModel, weights_id: str | None, runtime: str | None = "openvino", cache=None) -> Path:
     """The model's dynamic-H/W ONNX export for ``runtime`` (None: no CPU rewrites), built once per (model,
-    weights, runtime, recipe, torch, opset) and reused."""
+    weights, runtime, graph code, torch, opset) and reused."""
     from engines.backends.cache import EngineCache, build_progress, graph_weights_id
 
     cache = cache or EngineCache()
     key = {
         "kind": "onnx", "model": model.name, "weights": weights_id or graph_weights_id(model),
-        "recipe": RECIPE_VERSION, "rewrite": runtime, "opset": ONNX_OPSET, "max_side": MAX_SIDE,
-        "torch": torch.__version__,
+        "recipe": RECIPE_VERSION, "code": graph_code_id(), "rewrite": runtime, "opset": ONNX_OPSET,
+        "max_side": MAX_SIDE, "torch": torch.__version__,
     }
 
     def build(path: Path) -> None:

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from engines.backends.base import Engine
 from engines.backends.cache import EngineCache, build_progress, graph_weights_id
-from engines.backends.graph import RECIPE_VERSION, code_shapes, example_inputs, export_program, min_side, padded_shape
+from engines.backends.graph import (RECIPE_VERSION, code_shapes, example_inputs, export_program, graph_code_id,
+                                    min_side, padded_shape)
 from engines.errors import DeviceError
 from engines.models.base import StyleModel
 
@@ -73,7 +74,8 @@ def tensorrt_cache_key(model: str, weights_id: str, profile: Profile, precision:
     across GPUs or TensorRT versions, and a profile bounds the shapes it accepts)."""
     return {
         "kind": "tensorrt", "model": model, "weights": weights_id, "recipe": RECIPE_VERSION,
-        "precision": precision, "profile": [list(profile.min), list(profile.opt), list(profile.max)],
+        "code": graph_code_id(), "precision": precision,
+        "profile": [list(profile.min), list(profile.opt), list(profile.max)],
         "gpu": gpu, "compute_capability": capability, **versions,
     }
 
