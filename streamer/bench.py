@@ -223,10 +223,18 @@ def _engine_label(kind: str, precision: str) -> str:
 
 def time_side_by_side(runs: dict[str, Callable[[], object]], repeats: int, warmup: int, budget_s: float,
                       min_repeats: int = 2) -> dict[str, list[float]]:
-    """Interleaved timing: each round calls every runner once; stop at ``repeats`` rounds or when over budget."""
+    """Interleaved timing: each round calls every runner once; stop at ``repeats`` rounds or when over budget.
+
+    Warm-up matters most for torch eager, whose first frames grow the heap (page faults) and pick oneDNN
+    kernels: MicroAST at 640x360 took 280-350 ms for two or three frames, then 210. Warm-up rounds also
+    stop when over budget, so slow models do not pay minutes for it.
+    """
+    start = time.perf_counter()
     for _ in range(warmup):
         for fn in runs.values():
             fn()
+        if time.perf_counter() - start > budget_s * len(runs):
+            break
     times: dict[str, list[float]] = {k: [] for k in runs}
     start = time.perf_counter()
     for r in range(repeats):
@@ -254,7 +262,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sizes", nargs="+", type=parse_size, default=None, metavar="WxH",
                    help="frame sizes, WIDTHxHEIGHT or N for a square (default 640x360 1280x720 256 512)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per engine and size, at most (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--warmup", type=int, default=4,
+                   help="untimed runs first, within the budget (default 4: torch eager needs 3 to settle)")
     p.add_argument("--budget", type=float, default=6.0,
                    help="seconds of timing per engine and size; slow ones stop early, after 2 runs (default 6)")
     p.add_argument("--render-frames", type=int, default=48,
@@ -478,7 +487,9 @@ def format_report(report: dict) -> str:
     m = report["machine"]
     lines = [
         f"machine: {m['cpu']} | {m['physical_cores']} physical cores ({m['logical_cpus']} logical) | "
-        f"ISA {' '.join(m['isa']) or '?'} | GPU: {m['gpu'] or 'none'} | torch {m['torch']}",
+        f"ISA {' '.join(m['isa']) or '?'} | GPU: {m['gpu'] or 'none'} | torch {m['torch']} | "
+        + ("freed memory reused (no page faults per torch frame)" if m.get("freed_memory_reused")
+           else "default allocator (torch eager pays page faults per frame)"),
         f"fp32 peak: {report['peak_gflops']:.0f} GFLOP/s (best 2048^3 matmul measured in this run; %peak is "
         "against it)",
         "",

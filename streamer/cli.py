@@ -6,6 +6,7 @@ import logging
 import sys
 from importlib import import_module
 
+from engines.backends.machine import reuse_freed_memory
 from engines.errors import StreamerError
 
 log = logging.getLogger("streamer")
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    reuse_freed_memory()
     try:
         return int(args.run(args) or 0)
     except StreamerError as exc:
