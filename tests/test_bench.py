@@ -69,27 +69,35 @@ def test_quick_bench_table_and_json(weights_dir, clip, tmp_path, capsys):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_freed_memory_is_reused_so_eager_frames_do_not_page_fault():
-    """What made torch eager frames 275 instead of 213 ms, and vary between runs: every large tensor of a
-    frame a fresh mmap. After reuse_freed_memory a frame-like allocation pattern takes no page faults."""
+    """What made torch eager frames 275 instead of 213 ms (and 1430 instead of 875 at 720p), and vary
+    between runs: every large tensor of a frame paged in afresh. After reuse_freed_memory a frame-like
+    allocation pattern, run where engines run it (a worker thread), takes no page faults, even with
+    tensors over glibc's 32 MiB mmap limit and 64 MiB thread-arena size."""
     script = textwrap.dedent("""
-        import resource, torch
+        import resource, threading, torch
         from engines.backends.machine import reuse_freed_memory
         assert reuse_freed_memory()
         def frame():
-            x = torch.ones(1, 3, 360, 640)
-            for c, h, w in ((16, 360, 640), (32, 180, 320), (64, 90, 160), (32, 180, 320), (16, 360, 640)):
+            x = torch.ones(1, 3, 720, 1280)
+            for c, h, w in ((16, 720, 1280), (32, 360, 640), (64, 180, 320), (32, 360, 640), (32, 720, 1280)):
                 y = torch.empty(1, c, h + 2, w + 2).fill_(1.0)
                 x = y[..., 1:-1, 1:-1] + torch.ones(1, c, h, w)
-        for _ in range(10):
-            frame()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(10):
-            frame()
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 10)
+        def frames(faults):
+            for _ in range(4):
+                frame()
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(4):
+                frame()
+            faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 4)
+        faults = []
+        worker = threading.Thread(target=frames, args=(faults,))
+        worker.start()
+        worker.join()
+        print(faults[0])
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout.strip()) < 1000  # glibc's default: 7,000 to 25,000 per frame here
+    assert int(out.stdout.strip()) < 1000  # glibc's default: about 100,000 per frame here
 
 
 def test_missing_weights_bench_random_weights_and_say_so(weights_dir, capsys):

@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 #: glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: the largest mmap threshold glibc accepts on 64-bit systems
-_MMAP_THRESHOLD_MAX = 32 << 20
-_KEEP_FREE_BYTES = 512 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+#: free memory the heap may keep at its top before giving it back
+_KEEP_FREE_BYTES = 1 << 30
 _allocator_tuned = False
 
 
@@ -84,13 +83,16 @@ def gpu_name() -> str | None:
 
 
 def reuse_freed_memory() -> bool:
-    """Have glibc keep freed blocks up to 32 MiB for reuse instead of handing them back to the kernel.
+    """Have glibc reuse freed memory for the next frame instead of handing it back to the kernel.
 
-    By default glibc serves large blocks with fresh mmaps and unmaps them on free, below a threshold it
-    raises only as the process frees ever larger blocks. Eager torch allocates every intermediate tensor
-    anew, so a frame paid for its memory again in page faults: MicroAST at 640x360 took 36,000 of them
-    and 275 ms, against none and 213 ms with this; and which of the two a process got depended on its
-    allocation history (218 and 275 ms in two identical bench runs). Returns whether it took effect.
+    By default glibc serves large blocks with fresh mmaps (below a threshold it raises only as larger
+    blocks are freed, and never past 32 MiB) and gives threads their own arenas of at most 64 MiB. Eager
+    torch allocates every intermediate tensor anew, so each frame paid for its memory again in page
+    faults: MicroAST at 640x360 took 36,000 of them and 275 ms, and at 1280x720 in the engine thread
+    380,000 and 1430 ms, against none and 213 / 875 ms with this (peak memory 940 -> 776 MB). And which
+    a process got depended on its allocation history (218 and 275 ms in two identical bench runs).
+    So: no mmap for blocks, one arena for all threads, and 1 GiB of free heap kept. Returns whether it
+    took effect (glibc on Linux only).
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -101,8 +103,8 @@ def reuse_freed_memory() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc (musl, ...)
         return False
-    _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, _KEEP_FREE_BYTES))
+    _allocator_tuned = all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1), (_M_TRIM_THRESHOLD, _KEEP_FREE_BYTES)))
     return _allocator_tuned
 
 
