@@ -24,17 +24,14 @@ log = logging.getLogger(__name__)
 
 ENGINE_NAMES = ("auto", "torch", "tensorrt", "onnxruntime", "openvino")
 
-#: measured by `streamer bench --models all` on a 2-core AMD EPYC (Zen 4, AVX2 kernels, no native bf16),
-#: content side, fp32, ms/frame (speedup vs torch eager), all engines interleaved in one process.
-#: Idle machine, 2026-11-23:
-#:              640x360
-#:   microast   torch 243  ort 173  ov 136 (1.8x)
-#:   adain-r31  torch 1133 ort 681  ov 584 (1.9x)   ov int8 347 (3.3x, 42 dB)
-#:   adain      torch 1719 ort 1420 ov 1196 (1.4x)  ov int8 698 (2.5x)  (random weights)
-#: Under load from other jobs (earlier session), 640x360 and 1280x720:
-#:   microast   torch 646  ort 399  ov 251 (2.6x)   torch 3212  ort 1433  ov 1005 (3.2x)
-#:   adain-r31  torch 959  ort 676  ov 576 (1.7x)   torch 5547  ort 3107  ov 2433 (2.3x)
-#:   adain      torch 4630 ort 3165 ov 2558 (1.8x)  torch 20481 ort 12122 ov 9109 (2.3x)  (random weights)
+#: measured by `streamer bench` on a 2-core AMD EPYC (Zen 4, AVX2 kernels, no native bf16), content
+#: side, fp32, ms/frame (speedup vs torch eager), all engines interleaved in one process, torch warmed up
+#: and without per-frame page faults (machine.reuse_freed_memory). Idle machine, 2026-11-24:
+#:              640x360                              1280x720
+#:   microast   torch 211  ort 141 ov 102 (2.1x)     torch 871  ort 571  ov 411 (2.1x)
+#:   adain-r31  torch 727  ort 625 ov 532 (1.4x)     torch 3984 ort 2594 ov 2192 (1.8x)
+#:              ov int8 322 (2.3x, 43 dB)            ov int8 1291 (3.1x, 42 dB)
+#:   adain      torch 1419 ort 1254 ov 1131 (1.3x)   ov int8 630 (2.3x)  (random weights)
 #: OpenVINO was fastest for every model at every size (256, 512, 640x360, 1280x720; at 256x256 adain
 #: one earlier run had ONNX Runtime ahead by 6%), ONNX Runtime second; both match torch fp32 to > 100 dB.
 #: int8 is never chosen implicitly: it is asked for with --precision int8.
