@@ -47,14 +47,27 @@ def pad_to_multiple(image: Tensor, factor: int) -> tuple[Tensor, tuple[int, int]
     return F.pad(image, (0, pw, 0, ph), mode=mode), (h, w)
 
 
+def short_side_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(H, W) with the short side at ``short_side`` (0 or already there: unchanged), aspect kept."""
+    if short_side <= 0 or min(height, width) == short_side:
+        return height, width
+    scale = short_side / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def resize_short_side(rgb: np.ndarray, short_side: int) -> np.ndarray:
     """Resize so the short side is ``short_side`` (0 keeps it), antialiased, aspect kept."""
-    h, w = rgb.shape[:2]
-    if short_side <= 0 or min(h, w) == short_side:
+    h, w = short_side_shape(*rgb.shape[:2], short_side)
+    if (h, w) == rgb.shape[:2]:
         return rgb
-    scale = short_side / min(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.LANCZOS))
+
+
+def resize_back(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A stylized frame back at its source's (H, W) (bicubic; unchanged if already there)."""
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
 
 
 class Stylizer:

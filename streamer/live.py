@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 import torch
 
 from engines.errors import DeviceError, InputError
-from engines.stylizer import Stylizer
+from engines.stylizer import Stylizer, short_side_shape
 from streamer.capture import CaptureThread, Frame, LatestSlot, Source, SourceEnded, open_source, parse_size
 from streamer.hotkeys import Action, LiveState, handle_command, handle_key, status_line
 from streamer.hud import draw_overlays
@@ -154,11 +153,8 @@ def stylize_frame(stylizer: Stylizer, image: np.ndarray, code, state: LiveState,
                   temporal: Temporal | None) -> np.ndarray:
     """One frame: scaled to ``size`` (short side, 0 = as is), stylized, temporally filtered, back to its size."""
     h, w = image.shape[:2]
-    work = image
-    if size and min(h, w) != size:
-        scale = size / min(h, w)
-        work = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                          interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    work_h, work_w = short_side_shape(h, w, size)
+    work = resize_to(image, (work_w, work_h))
     out = stylizer.stylize(work, code, state.alpha, keep_color=state.keep_color)
     if temporal is not None:
         out = temporal.process(work, out)

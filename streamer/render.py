@@ -6,11 +6,10 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from engines.errors import InputError
-from engines.stylizer import Stylizer, resize_short_side
+from engines.stylizer import Stylizer, resize_back, resize_short_side
 from streamer import video
 from streamer.imageio import (check_output_path, is_image_path, list_images, load_image_with_alpha, load_mask,
                               save_image)
@@ -91,26 +90,16 @@ def folder_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     return [(p, dst / p.name) for p in images]
 
 
-def _at_working_size(rgb: np.ndarray, size: int) -> np.ndarray:
-    return resize_short_side(rgb, size) if size else rgb
-
-
-def _back_to_input_size(out: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if out.shape[:2] == shape[:2]:
-        return out
-    return np.asarray(Image.fromarray(out).resize((shape[1], shape[0]), Image.Resampling.BICUBIC))
-
-
 def render_image(stylizer: Stylizer, rgb: np.ndarray, code, args: argparse.Namespace) -> np.ndarray:
-    work = _at_working_size(rgb, args.size)
+    work = resize_short_side(rgb, args.size)
     out = stylizer.stylize(work, code, args.alpha, keep_color=args.preserve_color)
-    return _back_to_input_size(out, rgb.shape)
+    return resize_back(out, *rgb.shape[:2])
 
 
 def render_masked(stylizer: Stylizer, rgb: np.ndarray, styles: list[Style], regions: np.ndarray,
                   args: argparse.Namespace) -> np.ndarray:
     """Spatial control. With one style and a two-region mask, the style goes where the mask is light."""
-    work = _at_working_size(rgb, args.size)
+    work = resize_short_side(rgb, args.size)
     small = regions if work.shape[:2] == rgb.shape[:2] else load_mask(args.mask, work.shape[:2])[0]
     if len(styles) == 1 and len(small) == 2:
         stylized = stylizer.stylize(work, styles[0].code, args.alpha, keep_color=args.preserve_color)
@@ -121,4 +110,4 @@ def render_masked(stylizer: Stylizer, rgb: np.ndarray, styles: list[Style], regi
     else:
         raise InputError(f"the mask has {len(small)} regions but {len(styles)} styles were given: "
                          "give one style per region (darkest region first)")
-    return _back_to_input_size(out, rgb.shape)
+    return resize_back(out, *rgb.shape[:2])

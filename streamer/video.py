@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import av
-import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from engines.errors import InputError
 from engines.models import StyleCode
-from engines.stylizer import Stylizer, resize_short_side
+from engines.stylizer import Stylizer, resize_back, resize_short_side, short_side_shape
 from streamer.pipeline import ThreadedPipeline, run_in_thread
 from streamer.videoio import (CONTAINERS, DEFAULT_PRESET, PRESET_NAMES, VideoInfo, VideoWriter, check_output,
                               open_video, video_stream)
@@ -105,23 +103,9 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
             pts = frame.pts if frame.pts is not None else round(report.frames * step)
             rgb = frame.to_ndarray(format="rgb24")
             report.frames += 1
-            yield "video", resize_short_side(rgb, size) if size else rgb, pts
+            yield "video", resize_short_side(rgb, size), pts
             if max_frames is not None and report.frames >= max_frames:
                 return
-
-
-def working_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """(H, W) that resize_short_side gives for ``size`` (0 = unchanged)."""
-    if size <= 0 or min(height, width) == size:
-        return height, width
-    scale = size / min(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def _to_size(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    if rgb.shape[:2] == (height, width):
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
 
 
 # -- the render ------------------------------------------------------------------------------------
@@ -156,7 +140,7 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         if kind == "audio":
             writer.mux_audio(data)
             return 0
-        writer.write(_to_size(data, info.width, info.height), pts)
+        writer.write(resize_back(data, info.height, info.width), pts)
         return 1
 
     total = info.frames if max_frames is None else min(max_frames, info.frames or max_frames)
@@ -233,7 +217,7 @@ def render_video(args: argparse.Namespace) -> int:
     codec = check_output(dst, args.codec)
     container, info = open_video(src)  # fail on a broken input before loading any model
     container.close()
-    work = working_size(info.height, info.width, args.size)
+    work = short_side_shape(info.height, info.width, args.size)
     stylizer = build_stylizer(args, shape_hint=work)
     styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
     code = mixed_code(styles, args.style_weights)
