@@ -14,6 +14,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -109,29 +110,26 @@ def measure_peak_gflops(n: int = 2048, repeats: int = 4) -> float:
 
 
 # -- inputs -------------------------------------------------------------------------------------------
-def default_clip() -> Path | None:
-    import os
+def shared_dir() -> Path:
+    """The shared test media and weights: $STREAMER_SHARED, else ``shared`` beside the project."""
+    return Path(os.environ.get("STREAMER_SHARED", ROOT.parent / "shared"))
 
-    shared = Path(os.environ.get("STREAMER_SHARED", ROOT.parent / "shared"))
-    clip = shared / "media" / "video" / "cutBunny.mp4"
+
+def default_clip() -> Path | None:
+    clip = shared_dir() / "media" / "video" / "cutBunny.mp4"
     return clip if clip.exists() else None
 
 
 def default_style() -> Path | None:
-    import os
-
-    shared = Path(os.environ.get("STREAMER_SHARED", ROOT.parent / "shared"))
     for name in ("brushstrokes.jpg", "la_muse.jpg"):
-        if (shared / "media" / "style" / name).exists():
-            return shared / "media" / "style" / name
+        if (shared_dir() / "media" / "style" / name).exists():
+            return shared_dir() / "media" / "style" / name
     return None
 
 
 def _shared_weights() -> Path | None:
-    import os
-
-    shared = Path(os.environ.get("STREAMER_SHARED", ROOT.parent / "shared")) / "weights"
-    return shared if shared.is_dir() else None
+    weights = shared_dir() / "weights"
+    return weights if weights.is_dir() else None
 
 
 def load_bench_model(name: str, weights_dir: str | None) -> tuple[StyleModel, str, str]:
@@ -172,14 +170,11 @@ def random_weights_model(name: str, seed: int = 0) -> StyleModel:
 
 def frame_tensor(width: int, height: int) -> torch.Tensor:
     """A real photo at (H, W) when the shared media is present, else smooth noise: speed does not care."""
-    import os
-
     from PIL import Image
 
     from engines.stylizer import to_tensor
 
-    shared = Path(os.environ.get("STREAMER_SHARED", ROOT.parent / "shared"))
-    photo = shared / "media" / "content" / "golden_gate.jpg"
+    photo = shared_dir() / "media" / "content" / "golden_gate.jpg"
     if photo.exists():
         rgb = np.asarray(Image.open(photo).convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
         return to_tensor(rgb)
