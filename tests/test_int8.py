@@ -54,8 +54,7 @@ def test_int8_stays_within_33_db_of_fp32_on_real_images(adain_r31, int8_engine, 
 
 def test_int8_engine_runs_int8_kernels(int8_engine):
     """The compiled model really executes convolutions in int8 (a silent fp32 fallback would be no faster)."""
-    int8_engine.prepare(64, 96)
-    compiled = next(iter(int8_engine._compiled.values()))[0]
+    compiled, _ = int8_engine._compiled.get(64, 96)
     precisions = {op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ops()
                   if op.get_rt_info()["layerType"].astype(str) == "Convolution"}
     assert {"i8", "u8"} & precisions, precisions

@@ -1,9 +1,13 @@
 """The one interface every inference backend offers: run the content graph on a frame."""
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable
 from importlib import import_module
 from types import ModuleType
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -46,6 +50,36 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release sessions, compiled models or GPU memory; the engine is not used afterwards."""
+
+
+T = TypeVar("T")
+
+
+class PerShape(Generic[T]):
+    """What an engine builds for each exact frame size (a session, a compiled model), the last few kept.
+
+    Building happens under a lock, so two threads asking for a new size build it once.
+    """
+
+    def __init__(self, build: Callable[[int, int], T], keep: int = 4) -> None:
+        self._build, self._keep = build, keep
+        self._built: OrderedDict[tuple[int, int], T] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, height: int, width: int) -> T:
+        key = (height, width)
+        with self._lock:
+            if key in self._built:
+                self._built.move_to_end(key)
+            else:
+                self._built[key] = self._build(height, width)
+                while len(self._built) > self._keep:
+                    self._built.popitem(last=False)
+            return self._built[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._built.clear()
 
 
 def require_module(module: str, engine: str) -> ModuleType:

@@ -9,13 +9,11 @@ On an NVIDIA GPU the TensorRT and CUDA execution providers are used when this on
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 
 import torch
 from torch import Tensor
 
-from engines.backends.base import Engine, require_module
+from engines.backends.base import Engine, PerShape, require_module
 from engines.backends.graph import OUTPUT_NAME, cached_onnx, input_names, padded_shape
 from engines.backends.machine import physical_cores
 from engines.errors import DeviceError
@@ -68,8 +66,7 @@ class OnnxRuntimeEngine(Engine):
         self.providers = self._providers()
         self.path = cached_onnx(model, weights_id, "onnxruntime" if device.type == "cpu" else None)
         self.names = input_names(model)
-        self._sessions: OrderedDict[tuple[int, int], object] = OrderedDict()
-        self._lock = threading.Lock()
+        self._sessions = PerShape(self._new_session, keep=MAX_SESSIONS)
         if shape_hint is not None:
             self.prepare(*padded_shape(model, *shape_hint))
 
@@ -96,39 +93,29 @@ class OnnxRuntimeEngine(Engine):
             p if isinstance(p, str) else p[0] for p in self.providers)
         return f"onnxruntime {self.ort.__version__} {self.precision} ({where}, {self.threads} threads)"
 
-    def _session(self, height: int, width: int):
-        key = (height, width)
-        with self._lock:
-            session = self._sessions.get(key)
-            if session is not None:
-                self._sessions.move_to_end(key)
-                return session
-            ort = self.ort
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            so.intra_op_num_threads = self.threads
-            so.inter_op_num_threads = 1
-            so.log_severity_level = 3
-            so.add_free_dimension_override_by_name("height", height)
-            so.add_free_dimension_override_by_name("width", width)
-            session = ort.InferenceSession(str(self.path), so, providers=self.providers)
-            log.debug("onnxruntime session for %dx%d", width, height)
-            self._sessions[key] = session
-            while len(self._sessions) > MAX_SESSIONS:
-                self._sessions.popitem(last=False)
-            return session
+    def _new_session(self, height: int, width: int):
+        ort = self.ort
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.add_free_dimension_override_by_name("height", height)
+        so.add_free_dimension_override_by_name("width", width)
+        session = ort.InferenceSession(str(self.path), so, providers=self.providers)
+        log.debug("onnxruntime session for %dx%d", width, height)
+        return session
 
     def prepare(self, height: int, width: int) -> None:
-        self._session(height, width)
+        self._sessions.get(height, width)
 
     def run(self, image: Tensor, alpha: Tensor, code: tuple[Tensor, ...]) -> Tensor:
-        session = self._session(image.shape[-2], image.shape[-1])
+        session = self._sessions.get(image.shape[-2], image.shape[-1])
         feeds = {n: t.detach().to("cpu", torch.float32).contiguous().numpy()
                  for n, t in zip(self.names, (image, alpha, *code))}
         out = session.run([OUTPUT_NAME], feeds)[0]
         return torch.from_numpy(out)
 
     def close(self) -> None:
-        with self._lock:
-            self._sessions.clear()
+        self._sessions.clear()

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from engines.backends.base import Engine, require_module
+from engines.backends.base import Engine, PerShape, require_module
 from engines.backends.graph import cached_onnx, input_names, padded_shape
 from engines.backends.machine import physical_cores
 from engines.errors import DeviceError
@@ -70,8 +69,8 @@ class OpenVINOEngine(Engine):
             self._read = lambda: self.core.read_model(str(path))
         self.path = path
         self.names = input_names(model)
-        self._compiled: OrderedDict[tuple[int, int], tuple[object, object]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._compiled = PerShape(self._compile, keep=MAX_COMPILED)
+        self._infer_lock = threading.Lock()
         if shape_hint is not None:
             self.prepare(*padded_shape(model, *shape_hint))
 
@@ -86,34 +85,23 @@ class OpenVINOEngine(Engine):
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
         }
 
-    def _request(self, height: int, width: int):
-        key = (height, width)
-        with self._lock:
-            entry = self._compiled.get(key)
-            if entry is None:
-                model = self._read()
-                model.reshape({"image": [1, 3, height, width]})
-                compiled = self.core.compile_model(model, "CPU", self.config())
-                entry = (compiled, compiled.create_infer_request())
-                log.debug("openvino compiled for %dx%d", width, height)
-                self._compiled[key] = entry
-                while len(self._compiled) > MAX_COMPILED:
-                    self._compiled.popitem(last=False)
-            else:
-                self._compiled.move_to_end(key)
-            return entry[1]
+    def _compile(self, height: int, width: int):
+        model = self._read()
+        model.reshape({"image": [1, 3, height, width]})
+        compiled = self.core.compile_model(model, "CPU", self.config())
+        log.debug("openvino compiled for %dx%d", width, height)
+        return compiled, compiled.create_infer_request()  # the request needs its compiled model alive
 
     def prepare(self, height: int, width: int) -> None:
-        self._request(height, width)
+        self._compiled.get(height, width)
 
     def run(self, image: Tensor, alpha: Tensor, code: tuple[Tensor, ...]) -> Tensor:
-        request = self._request(image.shape[-2], image.shape[-1])
+        _, request = self._compiled.get(image.shape[-2], image.shape[-1])
         feeds = [t.detach().to("cpu", torch.float32).contiguous().numpy() for t in (image, alpha, *code)]
-        with self._lock:  # one infer request per shape: serialise callers (normally one engine thread)
+        with self._infer_lock:  # one infer request per shape: serialise callers (normally one engine thread)
             request.infer(feeds, share_inputs=True)
             out = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
         return torch.from_numpy(out)
 
     def close(self) -> None:
-        with self._lock:
-            self._compiled.clear()
+        self._compiled.clear()
