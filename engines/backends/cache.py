@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,23 @@ class EngineCache:
         for p in (path, path.with_name(path.name + ".json")):
             with contextlib.suppress(OSError):
                 p.unlink()
+
+
+@contextlib.contextmanager
+def quiet_build(loggers: tuple[str, ...], hide_warnings: bool = True) -> Iterator[None]:
+    """Builders (exporters, quantisers) narrate every step on stdout and in their logs: keep only errors."""
+    noisy = [logging.getLogger(n) for n in loggers]
+    levels = [lg.level for lg in noisy]
+    for lg in noisy:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            if hide_warnings:
+                warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(noisy, levels):
+            lg.setLevel(level)
 
 
 @contextlib.contextmanager

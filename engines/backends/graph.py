@@ -25,14 +25,10 @@ were each measured on the reference machine (2 Zen 4 cores, AVX2 kernels; MicroA
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import hashlib
-import io
 import logging
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -452,20 +448,8 @@ def _name_dynamic_dims(onnx_model, names: list[str]) -> None:
                 d.dim_param = rename[d.dim_param]
 
 
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """The exporter narrates every step on stdout and its optimiser logs each folded constant: hide both."""
-    noisy = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export")]
-    levels = [lg.level for lg in noisy]
-    for lg in noisy:
-        lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(noisy, levels):
-            lg.setLevel(level)
+#: the exporter narrates every step on stdout and its optimiser logs each folded constant
+_EXPORT_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export")
 
 
 def export_onnx(model: StyleModel, path: Path, runtime: str | None = "openvino") -> Path:
@@ -476,7 +460,9 @@ def export_onnx(model: StyleModel, path: Path, runtime: str | None = "openvino")
     if runtime is not None:
         graph = cpu_graph(graph, runtime, model.factor)
     names = input_names(model)
-    with _quiet_exporter():
+    from engines.backends.cache import quiet_build
+
+    with quiet_build(_EXPORT_LOGGERS):
         program = export_program(model, graph)
         onnx_program = torch.onnx.export(program, input_names=names, output_names=[OUTPUT_NAME], dynamo=True,
                                          custom_translation_table=_onnx_translations(), opset_version=ONNX_OPSET,

@@ -19,11 +19,8 @@ OpenVINO 2026.4 runs it wrongly (15 dB).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +147,7 @@ def read_model_file(core, path: Path):
 
 def cached_int8(model: StyleModel, weights_id: str | None, cache=None) -> Path:
     """The int8 model for (model, weights, recipe, library versions), built once (~10-20 s) and reused."""
-    from engines.backends.cache import EngineCache, build_progress, graph_weights_id
+    from engines.backends.cache import EngineCache, build_progress, graph_weights_id, quiet_build
 
     ov = require_module("openvino", "openvino")
     cache = cache or EngineCache()
@@ -161,20 +158,8 @@ def cached_int8(model: StyleModel, weights_id: str | None, cache=None) -> Path:
     }
 
     def build(path: Path) -> None:
-        with build_progress(f"calibrating int8 {model.name}"), _quiet_nncf():
+        # NNCF logs every step at INFO and draws its own progress bars: keep only its errors
+        with build_progress(f"calibrating int8 {model.name}"), quiet_build(("nncf",), hide_warnings=False):
             write_model_file(quantize(model, onnx_path), path)
 
     return cache.get_or_build(f"{model.name}-int8", key, "zip", build)
-
-
-@contextlib.contextmanager
-def _quiet_nncf() -> Iterator[None]:
-    """NNCF logs every step at INFO and draws its own progress bars: keep only its errors."""
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
