@@ -73,9 +73,11 @@ def resize_back(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
 class Stylizer:
     """A model's style side plus an engine for its content side."""
 
-    def __init__(self, model: StyleModel, engine: Engine) -> None:
+    def __init__(self, model: StyleModel, engine: Engine, weights_id: str | None = None) -> None:
         self.model = model
         self.engine = engine
+        #: the hash of the weight files in use (a custom decoder's too), for cache keys; None if unknown
+        self.weights_id = weights_id
         self.device = engine.device
 
     @property

@@ -372,7 +372,7 @@ def load_state_dict(path: Path) -> dict[str, "torch.Tensor"]:
     except Exception as exc:  # truncated zip, pickle errors, disallowed globals, I/O: all mean "bad file"
         log.debug("torch.load(%s) failed: %r", path, exc)
         raise WeightsError(f"weights file is corrupt or not a PyTorch weights file: {path}") from None
-    for wrapper in ("state_dict", "model"):
+    for wrapper in ("state_dict", "model", "decoder"):  # "decoder": a `streamer train` checkpoint
         if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
             break

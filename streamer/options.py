@@ -25,6 +25,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="network; auto = adain on an NVIDIA GPU, microast on a CPU (default: auto)")
     g.add_argument("--weights-dir", default=None,
                    help="folder with weight files (<dir>/<model>/<file>); also STREAMER_WEIGHTS_DIR")
+    g.add_argument("--decoder", default=None, metavar="PATH",
+                   help="adain/adain-r31: your own decoder (DIR/decoder.pth from `streamer train`)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="default: fp32. int8: OpenVINO, VGG models, calibrated once (about 1.7x, >= 33 dB)")
@@ -72,10 +74,11 @@ def build_stylizer(args: argparse.Namespace, shape_hint: tuple[int, int] | None 
         log.info("model: %s (auto: %s)", name, "CUDA GPU present" if device.type == "cuda" else
                  "CPU only; adain runs at about one frame per second here")
     check_model_name(name)
-    model = load_model(name, args.weights_dir)
-    engine = create_engine(args.engine, model, device, args.precision,
-                           weights_id=weights_fingerprint(name, args.weights_dir), shape_hint=shape_hint)
-    return Stylizer(model, engine)
+    decoder = getattr(args, "decoder", None)
+    model = load_model(name, args.weights_dir, decoder=decoder)
+    weights_id = weights_fingerprint(name, args.weights_dir, decoder)
+    engine = create_engine(args.engine, model, device, args.precision, weights_id=weights_id, shape_hint=shape_hint)
+    return Stylizer(model, engine, weights_id)
 
 
 def expand_style_paths(items: list[str]) -> list[Path]:
@@ -114,7 +117,7 @@ def load_styles(paths: list[Path], stylizer: Stylizer, style_size: int, weights_
     """Style codes for each image, from the on-disk cache or computed once and cached."""
     if style_size < 0:
         raise InputError("--style-size must be 0 (original) or a positive number of pixels")
-    cache = StyleCache(stylizer.name, weights_fingerprint(stylizer.name, weights_dir))
+    cache = StyleCache(stylizer.name, stylizer.weights_id or weights_fingerprint(stylizer.name, weights_dir))
     styles = []
     for p in paths:
         code = cache.get_or_compute(p, style_size, lambda p=p: stylizer.encode_style(load_image(p, "style image"), style_size))
