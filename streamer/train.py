@@ -72,6 +72,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="default: cuda if present (with mixed precision)")
     p.add_argument("--weights-dir", default=None, help="folder with weight files; also STREAMER_WEIGHTS_DIR")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0 = torch's default; 1 is fastest on a busy machine)")
     p.add_argument("--log-every", type=int, default=10, help="a losses.jsonl line every N iterations (default 10)")
     p.add_argument("--checkpoint-every", type=int, default=1000,
                    help="checkpoint.pth and decoder.pth every N iterations, and at the end (default 1000)")
@@ -360,6 +362,18 @@ class _StopFlag:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads < 0:
+        raise InputError(f"--threads must be 0 (torch's default) or more, not {args.threads}")
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     checkpoint = _prepare_out(out, args.resume)
     saved = read_checkpoint(checkpoint, args.model) if checkpoint else None

@@ -24,7 +24,17 @@ from tests.conftest import ROOT
 
 ITERATIONS = 24
 #: small enough for 2 busy cores: a step is a fraction of a second
-FAST = ("--batch-size", "2", "--crop", "32", "--content-size", "48", "--log-every", "1", "--device", "cpu")
+FAST = ("--batch-size", "2", "--crop", "32", "--content-size", "48", "--log-every", "1", "--device", "cpu",
+        "--threads", "1")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: on 2 cores shared with other work, two threads make each step many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _train(weights_dir: Path, media: Path, out: Path, *extra: str) -> int:
@@ -86,13 +96,13 @@ def test_adain_relu4_1_trains_on_the_encoders_layout() -> None:
     model = AdaIN()
     ends = style_layer_ends(model.encoder)
     assert ends == [4, 11, 18, 31]
-    x = torch.rand(1, 3, 32, 32)
+    x = torch.rand(1, 3, 16, 16)
     taps = encode_taps(model.encoder, x, ends)
     assert [t.shape[1] for t in taps] == [64, 128, 256, 512]
     assert torch.allclose(taps[-1], model.encoder(x))
     trainer = DecoderTrainer(model, torch.device("cpu"), lr=1e-3)
     before = model.decoder[1].weight.detach().clone()
-    losses = [trainer.step(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)) for _ in range(2)]
+    losses = [trainer.step(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)) for _ in range(2)]
     assert all(np.isfinite([s.content, s.style, s.total]).all() for s in losses)
     assert trainer.iteration == 2 and not torch.equal(before, model.decoder[1].weight)
 
