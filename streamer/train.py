@@ -57,27 +57,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--content", required=True, metavar="DIR", help="content images (searched recursively)")
     p.add_argument("--style", required=True, metavar="DIR", help="style images (searched recursively)")
     p.add_argument("--out", required=True, metavar="DIR", help="where decoder.pth, checkpoint.pth, ... go")
-    p.add_argument("--iterations", type=int, default=160_000, help="total iterations (default 160000)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 8")
-    p.add_argument("--crop", type=int, default=None, help="random crop side in px (default 256)")
-    p.add_argument("--content-size", type=int, default=None,
+    p.add_argument("--iterations", type=int, metavar="N", default=160_000, help="total iterations (default 160000)")
+    p.add_argument("--batch-size", type=int, metavar="N", default=None, help="default 8")
+    p.add_argument("--crop", type=int, metavar="N", default=None, help="random crop side in px (default 256)")
+    p.add_argument("--content-size", type=int, metavar="N", default=None,
                    help="content and style images are resized to this short side before cropping (default 512)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-4)")
     p.add_argument("--lr-decay", type=float, default=None, help="lr / (1 + decay * iteration) (default 5e-5)")
     p.add_argument("--style-weight", type=float, default=None, help="default 10")
-    p.add_argument("--seed", type=int, default=None, help="makes a run deterministic (default 0)")
+    p.add_argument("--seed", type=int, metavar="N", default=None, help="makes a run deterministic (default 0)")
     p.add_argument("--init", choices=("scratch", "released"), default=None,
                    help="start from random weights (default) or from the released decoder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="default: cuda if present (with mixed precision)")
     p.add_argument("--weights-dir", default=None, help="folder with weight files; also STREAMER_WEIGHTS_DIR")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=int, metavar="N", default=0,
                    help="CPU threads for torch (0 = torch's default; 1 is fastest on a busy machine)")
-    p.add_argument("--log-every", type=int, default=10, help="a losses.jsonl line every N iterations (default 10)")
-    p.add_argument("--checkpoint-every", type=int, default=1000,
+    p.add_argument("--log-every", type=int, metavar="N", default=10, help="a losses.jsonl line every N iterations (default 10)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N", default=1000,
                    help="checkpoint.pth and decoder.pth every N iterations, and at the end (default 1000)")
-    p.add_argument("--preview-every", type=int, default=1000,
+    p.add_argument("--preview-every", type=int, metavar="N", default=1000,
                    help="preview.png (loss curves, sample grid) every N iterations, and at the end (default 1000)")
     p.set_defaults(run=run)
 
