@@ -85,11 +85,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------------- data
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively, hidden files and folders left out), sorted."""
+def find_images(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """Every image file under ``folder`` (recursively; hidden files and ``exclude``, the run's own
+    output folder, left out), sorted."""
     found = []
+    skip = exclude.resolve() if exclude is not None else None
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() != skip)
         found.extend(Path(root) / f for f in files if not f.startswith(".") and is_image_path(Path(f)))
     return sorted(found)
 
@@ -118,13 +120,13 @@ def load_resized(path: Path, short_side: int) -> np.ndarray:
 class ImageSet:
     """The readable images of one folder, resized once and kept in memory; unreadable ones skipped and counted."""
 
-    def __init__(self, folder: str | Path, what: str, short_side: int) -> None:
+    def __init__(self, folder: str | Path, what: str, short_side: int, exclude: Path | None = None) -> None:
         self.folder, self.what, self.short_side = Path(folder), what, short_side
         if not self.folder.exists():
             raise InputError(f"{what} folder not found: {self.folder}")
         if not self.folder.is_dir():
             raise InputError(f"{what} must be a folder of images, not a file: {self.folder}")
-        candidates = find_images(self.folder)
+        candidates = find_images(self.folder, exclude)
         if not candidates:
             raise InputError(f"{what} folder {self.folder} has no images (searched recursively for "
                              f"{', '.join(IMAGE_SUFFIXES)})")
@@ -185,8 +187,12 @@ def loss_curves(records: list[dict[str, Any]], width: int, height: int, style_we
     """The logged losses against iteration (log scale), drawn with PIL: total, content, weighted style."""
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    left, right, top, bottom = 56, 10, 22, 24
+    size = max(10, width // 64)
+    try:
+        font = ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # a Pillow without FreeType: the small bitmap font
+        font, size = ImageFont.load_default(), 10
+    left, right, top, bottom = 5 * size + 6, 10, 2 * size + 2, 2 * size + 4
     x0, x1, y0, y1 = left, width - right, top, height - bottom
     draw.rectangle((x0, y0, x1, y1), outline=(160, 160, 160))
     series = {"total": [r["total"] for r in records], "content": [r["content"] for r in records],
@@ -208,9 +214,9 @@ def loss_curves(records: list[dict[str, Any]], width: int, height: int, style_we
 
     for frac in (0.0, 0.5, 1.0):
         y = y1 - frac * (y1 - y0)
-        draw.text((4, y - 6), f"{10 ** (lo + frac * (hi - lo)):.3g}", fill="black", font=font)
-    draw.text((x0, y1 + 6), f"{i_lo}", fill="black", font=font)
-    draw.text((x1 - 40, y1 + 6), f"{i_hi}", fill="black", font=font)
+        draw.text((4, y - size // 2), f"{10 ** (lo + frac * (hi - lo)):.3g}", fill="black", font=font)
+    draw.text((x0, y1 + 4), f"iteration {i_lo}", fill="black", font=font)
+    draw.text((x1 - draw.textlength(str(i_hi), font=font), y1 + 4), f"{i_hi}", fill="black", font=font)
     legend_x = x0
     for name, vs in series.items():
         pts = [point(it, v) for it, v in zip(its, vs)]
@@ -219,7 +225,7 @@ def loss_curves(records: list[dict[str, Any]], width: int, height: int, style_we
         else:
             draw.ellipse((pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2), fill=_COLOURS[name])
         label = f"{name} {vs[-1]:.3g}" if name != "style" else f"{style_weight:g} x style {vs[-1]:.3g}"
-        draw.text((legend_x, 5), label, fill=_COLOURS[name], font=font)
+        draw.text((legend_x, 2), label, fill=_COLOURS[name], font=font)
         legend_x += 8 + int(draw.textlength(label, font=font))
     return img
 
@@ -380,8 +386,8 @@ def _run(args: argparse.Namespace) -> int:
     config = _resolve_config(args, saved["config"] if saved else None)
     _check_numbers(args, config, FACTORS[args.model])
     device = pick_device(args.device)
-    contents = ImageSet(config["content"], "--content", config["content_size"])
-    styles = ImageSet(config["style"], "--style", config["content_size"])
+    contents = ImageSet(config["content"], "--content", config["content_size"], exclude=out)
+    styles = ImageSet(config["style"], "--style", config["content_size"], exclude=out)
     log.info("%s; %s", contents.describe(), styles.describe())
     model = load_model(args.model, args.weights_dir)
     _make_out(out)

@@ -19,7 +19,8 @@ from engines.models.vgg import AdaIN
 from engines.ops import mean_std
 from engines.training import (DecoderTrainer, content_loss, crop_at, encode_taps, inverse_decay_lr,
                               sample_plan, style_layer_ends, style_loss)
-from streamer.cli import main
+from streamer.cli import build_parser, main
+from streamer.options import build_stylizer
 from tests.conftest import ROOT
 
 ITERATIONS = 24
@@ -158,7 +159,14 @@ def test_the_written_decoder_renders(full_run: Path, weights_dir: Path, media: P
     released = np.asarray(Image.open(outs["released"])).astype(float)
     assert own.shape == (64, 96, 3) and own.std() > 3
     assert np.abs(own - released).mean() > 3  # the custom decoder is really the one in use
-    assert weights_fingerprint("adain-r31", weights_dir, decoder) != weights_fingerprint("adain-r31", weights_dir)
+    # cached engines and style codes are keyed by the stylizer's weights id, which includes the decoder's hash
+    ids = {}
+    for name, extra in (("own", ["--decoder", str(decoder)]), ("released", [])):
+        args = build_parser().parse_args(["render", "x.png", "y.png", "--style", "s.png", "--model", "adain-r31",
+                                          "--engine", "torch", "--weights-dir", str(weights_dir), *extra])
+        ids[name] = build_stylizer(args).weights_id
+    assert ids["own"] == weights_fingerprint("adain-r31", weights_dir, decoder) != ids["released"]
+    assert ids["released"] == weights_fingerprint("adain-r31", weights_dir)
     # a checkpoint serves as a decoder too (its "decoder" entry)
     assert load_model("adain-r31", weights_dir, decoder=full_run / "checkpoint.pth") is not None
 
@@ -235,7 +243,9 @@ def test_unreadable_images_are_skipped_and_counted(weights_dir: Path, media: Pat
     Image.open(media / "content" / "cornell.jpg").save(content / "nested" / "a.jpg")
     Image.open(media / "content" / "lenna.jpg").save(content / "b.png")
     (content / "c.jpg").write_bytes(b"broken")
-    out = tmp_path / "out"
+    out = content / "run"  # the run's own output inside the content folder is not taken as content
+    (out / "previews").mkdir(parents=True)
+    Image.open(media / "content" / "lenna.jpg").save(out / "previews" / "old.png")
     code = main(["train", "--model", "adain-r31", "--content", str(content), "--style", str(media / "style"),
                  "--out", str(out), "--weights-dir", str(weights_dir), *FAST, "--iterations", "2"])
     err = capsys.readouterr().err
@@ -276,3 +286,15 @@ def test_bad_numbers_are_refused(weights_dir: Path, media: Path, tmp_path: Path,
         assert _train(weights_dir, media, tmp_path / "o", *extra) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_init_released_starts_from_the_released_decoder(full_run: Path, weights_dir: Path, media: Path,
+                                                        tmp_path: Path) -> None:
+    """The same first batch (same seed): the released decoder's loss is far below a random decoder's."""
+    out = tmp_path / "released"
+    assert _train(weights_dir, media, out, "--iterations", "1", "--init", "released") == 0
+    released, scratch = _losses(out)[0], _losses(full_run)[0]
+    assert released["total"] < 0.6 * scratch["total"], (released, scratch)
+    shipped = torch.load(weights_dir / "adain-r31" / "feature_invertor_conv3_1.pth", weights_only=True)
+    trained = torch.load(out / "decoder.pth", weights_only=True)
+    assert set(trained) == set(shipped) and all(trained[k].shape == shipped[k].shape for k in shipped)
