@@ -74,7 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights-dir", default=None, help="folder with weight files; also STREAMER_WEIGHTS_DIR")
     p.add_argument("--threads", type=int, metavar="N", default=0,
                    help="CPU threads for torch (0 = torch's default; 1 is fastest on a busy machine)")
-    p.add_argument("--log-every", type=int, metavar="N", default=10, help="a losses.jsonl line every N iterations (default 10)")
+    p.add_argument("--log-every", type=int, metavar="N", default=10,
+                   help="a losses.jsonl line every N iterations (default 10)")
     p.add_argument("--checkpoint-every", type=int, metavar="N", default=1000,
                    help="checkpoint.pth and decoder.pth every N iterations, and at the end (default 1000)")
     p.add_argument("--preview-every", type=int, metavar="N", default=1000,

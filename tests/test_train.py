@@ -17,10 +17,11 @@ from PIL import Image
 from engines.models import load_model, weights_fingerprint
 from engines.models.vgg import AdaIN
 from engines.ops import mean_std
-from engines.training import (DecoderTrainer, content_loss, crop_at, encode_taps, inverse_decay_lr,
-                              sample_plan, style_layer_ends, style_loss)
+from engines.training import (DecoderTrainer, adain_losses, content_loss, crop_at, encode_taps, inverse_decay_lr,
+                              reset_decoder, sample_plan, style_layer_ends, style_loss)
 from streamer.cli import build_parser, main
 from streamer.options import build_stylizer
+from streamer.train import ImageSet, make_batch
 from tests.conftest import ROOT
 
 ITERATIONS = 24
@@ -111,16 +112,32 @@ def test_adain_relu4_1_trains_on_the_encoders_layout() -> None:
 # ------------------------------------------------------------------------------------------- the command
 
 
-def test_training_lowers_the_total_loss(full_run: Path) -> None:
-    """From scratch, over 24 iterations at the default lr, the mean total of the last 4 is under 75% of the first 4."""
+def _eval_total(model, contents: ImageSet, styles: ImageSet) -> float:
+    """The total loss on one fixed batch of 8 (content, style) pairs the run did not necessarily see."""
+    plan = sample_plan(123, 0, len(contents), len(styles), 8)
+    c, s = make_batch(contents, plan.content, plan.crops[0], 32), make_batch(styles, plan.style, plan.crops[1], 32)
+    with torch.no_grad():
+        loss_c, loss_s, _ = adain_losses(model, c, s, style_layer_ends(model.encoder))
+    return float(loss_c + 10.0 * loss_s)
+
+
+def test_training_lowers_the_total_loss(full_run: Path, weights_dir: Path, media: Path) -> None:
+    """24 iterations from scratch at the default lr: on a fixed batch the total falls from ~203 to ~144 (-29%)."""
     records = _losses(full_run)
     assert [r["iteration"] for r in records] == list(range(1, ITERATIONS + 1))
     assert set(records[0]) == {"iteration", "content", "style", "total", "lr", "seconds"}
-    first = np.mean([r["total"] for r in records[:4]])
-    last = np.mean([r["total"] for r in records[-4:]])
-    assert last < 0.75 * first, (first, last)
     assert records[-1]["lr"] == pytest.approx(1e-4 / (1 + 5e-5 * (ITERATIONS - 1)))
     assert records[-1]["total"] == pytest.approx(records[-1]["content"] + 10 * records[-1]["style"], rel=1e-5)
+    # the logged training losses (a different batch each step, so noisy): last 8 well under the first 8
+    totals = [r["total"] for r in records]
+    assert np.mean(totals[-8:]) < 0.9 * np.mean(totals[:8]), totals
+    contents = ImageSet(media / "content", "--content", 48)
+    styles = ImageSet(media / "style", "--style", 48)
+    model = load_model("adain-r31", weights_dir)
+    reset_decoder(model.decoder, 0)  # the run's starting point (--init scratch --seed 0)
+    before = _eval_total(model, contents, styles)
+    after = _eval_total(load_model("adain-r31", weights_dir, decoder=full_run / "decoder.pth"), contents, styles)
+    assert after < 0.85 * before, (before, after)
 
 
 def test_preview_shows_curves_and_a_sample_grid(full_run: Path) -> None:
