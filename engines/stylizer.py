@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from engines.backends.base import Engine
@@ -60,6 +59,8 @@ def resize_short_side(rgb: np.ndarray, short_side: int) -> np.ndarray:
     h, w = short_side_shape(*rgb.shape[:2], short_side)
     if (h, w) == rgb.shape[:2]:
         return rgb
+    from PIL import Image  # here, not at import: GPU check machines may have torch and numpy only
+
     return np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.LANCZOS))
 
 
@@ -67,6 +68,8 @@ def resize_back(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     """A stylized frame back at its source's (H, W) (bicubic; unchanged if already there)."""
     if rgb.shape[:2] == (height, width):
         return rgb
+    from PIL import Image
+
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
 
 
