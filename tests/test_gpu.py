@@ -426,3 +426,31 @@ def test_run_sh_takes_torch_and_torch_tensorrt_from_the_same_index(tmp_path):
     assert len(pip) == 2 and all(f"--index-url {index}" in line for line in pip)
     assert "torch==2.13.0" in pip[0] and pip[1].endswith('-e .[test,tensorrt]')
     assert log.read_text().splitlines()[-1] == "streamer models list"
+
+
+# -- offline render with frames on the device -----------------------------------------------------------
+def test_render_with_device_frames_keeps_every_frame_timestamp_and_audio(microast, media, clip, tmp_path):
+    """The GPU render path (batches of uint8 frames through Stylizer.stylize_frames), run on CPU tensors:
+    same frames, same timestamps, audio kept, pixels close to the per-frame path (the resize is torch's
+    bicubic, not PIL's)."""
+    import av
+
+    from streamer.video import render_video_file
+
+    stylizer = Stylizer(microast, create_engine("torch", microast, CPU))
+    code = _code(microast, media)
+    outs = {}
+    for flag in (False, True):
+        dst = tmp_path / f"out-{flag}.mp4"
+        stats = render_video_file(clip, dst, stylizer, code, progress=False, max_frames=11, size=96,
+                                  device_frames=flag)
+        assert stats.frames == 11
+        with av.open(str(dst)) as c:
+            assert [s.type for s in c.streams] == ["video", "audio"]
+            frames = [(f.pts, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+        outs[flag] = frames
+    assert [p for p, _ in outs[True]] == [p for p, _ in outs[False]]
+    a = np.stack([f for _, f in outs[False]]).astype(int)
+    b = np.stack([f for _, f in outs[True]]).astype(int)
+    assert a.shape == b.shape == (11, 360, 640, 3)
+    assert np.abs(a - b).mean() < 3.0 and b.std() > 20

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 #: ONNX opset of exports; both ONNX Runtime (>= 1.17) and OpenVINO (>= 2024) read it
 ONNX_OPSET = 20
 #: bump when a rewrite or the export recipe changes, so cached exports are rebuilt
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4  # 4: GPU graph (floor pools, half precision), batch dimension
 #: largest frame side an exported graph accepts (8K)
 MAX_SIDE = 8192
 INPUT_NAMES_HEAD = ("image", "alpha")

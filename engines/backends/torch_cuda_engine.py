@@ -121,6 +121,7 @@ class TorchCudaEngine(Engine):
         self.options = compile_options(device.type, True, triton_available()) if compile else None
         if self.options is not None:  # inductor's kernels live with the other built engines
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.cache.folder / "inductor"))
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once per shape
         self.graph = gpu_graph(model, self.dtype).to(device=device, memory_format=torch.channels_last)
         self._fn = torch.compile(self.graph, **self.options) if self.options else self.graph
         self._checked: set[tuple[int, int, int]] = set()
