@@ -212,6 +212,10 @@ class RenderRow:
     note: str = ""
 
 
+#: engines that only run on an NVIDIA GPU: not listed in a CPU bench
+GPU_ONLY_ENGINES = ("tensorrt", "torch-cuda")
+
+
 def _engine_label(kind: str, precision: str) -> str:
     return f"{kind}/{precision}"
 
@@ -299,7 +303,7 @@ def _plan(args: argparse.Namespace, device: torch.device) -> tuple[list[str], li
         sizes = args.sizes or list(DEFAULT_SIZES)
     if "all" in models:
         models = list(MODEL_NAMES)
-    engines = args.engines or [e for e in ENGINE_NAMES[1:] if e != "tensorrt" or gpu]
+    engines = args.engines or [e for e in ENGINE_NAMES[1:] if e not in GPU_ONLY_ENGINES or gpu]
     if "torch" not in engines:
         engines = ["torch", *engines]
     precisions = args.precisions or (["fp32", "fp16"] if gpu else ["fp32", "int8"])

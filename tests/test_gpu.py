@@ -454,3 +454,16 @@ def test_render_with_device_frames_keeps_every_frame_timestamp_and_audio(microas
     b = np.stack([f for _, f in outs[True]]).astype(int)
     assert a.shape == b.shape == (11, 360, 640, 3)
     assert np.abs(a - b).mean() < 3.0 and b.std() > 20
+
+
+def test_bench_lists_the_gpu_engines_on_a_gpu_only():
+    import argparse
+
+    from streamer import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_parser(parser.add_subparsers())
+    _, cpu_engines, cpu_prec, _ = bench._plan(parser.parse_args(["bench"]), CPU)
+    _, gpu_engines, gpu_prec, _ = bench._plan(parser.parse_args(["bench"]), torch.device("cuda"))
+    assert "torch-cuda" not in cpu_engines and "tensorrt" not in cpu_engines
+    assert {"torch-cuda", "tensorrt"} <= set(gpu_engines) and "fp16" in gpu_prec

@@ -3,11 +3,11 @@
 Made for a machine with only a CUDA torch (2.11+), Triton and numpy (no PyAV, PIL, TensorRT or network)
 and at most 64 MiB carried in, so its media is one small array made here beforehand:
 
-    # here (PyAV, PIL): real frames of the test clip, a real photo and a real painting -> one .npz
+    # here (PyAV, PIL): 240 real frames of the test clip (320x180), a real photo and painting -> 43 MiB
     python tools/gpu_check.py --prepare            # writes .gpu_check/media.npz (gitignored)
-    cp -r ../shared/weights/microast ../shared/weights/adain-r31 .gpu_check/weights/
-    # on the GPU machine (run tool: carry [".gpu_check"], timeout_s 540):
-    python tools/gpu_check.py --json .gpu_check/out/gpu_check.json   # or $OUT/gpu_check.json
+    mkdir -p .gpu_check/weights && cp -r ../shared/weights/microast ../shared/weights/adain-r31 .gpu_check/weights/
+    # on the GPU machine: the device tool's run with carry=[".gpu_check"] (50 MiB in all), timeout_s=540:
+    python3 tools/gpu_check.py                     # JSON to $OUT/gpu_check.json, rewritten after every row
 
 For each model (adain with random weights unless its relu4_1 files are in --weights-dir; adain-r31 and
 microast real), fp16 and bf16, 512x512 and 1280x720, in priority order until --budget-s is spent:
