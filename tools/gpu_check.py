@@ -6,7 +6,7 @@ and at most 64 MiB carried in, so its media is one small array made here beforeh
     # here (PyAV, PIL): 240 real frames of the test clip (320x180), a real photo and painting -> 43 MiB
     python tools/gpu_check.py --prepare            # writes .gpu_check/media.npz (gitignored)
     mkdir -p .gpu_check/weights && cp -r ../shared/weights/microast ../shared/weights/adain-r31 .gpu_check/weights/
-    # on the GPU machine: the device tool's run with carry=[".gpu_check"] (50 MiB in all), timeout_s=540:
+    # on the GPU machine: the device tool's run with carry=[".gpu_check"] (50 MiB in all), timeout_s=420:
     python3 tools/gpu_check.py                     # JSON to $OUT/gpu_check.json, rewritten after every row
 
 For each model (adain with random weights unless its relu4_1 files are in --weights-dir; adain-r31 and
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--no-batch1", dest="batch1", action="store_false", help="skip the one-frame-per-call timing")
-    p.add_argument("--budget-s", type=float, default=360.0, help="stop starting new checks after this (default 360)")
+    p.add_argument("--budget-s", type=float, default=300.0, help="stop starting new checks after this (default 300)")
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, eager fp32: proves the script runs")
     args = p.parse_args(argv)
     if args.prepare:
