@@ -73,7 +73,10 @@ class FrameMover:
         return dev
 
     def download(self, frames: Tensor) -> Pending:
-        """Device uint8 frames -> a Pending holding them in pinned host memory once its event fires."""
+        """Device uint8 frames -> a Pending holding them in pinned host memory once its event fires.
+
+        Its buffer is reused ``depth`` downloads (of this shape) later: call ``result()`` before then.
+        """
         if not self.cuda:
             return Pending(frames.contiguous())
         entry, host = self._slot(self._down, tuple(frames.shape))
