@@ -17,8 +17,11 @@ def mean_std(feat: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std of an (N, C, H, W) feature map, each (N, C, 1, 1).
 
     Written with keep-dim reductions and elementwise ops only: a reshape to (N, C, H*W) in the exported
-    graph makes OpenVINO convert the features to a planar layout and back around it.
+    graph makes OpenVINO convert the features to a planar layout and back around it. Computed and
+    returned in fp32 whatever ``feat`` is (a no-op for fp32 features): in fp16 the squared deviations
+    overflow once |x - mean| > 256, and VGG's relu4_1 features get there.
     """
+    feat = feat.float()
     mean = feat.mean(dim=(2, 3), keepdim=True)
     centred = feat - mean
     count = feat.shape[2] * feat.shape[3]
@@ -27,9 +30,14 @@ def mean_std(feat: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
 
 
 def adain(content: Tensor, style_mean: Tensor, style_std: Tensor, eps: float = EPS) -> Tensor:
-    """AdaIN(x, y) = sigma(y) * (x - mu(x)) / sigma(x) + mu(y), with the style side precomputed."""
-    c_mean, c_std = mean_std(content, eps)
-    return (content - c_mean) / c_std * style_std + style_mean
+    """AdaIN(x, y) = sigma(y) * (x - mu(x)) / sigma(x) + mu(y), with the style side precomputed.
+
+    The statistics and the normalisation run in fp32 and the result comes back in the content's dtype,
+    so an fp16/bf16 graph keeps its activations low and its AdaIN exact (fp32 graphs: unchanged ops).
+    """
+    x = content.float()
+    c_mean, c_std = mean_std(x, eps)
+    return ((x - c_mean) / c_std * style_std.float() + style_mean.float()).to(content.dtype)
 
 
 def blend(stylized: Tensor, original: Tensor, alpha: Tensor | float) -> Tensor:
@@ -39,15 +47,17 @@ def blend(stylized: Tensor, original: Tensor, alpha: Tensor | float) -> Tensor:
     OpenVINO run this blend, and every elementwise op after it, in a planar layout (a reorder around
     each conv: 2.3 ms of MicroAST's 100).
     """
-    if isinstance(alpha, Tensor) and alpha.dim() == 0:
-        alpha = alpha.reshape([1] * stylized.dim())
+    if isinstance(alpha, Tensor):
+        if alpha.dim() == 0:
+            alpha = alpha.reshape([1] * stylized.dim())
+        alpha = alpha.to(stylized.dtype)  # an fp32 alpha must not promote an fp16 graph to fp32
     return alpha * stylized + (1.0 - alpha) * original
 
 
 def masked_mean_std(feat: Tensor, mask: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
     """Mean/std of the pixels where ``mask`` (N, 1, H, W, in {0, 1}) is set; unbiased like :func:`mean_std`."""
     n, c = feat.shape[:2]
-    flat = feat.reshape(n, c, -1)
+    flat = feat.float().reshape(n, c, -1)
     m = mask.reshape(n, 1, -1).to(feat.dtype)
     count = m.sum(dim=2).clamp_min(2.0)
     mean = (flat * m).sum(dim=2) / count

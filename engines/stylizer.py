@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from engines.backends.base import Engine
@@ -60,6 +59,8 @@ def resize_short_side(rgb: np.ndarray, short_side: int) -> np.ndarray:
     h, w = short_side_shape(*rgb.shape[:2], short_side)
     if (h, w) == rgb.shape[:2]:
         return rgb
+    from PIL import Image  # here, not at import: GPU check machines may have torch and numpy only
+
     return np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.LANCZOS))
 
 
@@ -67,7 +68,39 @@ def resize_back(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     """A stylized frame back at its source's (H, W) (bicubic; unchanged if already there)."""
     if rgb.shape[:2] == (height, width):
         return rgb
+    from PIL import Image
+
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
+
+
+# -- the same steps on tensors, for frames that stay on the GPU ----------------------------------------
+def frames_to_input(frames: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(N, H, W, 3) or (H, W, 3) uint8 RGB on any device -> (N, 3, H, W) in [0, 1].
+
+    The arithmetic of :func:`to_tensor` (fp32, divide by 255), so on the CPU it is bit-for-bit the same;
+    other dtypes are cast from that fp32 result.
+    """
+    if frames.dim() == 3:
+        frames = frames[None]
+    x = frames.permute(0, 3, 1, 2).float().div_(255.0)
+    return x if dtype == torch.float32 else x.to(dtype)
+
+
+def output_to_frames(image: Tensor) -> Tensor:
+    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8 on the same device: :func:`to_uint8`'s arithmetic."""
+    return image.float().clamp(0.0, 1.0).mul(255.0).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def resize_tensor(image: Tensor, height: int, width: int) -> Tensor:
+    """(N, 3, H, W) float resized with bicubic + antialias (torch's, on the frame's device), clamped.
+
+    Not PIL's LANCZOS/BICUBIC: on real frames it is within a few uint8 levels of it (mean |diff| < 1,
+    tested), and it costs a fraction of a millisecond on a GPU instead of 40-50 ms on a CPU core.
+    """
+    if tuple(image.shape[-2:]) == (height, width):
+        return image
+    x = F.interpolate(image.float(), size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+    return x.clamp_(0.0, 1.0).to(image.dtype)
 
 
 class Stylizer:
@@ -106,6 +139,41 @@ class Stylizer:
         if keep_color:
             out = preserve_color(out, image)
         return to_uint8(out)
+
+    def _device_style(self, code: StyleCode, alpha: float) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Alpha and the style code on the engine's device, uploaded again only when they change."""
+        cached = getattr(self, "_style_on_device", None)
+        if cached is not None and cached[0] is code and cached[1] == alpha:
+            return cached[2], cached[3]
+        alpha_t = torch.tensor(float(alpha), dtype=torch.float32, device=self.device)
+        code_t = tuple(t.to(self.device) for t in self.model.code_tensors(code))
+        self._style_on_device = (code, alpha, alpha_t, code_t)
+        return alpha_t, code_t
+
+    @torch.inference_mode()
+    def stylize_frames(self, frames: Tensor, code: StyleCode, alpha: float = 1.0, keep_color: bool = False,
+                       size: int = 0) -> Tensor:
+        """(N, H, W, 3) uint8 RGB -> stylized (N, H, W, 3) uint8, all on the engine's device.
+
+        Normalise, resize (``size`` = short side, 0 keeps it), pad, the engine in batches of its
+        ``max_batch``, colour preservation and the resize back all run where the frames are. On the CPU
+        with one frame and ``size`` 0 it is bit-for-bit :meth:`stylize` (tested); batched frames are
+        within one uint8 level of it (kernels may pick other algorithms per batch size).
+        """
+        frames = frames.to(self.device, non_blocking=True)
+        if frames.dim() == 3:
+            frames = frames[None]
+        h0, w0 = frames.shape[1:3]
+        image = frames_to_input(frames)
+        image = resize_tensor(image, *short_side_shape(h0, w0, size))
+        padded, (h, w) = pad_to_multiple(image, self.model.factor)
+        alpha_t, code_t = self._device_style(code, alpha)
+        step = max(1, self.engine.max_batch)
+        outs = [self.engine.run(padded[i:i + step], alpha_t, code_t) for i in range(0, padded.shape[0], step)]
+        out = (outs[0] if len(outs) == 1 else torch.cat(outs))[..., :h, :w]
+        if keep_color:
+            out = preserve_color(out, image)
+        return output_to_frames(resize_tensor(out, h0, w0))
 
     @torch.inference_mode()
     def stylize_masked(self, frame_rgb: np.ndarray, codes: Sequence[StyleCode], masks: np.ndarray,

@@ -212,8 +212,25 @@ class RenderRow:
     note: str = ""
 
 
+#: engines that only run on an NVIDIA GPU: not listed in a CPU bench
+GPU_ONLY_ENGINES = ("tensorrt", "torch-cuda")
+
+
 def _engine_label(kind: str, precision: str) -> str:
     return f"{kind}/{precision}"
+
+
+def synced_call(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` that returns only once a GPU has finished its work: CUDA kernels are asynchronous, so a
+    timer around the launch alone measures the launch (the result is a CUDA tensor, not yet computed)."""
+
+    def call() -> object:
+        out = fn()
+        if getattr(out, "is_cuda", False):
+            torch.cuda.synchronize(out.device)
+        return out
+
+    return call
 
 
 def time_side_by_side(runs: dict[str, Callable[[], object]], repeats: int, warmup: int, budget_s: float,
@@ -286,7 +303,7 @@ def _plan(args: argparse.Namespace, device: torch.device) -> tuple[list[str], li
         sizes = args.sizes or list(DEFAULT_SIZES)
     if "all" in models:
         models = list(MODEL_NAMES)
-    engines = args.engines or [e for e in ENGINE_NAMES[1:] if e != "tensorrt" or gpu]
+    engines = args.engines or [e for e in ENGINE_NAMES[1:] if e not in GPU_ONLY_ENGINES or gpu]
     if "torch" not in engines:
         engines = ["torch", *engines]
     precisions = args.precisions or (["fp32", "fp16"] if gpu else ["fp32", "int8"])
@@ -403,7 +420,7 @@ def _bench_size(name, model, built, base_label, code, w, h, args, info) -> list[
         except Exception as exc:  # one engine failing at one size must not end the bench
             log.debug("bench %s %s failed", label, name, exc_info=True)
             failed[label] = f"failed: {exc.__class__.__name__}: {exc}"
-    runs = {label: (lambda e=built[label]: e.run(image, alpha, code_t)) for label in outputs}
+    runs = {label: synced_call(lambda e=built[label]: e.run(image, alpha, code_t)) for label in outputs}
     log.info("bench %s %dx%d: %s", name, w, h, ", ".join(runs))
     times = time_side_by_side(runs, args.repeats, max(0, args.warmup - 1), args.budget)
     ref = outputs.get(base_label)

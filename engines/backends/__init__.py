@@ -2,14 +2,16 @@
 
 ``--engine auto`` picks, in order, the first engine that can run the requested precision here:
 
-* NVIDIA GPU (``--device cuda``): TensorRT (torch-tensorrt installed), else ONNX Runtime with its
-  CUDA/TensorRT providers (onnxruntime-gpu), else PyTorch.
+* NVIDIA GPU (``--device cuda``): TensorRT (torch-tensorrt installed), else the torch CUDA engine
+  (fp16/bf16, channels-last, torch.compile: needs no TensorRT), else ONNX Runtime, else PyTorch eager.
 * CPU: the per-model order in :data:`CPU_PREFERENCE`, which is the ranking `streamer bench` measured
   side by side (ms/frame of the content side, fp32, see the table there). A table rather
   than a calibration run at start-up: the ranking was the same at every size measured and a timing
   run would cost seconds at every start and be noisy on busy machines.
 
-The choice and the reason are logged (``streamer: engine: ...``).
+The choice and the reason are logged (``streamer: engine: ...``). An engine that is available but
+fails to build (a TensorRT conversion error, a compiled graph failing its check) is reported in one
+line and ``auto`` goes on to the next one in the order.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from engines.errors import DeviceError, InputError
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES = ("auto", "torch", "tensorrt", "onnxruntime", "openvino")
+ENGINE_NAMES = ("auto", "torch", "torch-cuda", "tensorrt", "onnxruntime", "openvino")
 
 #: measured by `streamer bench` on a 2-core AMD EPYC (Zen 4, AVX2 kernels, no native bf16), content
 #: side, fp32, ms/frame (speedup vs torch eager), all engines interleaved in one process, torch warmed up
@@ -40,7 +42,7 @@ CPU_PREFERENCE: dict[str, tuple[str, ...]] = {
     "adain-r31": ("openvino", "onnxruntime", "torch"),
     "adain": ("openvino", "onnxruntime", "torch"),
 }
-GPU_PREFERENCE: tuple[str, ...] = ("tensorrt", "onnxruntime", "torch")
+GPU_PREFERENCE: tuple[str, ...] = ("tensorrt", "torch-cuda", "onnxruntime", "torch")
 DEFAULT_CPU_PREFERENCE: tuple[str, ...] = ("openvino", "onnxruntime", "torch")
 
 
@@ -49,6 +51,10 @@ def engine_class(kind: str) -> type[Engine]:
         from engines.backends.torch_engine import TorchEngine
 
         return TorchEngine
+    if kind == "torch-cuda":
+        from engines.backends.torch_cuda_engine import TorchCudaEngine
+
+        return TorchCudaEngine
     if kind == "onnxruntime":
         from engines.backends.onnxruntime_engine import OnnxRuntimeEngine
 
@@ -70,16 +76,37 @@ def auto_order(model_name: str, device: torch.device) -> tuple[str, ...]:
     return CPU_PREFERENCE.get(model_name, DEFAULT_CPU_PREFERENCE)
 
 
-def pick_engine(model_name: str, device: torch.device, precision: str) -> tuple[str, str]:
-    """(engine kind, why) for ``--engine auto``: the first in the measured order that works here."""
-    skipped = []
+def usable_engines(model_name: str, device: torch.device, precision: str) -> list[tuple[str, str]]:
+    """(engine kind, why) for ``--engine auto``, in the measured order, for every engine that can run here."""
+    usable, skipped = [], []
     for kind in auto_order(model_name, device):
         reason = engine_class(kind).unavailable_reason(device, precision)
         if reason is None:
             why = "measured fastest available" if not skipped else "fastest available; skipped " + "; ".join(skipped)
-            return kind, why
-        skipped.append(f"{kind}: {reason}")
-    raise DeviceError(f"no engine can run {precision} on {device.type}: " + "; ".join(skipped))
+            usable.append((kind, why))
+        else:
+            skipped.append(f"{kind}: {reason}")
+    if not usable:
+        raise DeviceError(f"no engine can run {precision} on {device.type}: " + "; ".join(skipped))
+    return usable
+
+
+def pick_engine(model_name: str, device: torch.device, precision: str) -> tuple[str, str]:
+    """(engine kind, why) for ``--engine auto``: the first in the measured order that works here."""
+    return usable_engines(model_name, device, precision)[0]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _build(kind: str, model, device: torch.device, precision: str, weights_id: str | None,
+           shape_hint: tuple[int, int] | None) -> Engine:
+    cls = engine_class(kind)
+    if kind == "torch":
+        return cls(model, device, precision)
+    return cls(model, device, precision, weights_id=weights_id, shape_hint=shape_hint)
 
 
 def create_engine(kind: str, model, device: torch.device, precision: str = "fp32",
@@ -87,23 +114,37 @@ def create_engine(kind: str, model, device: torch.device, precision: str = "fp32
     """Build the engine ``kind`` for ``model``; ``auto`` picks the fastest available and logs which.
 
     ``weights_id`` keys on-disk engine caches; ``shape_hint`` (H, W) is the expected frame size, used by
-    engines that optimise for a shape (they build for it now rather than on the first frame).
+    engines that optimise for a shape (they build for it now rather than on the first frame). With
+    ``auto``, an engine whose build fails is logged in one line and the next one is built.
     """
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
     if precision == "int8" and model.int8_refusal:
         raise InputError(model.int8_refusal)
     device = torch.device(device)
-    why = "asked for"
-    if kind == "auto":
-        kind, why = pick_engine(model.name, device, precision)
-    cls = engine_class(kind)
-    if kind == "torch":
-        engine: Engine = cls(model, device, precision)
-    else:
-        engine = cls(model, device, precision, weights_id=weights_id, shape_hint=shape_hint)
-    log.info("engine: %s (%s)", engine.describe(), why)
-    return engine
+    if kind != "auto":
+        engine = _build(kind, model, device, precision, weights_id, shape_hint)
+        log.info("engine: %s (asked for)", engine.describe())
+        return engine
+    candidates = usable_engines(model.name, device, precision)
+    failed: list[str] = []
+    for i, (name, why) in enumerate(candidates):
+        try:
+            engine = _build(name, model, device, precision, weights_id, shape_hint)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a build failure: say why in one line and take the next engine
+            if i + 1 == len(candidates):
+                raise
+            log.warning("engine: %s failed to build (%s); using %s", name, _one_line(exc), candidates[i + 1][0])
+            log.debug("engine %s build failure", name, exc_info=True)
+            failed.append(f"{name} failed to build")
+            continue
+        if failed:
+            why = f"{why}; " + "; ".join(failed)
+        log.info("engine: %s (%s)", engine.describe(), why)
+        return engine
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-__all__ = ["DTYPES", "ENGINE_NAMES", "PRECISIONS", "Engine", "create_engine", "pick_engine", "CPU_PREFERENCE"]
+__all__ = ["DTYPES", "ENGINE_NAMES", "PRECISIONS", "Engine", "create_engine", "pick_engine", "usable_engines", "CPU_PREFERENCE"]

@@ -23,6 +23,8 @@ class Engine(ABC):
     """Runs a model's content side. Style codes and alpha are inputs, so no style ever rebuilds it."""
 
     name: str = "base"
+    #: frames one run() may take stacked as (N, 3, H, W); exports with a fixed batch take 1
+    max_batch: int = 1
 
     def __init__(self, model: StyleModel, device: torch.device, precision: str = "fp32") -> None:
         reason = self.unavailable_reason(device, precision)
@@ -34,7 +36,8 @@ class Engine(ABC):
 
     @abstractmethod
     def run(self, image: Tensor, alpha: Tensor, code: tuple[Tensor, ...]) -> Tensor:
-        """(1, 3, H, W) float32 RGB in [0, 1], H and W multiples of ``model.factor`` -> same, clamped."""
+        """(N, 3, H, W) RGB in [0, 1] (N <= ``max_batch``; float32, or the dtype the engine takes), H and W
+        multiples of ``model.factor`` -> (N, 3, H, W) float32, clamped."""
 
     def describe(self) -> str:
         return f"{self.name} {self.precision} on {self.device}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import inspect
 import logging
 from pathlib import Path
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 #: ONNX opset of exports; both ONNX Runtime (>= 1.17) and OpenVINO (>= 2024) read it
 ONNX_OPSET = 20
 #: bump when a rewrite or the export recipe changes, so cached exports are rebuilt
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4  # 4: GPU graph (floor pools, half precision), batch dimension
 #: largest frame side an exported graph accepts (8K)
 MAX_SIDE = 8192
 INPUT_NAMES_HEAD = ("image", "alpha")
@@ -103,16 +104,80 @@ def dynamic_shapes(model: StyleModel, max_side: int = MAX_SIDE) -> dict:
 
 
 def export_program(model: StyleModel, graph: nn.Module | None = None, example: tuple[Tensor, ...] | None = None,
-                   max_side: int = MAX_SIDE) -> torch.export.ExportedProgram:
-    """torch.export of the content graph with dynamic H and W (what TensorRT and ONNX exports start from)."""
+                   max_side: int = MAX_SIDE, max_batch: int = 1) -> torch.export.ExportedProgram:
+    """torch.export of the content graph with dynamic H and W (what TensorRT and ONNX exports start from).
+
+    ``max_batch`` > 1 also makes the image's batch dimension dynamic (offline renders stack frames;
+    AdaIN statistics are per sample and the style code broadcasts); the example then needs a batch of 2
+    or more, since torch.export specialises a dimension it sees at size 1.
+    """
     graph = (graph if graph is not None else model.content_graph()).eval()
     if example is None:
         s = 8 * model.factor
         example = example_inputs(model, 3 * s, 4 * s)
     spec = dynamic_shapes(model, max_side)
+    if max_batch > 1:
+        from torch.export import Dim
+
+        spec["image"] = {0: Dim("batch", min=1, max=max_batch), **spec["image"]}
     args_spec = tuple(spec[n] for n in input_names(model))
+    params = list(inspect.signature(graph.forward).parameters.values())
+    if len(params) == 3 and params[2].kind is inspect.Parameter.VAR_POSITIONAL:  # LowPrecisionGraph(image, alpha, *code)
+        args_spec = (*args_spec[:2], tuple(args_spec[2:]))
     with torch.no_grad():
         return torch.export.export(graph, tuple(example), dynamic_shapes=args_spec, strict=False)
+
+
+# -- the GPU graph (TensorRT, torch CUDA) -------------------------------------------------------------
+def floor_pools(graph: nn.Module) -> nn.Module:
+    """A copy of ``graph`` whose max-pools use ``ceil_mode=False``.
+
+    torch-tensorrt cannot convert a ceil-mode max-pool: ``max_pool_param_validator`` in
+    ``py/torch_tensorrt/dynamo/conversion/aten_ops_converters.py`` rejects it and ``max_poolNd`` in
+    ``dynamo/conversion/impl/pool.py`` raises "ceil_mode is not yet supported!", and
+    ``convert_exported_program_to_serialized_trt_engine`` does not partition, so the whole build fails.
+    Exact on every frame an engine gets: frames are padded to multiples of ``model.factor`` (the product
+    of the strides), so every pool sees even sides, where ceil and floor agree (tested).
+    """
+    g = copy.deepcopy(graph).eval()
+    for module in g.modules():
+        if isinstance(module, nn.MaxPool2d):
+            module.ceil_mode = False
+    return g
+
+
+class LowPrecisionGraph(nn.Module):
+    """The content graph with weights and activations in ``dtype`` (fp16/bf16), its output in fp32.
+
+    Takes the image in ``dtype`` and alpha and the style code in fp32 (they are tiny). The AdaIN
+    statistics run in fp32 inside (engines.ops.mean_std/adain), and the final clamp is in fp32. A
+    strongly typed TensorRT network (torch-tensorrt >= 2.9 builds no other kind) follows exactly
+    these dtypes, so this graph is what makes an "fp16" engine fp16.
+    """
+
+    def __init__(self, graph: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.inner = copy.deepcopy(graph).eval().to(dtype)
+
+    def forward(self, image: Tensor, alpha: Tensor, *code: Tensor) -> Tensor:
+        low = [c.to(self.dtype) for c in code]
+        return self.inner(image.to(self.dtype), alpha.to(self.dtype), *low).float().clamp(0.0, 1.0)
+
+
+def gpu_graph(model: StyleModel, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The content graph as GPU engines build it: floor-mode pools, in ``dtype`` (fp32: plain)."""
+    graph = floor_pools(model.content_graph())
+    if dtype == torch.float32:
+        return graph.requires_grad_(False)
+    return LowPrecisionGraph(graph, dtype).requires_grad_(False)
+
+
+def gpu_example_inputs(model: StyleModel, height: int, width: int, dtype: torch.dtype = torch.float32,
+                       batch: int = 1) -> tuple[Tensor, ...]:
+    """example_inputs for :func:`gpu_graph`: the image in ``dtype`` and ``batch`` frames, the rest fp32."""
+    image, alpha, *code = example_inputs(model, height, width)
+    return (image.expand(batch, -1, -1, -1).contiguous().to(dtype), alpha, *code)
 
 
 # -- exact rewrites for CPU kernels -------------------------------------------------------------------

@@ -8,13 +8,20 @@ model, weights, profile, precision, GPU (name and compute capability) and the Te
 torch versions: a cache hit deserialises in seconds; any mismatch builds a new engine (never loads a
 foreign one). A frame outside every built profile gets its own profile (built once, cached as well).
 
+Precision: torch-tensorrt 2.13 (the release for torch 2.13, TensorRT 11) builds strongly typed
+networks only, and ``convert_exported_program_to_serialized_trt_engine`` (``py/torch_tensorrt/dynamo/
+_compiler.py``) has no ``enabled_precisions`` any more: its ``**kwargs`` swallow such flags. So the
+precision is the graph's: fp16/bf16 export :func:`graph.gpu_graph` (weights and activations low,
+AdaIN statistics and the final clamp fp32), and a built engine is checked (its size against the
+weights' bytes, and layer precisions where the inspector gives them) before it is cached as fp16.
+
 Run: the TensorRT runtime directly (``execute_async_v3`` on the current torch CUDA stream, tensors
-bound by address), so nothing but TensorRT itself is needed once an engine is cached.
+bound by address), so nothing but TensorRT itself is needed once an engine is cached. Every input and
+output is bound in the dtype the engine reports (``ICudaEngine.get_tensor_dtype``), read once into an
+:class:`IOSpec` list: the binding logic is plain code tested without TensorRT.
 """
 from __future__ import annotations
 
-import copy
-import inspect
 import logging
 import threading
 from dataclasses import dataclass
@@ -25,8 +32,8 @@ from torch import Tensor
 
 from engines.backends.base import Engine
 from engines.backends.cache import EngineCache, build_progress, graph_weights_id
-from engines.backends.graph import (RECIPE_VERSION, code_shapes, example_inputs, export_program, graph_code_id,
-                                    min_side, padded_shape)
+from engines.backends.graph import (RECIPE_VERSION, code_shapes, export_program, gpu_example_inputs, gpu_graph,
+                                    graph_code_id, min_side, padded_shape)
 from engines.errors import DeviceError
 from engines.models.base import StyleModel
 
@@ -57,15 +64,21 @@ class Profile:
     min: tuple[int, int]
     opt: tuple[int, int]
     max: tuple[int, int]
+    #: frames per call the profile is built for (min 1): offline renders batch
+    batch: int = 1
 
-    def contains(self, h: int, w: int) -> bool:
-        return self.min[0] <= h <= self.max[0] and self.min[1] <= w <= self.max[1]
+    def contains(self, h: int, w: int, n: int = 1) -> bool:
+        return self.min[0] <= h <= self.max[0] and self.min[1] <= w <= self.max[1] and 1 <= n <= self.batch
 
     @classmethod
-    def around(cls, model: StyleModel, h: int, w: int) -> Profile:
+    def around(cls, model: StyleModel, h: int, w: int, batch: int = 1) -> Profile:
         opt = padded_shape(model, h, w)
         low = padded_shape(model, max(opt[0] // 2, min_side(model)), max(opt[1] // 2, min_side(model)))
-        return cls(min=low, opt=opt, max=opt)
+        return cls(min=low, opt=opt, max=opt, batch=max(1, batch))
+
+    def image_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """(min, opt, max) NCHW shapes for torch_tensorrt.Input."""
+        return (1, 3, *self.min), (self.batch, 3, *self.opt), (self.batch, 3, *self.max)
 
 
 def tensorrt_cache_key(model: str, weights_id: str, profile: Profile, precision: str, gpu: str, capability: str,
@@ -75,26 +88,102 @@ def tensorrt_cache_key(model: str, weights_id: str, profile: Profile, precision:
     return {
         "kind": "tensorrt", "model": model, "weights": weights_id, "recipe": RECIPE_VERSION,
         "code": graph_code_id(), "precision": precision,
-        "profile": [list(profile.min), list(profile.opt), list(profile.max)],
+        "profile": [list(profile.min), list(profile.opt), list(profile.max)], "batch": profile.batch,
         "gpu": gpu, "compute_capability": capability, **versions,
     }
 
 
-def _precision_kwargs(fn, precision: str) -> dict:
-    """FP16/BF16 across torch-tensorrt versions: autocast (>= 2.9, strongly typed) or enabled_precisions."""
-    params = inspect.signature(fn).parameters
+_TRT_TO_TORCH = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
+                 "INT64": torch.int64, "BOOL": torch.bool, "UINT8": torch.uint8, "INT8": torch.int8}
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """One engine input or output as the engine describes it."""
+
+    name: str
+    is_input: bool
+    dtype: torch.dtype
+
+
+def describe_engine(engine, trt) -> list[IOSpec]:
+    """The engine's I/O tensors in binding order (``ICudaEngine.num_io_tensors``, ``get_tensor_name``,
+    ``get_tensor_mode``, ``get_tensor_dtype``: TensorRT >= 8.5, the only API left in TensorRT 10/11)."""
+    specs = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        dtype_name = engine.get_tensor_dtype(name).name
+        if dtype_name not in _TRT_TO_TORCH:
+            raise RuntimeError(f"TensorRT engine tensor {name} has dtype {dtype_name}, which streamer cannot bind")
+        specs.append(IOSpec(name, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT, _TRT_TO_TORCH[dtype_name]))
+    return specs
+
+
+def bind_inputs(specs: list[IOSpec], tensors: list[Tensor], device: torch.device) -> list[tuple[str, Tensor]]:
+    """(name, tensor) for each engine input, each cast to the dtype the engine takes and made contiguous.
+
+    TensorRT reads raw memory at the bound address: a tensor in another dtype would be read as garbage,
+    so the engine's own description decides, never an assumption (fp16 engines take fp16 images).
+    """
+    inputs = [s for s in specs if s.is_input]
+    if len(inputs) != len(tensors):
+        raise RuntimeError(f"TensorRT engine takes {len(inputs)} inputs, got {len(tensors)}")
+    return [(s.name, t.to(device=device, dtype=s.dtype).contiguous()) for s, t in zip(inputs, tensors)]
+
+
+def output_spec(specs: list[IOSpec]) -> IOSpec:
+    outputs = [s for s in specs if not s.is_input]
+    if len(outputs) != 1:
+        raise RuntimeError(f"TensorRT engine has {len(outputs)} outputs; the content graph has one")
+    return outputs[0]
+
+
+def layer_precisions(info: dict) -> dict[str, int]:
+    """Output datatypes of an engine's layers, counted, from ``IEngineInspector.get_engine_information``
+    (JSON). Layers are plain names unless the engine was built with detailed profiling verbosity: then
+    nothing is counted and the size check alone decides."""
+    counts: dict[str, int] = {}
+    for layer in info.get("Layers", []):
+        if not isinstance(layer, dict):
+            continue
+        for out in layer.get("Outputs", []):
+            fmt = str(out.get("Format/Datatype", "")) if isinstance(out, dict) else ""
+            for word in ("Half", "BFloat16", "Float", "Int8", "Int32"):
+                if word in fmt:
+                    counts[word] = counts.get(word, 0) + 1
+                    break
+    return counts
+
+
+#: below this many weights an engine's own code and tactics (a few MB) hide the weights' bytes
+SIZE_CHECK_MIN_WEIGHTS = 2_000_000
+
+
+def precision_mismatch(precision: str, engine_bytes: int, weight_count: int,
+                       layers: dict[str, int] | None = None) -> str | None:
+    """Why a built engine is not the ``precision`` asked for (one line), or None.
+
+    Where the inspector lists layer precisions (see :func:`layer_precisions`), most layers must output
+    the low dtype. Otherwise the size: an engine holds its weights, an fp16/bf16 one about 2 bytes per
+    weight and an fp32 one 4, so more than 3 bytes per weight means the build fell back to fp32 (only
+    for models big enough that the weights dominate the plan: the VGG models; MicroAST's 0.3 M
+    weights are not).
+    """
     if precision == "fp32":
-        return {"enabled_precisions": {torch.float32}} if "enabled_precisions" in params else {}
-    low = TRT_PRECISIONS[precision]
-    if "enable_autocast" in params:  # strongly typed networks: TensorRT casts, keeping reductions in fp32
-        return {"use_explicit_typing": True, "enable_autocast": True, "autocast_low_precision_type": low}
-    kwargs: dict = {"enabled_precisions": {torch.float32, low}}
-    if "use_explicit_typing" in params:
-        kwargs["use_explicit_typing"] = False
-    return kwargs
-
-
-_TRT_TO_TORCH = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32}
+        return None
+    if layers:
+        low = layers.get("BFloat16" if precision == "bf16" else "Half", 0)
+        total = sum(layers.values())
+        if low * 2 < total:
+            return f"the TensorRT {precision} build runs {total - low} of {total} layers in other precisions"
+        return None
+    if weight_count < SIZE_CHECK_MIN_WEIGHTS:
+        return None
+    per_weight = engine_bytes / weight_count
+    if per_weight > 3.0:
+        return (f"the TensorRT {precision} build came out fp32 ({engine_bytes / 1e6:.1f} MB for "
+                f"{weight_count / 1e6:.2f} M weights, {per_weight:.1f} bytes each)")
+    return None
 
 
 class _Runner:
@@ -103,7 +192,6 @@ class _Runner:
     def __init__(self, data: bytes, device: torch.device) -> None:
         import tensorrt as trt
 
-        self.trt = trt
         self.device = device
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
@@ -112,20 +200,27 @@ class _Runner:
             if self.engine is None:
                 raise RuntimeError("TensorRT could not deserialise the cached engine")
             self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        mode = trt.TensorIOMode.INPUT
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
-        self.output = next(n for n in names if self.engine.get_tensor_mode(n) != mode)
-        self.out_dtype = _TRT_TO_TORCH.get(self.engine.get_tensor_dtype(self.output).name, torch.float32)
+        self.specs = describe_engine(self.engine, trt)
+        self.output = output_spec(self.specs)
+
+    def layers(self) -> dict[str, int]:
+        import json
+
+        import tensorrt as trt
+
+        try:
+            info = self.engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+            return layer_precisions(json.loads(info))
+        except Exception:  # the inspector is optional information
+            return {}
 
     def __call__(self, tensors: list[Tensor]) -> Tensor:
-        if len(tensors) != len(self.inputs):
-            raise RuntimeError(f"TensorRT engine takes {len(self.inputs)} inputs, got {len(tensors)}")
-        for name, t in zip(self.inputs, tensors):
+        for name, t in bind_inputs(self.specs, tensors, self.device):
             self.context.set_input_shape(name, tuple(t.shape))
             self.context.set_tensor_address(name, t.data_ptr())
-        out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.out_dtype, device=self.device)
-        self.context.set_tensor_address(self.output, out.data_ptr())
+        shape = tuple(self.context.get_tensor_shape(self.output.name))
+        out = torch.empty(shape, dtype=self.output.dtype, device=self.device)
+        self.context.set_tensor_address(self.output.name, out.data_ptr())
         stream = torch.cuda.current_stream(self.device)
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
@@ -134,6 +229,7 @@ class _Runner:
 
 class TensorRTEngine(Engine):
     name = "tensorrt"
+    max_batch = 8
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
@@ -176,29 +272,40 @@ class TensorRTEngine(Engine):
     def _build(self, profile: Profile, path: Path) -> None:
         import torch_tensorrt
 
-        example = tuple(t.to(self.device) for t in example_inputs(self.model, *profile.opt))
-        # a copy: the content side may share modules with the style side (VGG), which stays on the CPU
-        graph = copy.deepcopy(self.model.content_graph()).eval().to(self.device)
-        program = export_program(self.model, graph, example)
+        dtype = TRT_PRECISIONS[self.precision]
+        example = tuple(t.to(self.device) for t in
+                        gpu_example_inputs(self.model, *profile.opt, dtype, batch=min(2, profile.batch)))
+        # gpu_graph copies: the content side may share modules with the style side (VGG), which stays on the CPU
+        graph = gpu_graph(self.model, dtype).to(self.device)
+        program = export_program(self.model, graph, example, max_batch=profile.batch)
+        low, opt, high = profile.image_shapes()
         inputs = [
-            torch_tensorrt.Input(min_shape=(1, 3, *profile.min), opt_shape=(1, 3, *profile.opt),
-                                 max_shape=(1, 3, *profile.max), dtype=torch.float32),
+            torch_tensorrt.Input(min_shape=low, opt_shape=opt, max_shape=high, dtype=dtype),
             torch_tensorrt.Input(shape=(), dtype=torch.float32),
             *(torch_tensorrt.Input(shape=s, dtype=torch.float32) for s in code_shapes(self.model).values()),
         ]
         convert = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine
-        data = convert(program, arg_inputs=inputs, device=self.device, min_block_size=1,
-                       truncate_double=True, **_precision_kwargs(convert, self.precision))
+        # no precision flags: 2.13 has none (see the module docstring); the graph's dtypes decide
+        data = convert(program, arg_inputs=inputs, device=self.device, min_block_size=1, truncate_double=True)
         if not data:
             raise DeviceError(f"TensorRT could not build an engine for {self.model.name} (run with -vv for details)")
-        path.write_bytes(bytes(data))
+        data = bytes(data)
+        weights = sum(p.numel() for p in graph.parameters())
+        problem = precision_mismatch(self.precision, len(data), weights, self._layers(data))
+        if problem:
+            raise DeviceError(problem)
+        path.write_bytes(data)
 
-    def _runner(self, h: int, w: int) -> _Runner:
+    def _layers(self, data: bytes) -> dict[str, int]:
+        """Layer output precisions of a freshly built engine (empty where the inspector has none)."""
+        return _Runner(data, self.device).layers()
+
+    def _runner(self, h: int, w: int, n: int = 1) -> _Runner:
         with self._lock:
             for profile, runner in self._runners.items():
-                if profile.contains(h, w):
+                if profile.contains(h, w, n):
                     return runner
-            profile = Profile.around(self.model, h, w)
+            profile = Profile.around(self.model, h, w, batch=n)
             key = self.cache_key(profile)
             stem = f"{self.model.name}-trt-{self.precision}"
             path = self.cache.lookup(stem, key, "engine")
@@ -225,10 +332,9 @@ class TensorRTEngine(Engine):
 
     @torch.inference_mode()
     def run(self, image: Tensor, alpha: Tensor, code: tuple[Tensor, ...]) -> Tensor:
-        runner = self._runner(image.shape[-2], image.shape[-1])
-        tensors = [t.to(self.device, torch.float32).contiguous() for t in (image, alpha, *code)]
-        with self._lock:
-            return runner(tensors).float()
+        runner = self._runner(image.shape[-2], image.shape[-1], image.shape[0])
+        with self._lock:  # inputs are cast to the engine's own dtypes in _Runner (bind_inputs)
+            return runner([image, alpha, *code]).float()
 
     def close(self) -> None:
         with self._lock:

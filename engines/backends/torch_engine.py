@@ -12,6 +12,7 @@ from engines.models.base import StyleModel
 
 class TorchEngine(Engine):
     name = "torch"
+    max_batch = 16  # eager: AdaIN statistics are per sample, the style code broadcasts
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, precision: str) -> str | None:
