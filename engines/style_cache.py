@@ -39,7 +39,7 @@ def style_key(model: str, weights_id: str, image_digest: str, style_size: int) -
 
 
 class StyleCache:
-    """A folder of ``<key>.pt`` files, each one style code; unreadable entries are recomputed."""
+    """A folder of ``<model>-<key>.pt`` files, each one style code; an unreadable entry is removed and recomputed."""
 
     def __init__(self, model: str, weights_id: str, folder: Path | None = None) -> None:
         self.model = model
@@ -55,11 +55,16 @@ class StyleCache:
         if entry.exists():
             try:
                 code = torch.load(entry, map_location="cpu", weights_only=True)
-                if isinstance(code, dict) and all(isinstance(v, torch.Tensor) for v in code.values()):
-                    log.debug("style code from cache: %s", entry)
-                    return code
-            except Exception:  # a damaged entry is just a miss
-                log.debug("ignoring unreadable style cache entry %s", entry)
+                if not (isinstance(code, dict) and code and all(isinstance(v, torch.Tensor) for v in code.values())):
+                    raise ValueError(f"it holds a {type(code).__name__}, not a style code")
+                log.debug("style code from cache: %s", entry)
+                return code
+            except Exception as exc:  # noqa: BLE001 - a damaged entry: removed and computed again, once
+                from engines.backends.cache import first_line
+
+                log.warning("style cache entry %s could not be loaded (%s); removed it, recomputing",
+                            entry.name, first_line(exc))
+                entry.unlink(missing_ok=True)
         code = compute()
         self._store(entry, code)
         return code

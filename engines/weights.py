@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -134,14 +135,21 @@ def _candidates(model: str, filename: str, root: Path | None) -> list[Path]:
     return places
 
 
-def _where_to_put(model: str, root: Path | None) -> str:
-    """The 'put them here' half of a missing-weights message."""
-    cache = cache_dir() / model
-    text = (f"put them in {cache}{os.sep} or in a folder of your own as <dir>/{model}/<file> "
-            f"and pass --weights-dir <dir> (or set {ENV_WEIGHTS_DIR}=<dir>)")
+def missing_message(model: str, headline: str, missing: list[WeightFile], root: Path | None) -> str:
+    """What is wrong on the first line, then where each missing file goes and where it comes from.
+
+    The one multi-line error: a user fixing it by hand needs every file name and address, and one line
+    of 900 characters is unreadable. The cache folder is named, not created.
+    """
+    width = max(len(wf.filename) for wf in missing)
+    lines = [headline, f"  put {'these files' if len(missing) > 1 else 'this file'} in {cache_dir() / model}{os.sep}:"]
+    lines += [f"    {wf.filename:<{width}}  from {wf.url}" for wf in missing]
+    lines.append(f"  or in a folder of your own as <dir>/{model}/<file>, with --weights-dir <dir> "
+                 f"or {ENV_WEIGHTS_DIR}=<dir>")
     if root is not None:
-        text += f"; the weights folder now in use is {root} (looked in {root / model} and {root})"
-    return text
+        lines.append(f"  (the weights folder in use now is {root}: looked in {root / model} and {root})")
+    lines.append(f"  or, where there is internet: streamer models download {model}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------- verification
@@ -211,6 +219,15 @@ def _find(model: str, wf: WeightFile, root: Path | None) -> Path | None:
 # ----------------------------------------------------------------------------------------- download
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders this process created (deepest first) if they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another file arrived meanwhile), or already gone
+            return
+
+
 class _DownloadFailed(Exception):
     """Internal: why one download failed (turned into a user-facing WeightsError by the caller)."""
 
@@ -228,12 +245,15 @@ def _download(wf: WeightFile, dest: Path, progress: bool) -> None:
     """
     from tqdm import tqdm
 
+    created = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     except OSError as exc:
+        _remove_empty(created)
         raise _DownloadFailed(f"cannot write to {dest.parent}: {exc.strerror or exc}") from None
     tmp = Path(tmp_name)
+    done = False
     try:
         digest = hashlib.sha256()
         received = 0
@@ -263,6 +283,7 @@ def _download(wf: WeightFile, dest: Path, progress: bool) -> None:
             raise _DownloadFailed(f"the downloaded {wf.filename} is not a PyTorch weights file")
         os.replace(tmp, dest)
         _remember_digest(dest, got)
+        done = True
         log.info("downloaded %s (%d bytes) to %s", wf.url, received, dest)
     except _DownloadFailed:
         raise
@@ -282,6 +303,8 @@ def _download(wf: WeightFile, dest: Path, progress: bool) -> None:
             pass
         except OSError as exc:  # pragma: no cover - e.g. a read-only folder after a successful mkstemp
             log.warning("could not remove temporary file %s: %s", tmp, exc)
+        if not done:
+            _remove_empty(created)  # a failed first download leaves no empty cache folders behind
 
 
 # -------------------------------------------------------------------------------------------- public
@@ -311,10 +334,8 @@ def resolve_weights(model: str, weights_dir: str | Path | None = None, download:
         found[wf.filename] = path
 
     if missing and not download:
-        raise WeightsError(
-            f"weights for model '{model}' are missing: {', '.join(wf.filename for wf in missing)}; "
-            f"run `streamer models download {model}`, or get them from {' '.join(wf.url for wf in missing)} "
-            f"and {_where_to_put(model, root)}")
+        raise WeightsError(missing_message(
+            model, f"weights for model '{model}' are missing: {len(missing)} of {len(spec.files)} files", missing, root))
 
     for index, wf in enumerate(missing):
         dest = cache_dir() / model / wf.filename
@@ -324,10 +345,10 @@ def resolve_weights(model: str, weights_dir: str | Path | None = None, download:
         except _DownloadFailed as exc:
             # Stop at the first failure: offline, the others would only fail the same way, slowly.
             still = missing[index:]
-            raise WeightsError(
-                f"could not download weights for model '{model}' ({wf.url}: {exc}); missing "
-                f"{', '.join(w.filename for w in still)}: get them from {' '.join(w.url for w in still)} "
-                f"and {_where_to_put(model, root)}") from None
+            host = urllib.parse.urlsplit(wf.url).netloc or wf.url
+            raise WeightsError(missing_message(
+                model, f"weights for model '{model}' are missing and could not be downloaded ({host}: {exc})",
+                still, root)) from None
         found[wf.filename] = dest
 
     return {wf.filename: found[wf.filename] for wf in spec.files}

@@ -12,7 +12,7 @@ from engines.errors import StreamerError
 log = logging.getLogger("streamer")
 
 #: subcommand -> module offering ``add_parser(subparsers)`` and ``run(args) -> int``
-COMMAND_MODULES = ("render", "live", "models_cmd", "styles_cmd", "bench", "evaluate", "train")
+COMMAND_MODULES = ("render", "live", "models_cmd", "styles_cmd", "cache_cmd", "bench", "evaluate", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

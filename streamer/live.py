@@ -41,6 +41,7 @@ from streamer.hud import draw_overlays
 from streamer.options import (Style, add_model_options, add_style_options, alpha_value, build_stylizer,
                               expand_style_paths, load_styles, pick_device)
 from streamer.outputs import Recording, VirtualCamera, display_problem, open_window, resize_to
+from streamer.video import add_encoder_options, encoder_options
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="preview window (the default when neither --vcam nor --record is given)")
     o.add_argument("--vcam", action="store_true",
                    help="send to a virtual camera (v4l2loopback on Linux, OBS on Windows/macOS) at --fps (default 30)")
-    o.add_argument("--record", default=None, metavar="FILE", help="record the output to a video file (.mp4, .mkv)")
+    o.add_argument("--record", default=None, metavar="FILE",
+                   help="record the output to a video file (.mp4, .mkv, .webm, ...): each stylized frame once, at "
+                        "its capture time (variable frame rate), encoded with --codec/--crf/--preset")
     o.add_argument("--out-size", default=None, metavar="WxH",
                    help="size of the virtual camera and recording (default: the capture size)")
     o.add_argument("--vcam-backend", default=None, metavar="NAME|module:Class",
@@ -82,10 +85,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--window-toolkit", default="auto", choices=("auto", "opencv", "tk"),
                    help="auto: Tk (default), else OpenCV's window where that works (needs opencv-python)")
     o.add_argument("--overwrite", action="store_true", help="replace an existing --record file")
+    add_encoder_options(p.add_argument_group("recording (--record)"))
     c = p.add_argument_group("control")
     c.add_argument("--hud", action="store_true", help="start with the HUD on (key i toggles it)")
     c.add_argument("--snapshot-dir", default=".", help="where s saves PNG snapshots (default: current folder)")
-    c.add_argument("--max-frames", type=int, default=0, help="stop after N output frames (0 = run until q/Ctrl-C)")
+    c.add_argument("--max-frames", type=int, default=0,
+                   help="stop after N output frames (with --record alone: N recorded frames; 0 = until q/Ctrl-C)")
     c.add_argument("--no-stdin", action="store_true", help="do not read commands from stdin")
     add_model_options(p)
     from streamer.temporal import add_temporal_options
@@ -357,9 +362,14 @@ class LiveSession:
             if self.window is not None and self.window.closed:
                 return None
 
-    def _emit(self, result: Result) -> None:
+    def _emit(self, result: Result, fresh: bool) -> None:
+        """Every tick to the window and steady-rate outputs (a repeat when no new frame came); a new frame
+        once, with its capture time, to timestamped ones (a recording)."""
         for out in self.outputs:
-            out.send(result.image)
+            if not getattr(out, "timestamped", False):
+                out.send(result.image)
+            elif fresh:
+                out.send(result.image, result.t_capture)
         if self.window is not None:
             style = self.styles[result.style_index].name
             shown = draw_overlays(result.image, self.state, style, self.engine.meter.rate,
@@ -383,6 +393,12 @@ class LiveSession:
         self.shutdown()
         return self.summary
 
+    @property
+    def steady(self) -> bool:
+        """Whether something wants frames at a steady ``--fps`` (a window, a virtual camera); a recording
+        alone takes each new frame when it comes, so then ``--max-frames`` counts recorded frames."""
+        return self.window is not None or any(not getattr(o, "timestamped", False) for o in self.outputs)
+
     def _loop(self) -> str:
         first = self._first_result()
         if first is None:
@@ -395,20 +411,21 @@ class LiveSession:
             if fresh is not None:
                 self.latency = (time.perf_counter() - fresh.t_capture) if self.latency == 0 else \
                     0.9 * self.latency + 0.1 * (time.perf_counter() - fresh.t_capture)
-            self._emit(self.current)
-            self.summary.frames_out += 1
-            if self.max_frames and self.summary.frames_out >= self.max_frames:
-                return f"{self.max_frames} frames done"
+            if fresh is not None or self.steady:
+                self._emit(self.current, fresh is not None)
+                self.summary.frames_out += 1
+                if self.max_frames and self.summary.frames_out >= self.max_frames:
+                    return f"{self.max_frames} frames done"
             next_due += interval
             now = time.perf_counter()
             if now - next_due > interval:
                 next_due = now  # output fell behind (slow window/encoder): no catch-up burst
-            if not self._handle_input(self._wait(next_due - now)):
+            if not self._handle_input(self._wait(next_due - now if self.steady else 0.0)):
                 return "quit"
             if self.window is not None and self.window.closed:
                 return "window closed"
-            try:
-                fresh = self.out_slot.poll()
+            try:  # a recording alone waits for the engine's next frame (briefly: stdin stays responsive)
+                fresh = self.out_slot.poll() if self.steady else self.out_slot.take(timeout=0.05)
             except SourceEnded:
                 return "source ended"
             if fresh is not None:
@@ -469,6 +486,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise InputError(f"output exists: {rec} (use --overwrite to replace it)")
         if not rec.parent.is_dir():
             raise InputError(f"output folder does not exist: {rec.parent}")
+        args.encoder = encoder_options(args, rec)  # container, codec and crf checked before the model loads
     if not Path(args.snapshot_dir).is_dir():
         raise InputError(f"--snapshot-dir is not a folder: {args.snapshot_dir}")
 
@@ -518,7 +536,7 @@ def run(args: argparse.Namespace) -> int:
         if args.vcam:
             outputs.append(VirtualCamera(out_w, out_h, args.fps, args.vcam_backend, args.vcam_device))
         if args.record:
-            outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite))
+            outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite, **args.encoder))
         if want_window:
             window = open_window(args.window_toolkit)
         session = LiveSession(source, stylizer, styles, state, window=window, outputs=outputs, fps=args.fps,

@@ -11,6 +11,7 @@ environment variable ``STREAMER_VCAM_BACKEND``.
 """
 from __future__ import annotations
 
+import fractions
 import importlib
 import logging
 import os
@@ -286,27 +287,42 @@ class VirtualCamera:
 
 # -- recording ---------------------------------------------------------------------------------
 class Recording:
-    """The live output into a video file at the output rate (what the viewer saw, in real time).
+    """The live output into a video file: each stylized frame once, at its capture time.
 
-    Uses streamer.videoio's writer: temp file + rename, so a crash never leaves a broken file at the
-    final name, and Ctrl-C still finalises a playable one.
+    Variable frame rate: a frame's timestamp is its capture time (from the first recorded frame's), so the
+    file plays at real speed whatever the engine's rate, and no repeat is encoded (the virtual camera and
+    the window, which want a steady rate, repeat frames instead). Encoder options are render's
+    (``--codec``/``--crf``/``--preset``, see :func:`streamer.video.encoder_options`). Uses
+    streamer.videoio's writer: temp file + rename, so a crash never leaves a broken file at the final
+    name, and Ctrl-C still finalises a playable one.
     """
 
-    def __init__(self, path: str | Path, width: int, height: int, fps: float, overwrite: bool = False) -> None:
+    #: LiveSession sends this output each new frame once, with its capture time, instead of every tick
+    timestamped = True
+    #: timestamps in milliseconds: every container holds them exactly (WebM/Matroska count in ms)
+    TIME_BASE = fractions.Fraction(1, 1000)
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: float, overwrite: bool = False,
+                 codec: str = "auto", crf: int = 18, preset: str | None = None) -> None:
         from streamer.videoio import VideoWriter
 
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise InputError(f"output exists: {self.path} (use --overwrite to replace it)")
         self.size = (width, height)
-        # veryfast: encoding shares the CPU with the engine in real time; crf 20 keeps it close to lossless-looking
-        self.writer = VideoWriter(self.path, width, height, fps, crf=20, preset="veryfast")
+        self.writer = VideoWriter(self.path, width, height, fps, codec=codec, crf=crf, preset=preset,
+                                  time_base=self.TIME_BASE, realtime=True)
         self.frames = 0
         self.failed = False
+        self._t0: float | None = None
 
-    def send(self, frame_rgb: np.ndarray) -> None:
+    def send(self, frame_rgb: np.ndarray, t_capture: float) -> None:
+        """One new frame, captured at ``t_capture`` (``time.perf_counter()`` seconds)."""
+        if self._t0 is None:
+            self._t0 = t_capture
         try:
-            self.writer.write(np.ascontiguousarray(resize_to(frame_rgb, self.size)))
+            self.writer.write(np.ascontiguousarray(resize_to(frame_rgb, self.size)),
+                              pts=round((t_capture - self._t0) / self.TIME_BASE))
         except BaseException:
             self.failed = True  # the writer has removed its temp file (e.g. disk full); nothing to finalise
             raise

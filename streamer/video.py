@@ -46,9 +46,8 @@ def is_video_path(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def add_video_options(p: argparse.ArgumentParser) -> None:
-    """Options only video renders use (codec, quality, frame limit)."""
-    g = p.add_argument_group("video files")
+def add_encoder_options(g: argparse._ActionsContainer) -> None:
+    """--codec, --crf, --preset: how a video is encoded, the same for render and live's --record."""
     g.add_argument("--codec", default="auto",
                    help="video encoder: libx264 (H.264), libx265, libvpx-vp9, ffv1, ... "
                         "(default auto = libx264, or libvpx-vp9 for .webm)")
@@ -57,6 +56,20 @@ def add_video_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", default=X264_PRESET, choices=PRESET_NAMES,
                    help=f"x264/x265 speed preset: ultrafast ... veryslow; slower = smaller file, same quality "
                         f"(default {X264_PRESET}, chosen to leave the CPU to the network)")
+
+
+def encoder_options(args: argparse.Namespace, dst: Path) -> dict:
+    """The VideoWriter options the encoder flags ask for, checked against ``dst``'s container before any
+    model loads: {codec (resolved: auto -> H.264, or VP9 for WebM), crf, preset}."""
+    if args.crf < 0 or args.crf > 63:
+        raise InputError("--crf must be between 0 and 63 (x264: 0-51)")
+    return {"codec": check_output(dst, args.codec), "crf": args.crf, "preset": args.preset}
+
+
+def add_video_options(p: argparse.ArgumentParser) -> None:
+    """Options only video renders use (codec, quality, frame limit)."""
+    g = p.add_argument_group("video files")
+    add_encoder_options(g)
     g.add_argument("--max-frames", type=int, default=None, metavar="N",
                    help="stop after the first N frames (for previews and scripts)")
     if "--temporal" not in p._option_string_actions:  # noqa: SLF001 - unless render.py already added them
@@ -252,15 +265,13 @@ def render_video(args: argparse.Namespace) -> int:
         raise InputError("--mask works with still images only, not with video")
     if args.max_frames is not None and args.max_frames <= 0:
         raise InputError("--max-frames must be a positive number of frames")
-    if args.crf < 0 or args.crf > 63:
-        raise InputError("--crf must be between 0 and 63 (x264: 0-51)")
     if dst.exists() and dst.resolve() == src.resolve():
         raise InputError("the output would replace the input video; choose another output name")
     if dst.exists() and not args.overwrite:
         raise InputError(f"output exists: {dst} (use --overwrite to replace it)")
     style_paths = expand_style_paths(args.style)
     temporal = _temporal_filter(args)
-    codec = check_output(dst, args.codec)
+    encoder = encoder_options(args, dst)
     container, info = open_video(src)  # fail on a broken input before loading any model
     container.close()
     work = short_side_shape(info.height, info.width, args.size)
@@ -269,9 +280,9 @@ def render_video(args: argparse.Namespace) -> int:
     code = mixed_code(styles, args.style_weights)
     log.info("rendering %s (%dx%d, %s fps, %d frames) at %dx%d with %s", src, info.width, info.height,
              f"{float(info.fps):.3g}", info.frames, work[1], work[0], ", ".join(s.name for s in styles))
-    stats = render_video_file(src, dst, stylizer, code, args.alpha, args.preserve_color, codec=codec, crf=args.crf,
+    stats = render_video_file(src, dst, stylizer, code, args.alpha, args.preserve_color, **encoder,
                               progress=not getattr(args, "quiet", False), temporal=temporal,
-                              max_frames=args.max_frames, size=args.size, preset=args.preset)
+                              max_frames=args.max_frames, size=args.size)
     if stats.interrupted:
         print(f"streamer: interrupted: {dst} holds the first {stats.frames} frames and plays", file=sys.stderr)
         return 130

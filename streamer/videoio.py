@@ -129,12 +129,14 @@ class VideoWriter:
     demux order (copied when the container accepts the codec, re-encoded otherwise). ``rotation``: degrees
     counter-clockwise players should turn the picture (copied from a phone video's display matrix).
     ``preset``: x264/x265 speed preset (default ``veryfast``); ``threads``: encoder threads (default: FFmpeg's).
+    ``realtime``: the encoder keeps up with a live source (VP9's realtime deadline; x264 has its preset).
     """
 
     def __init__(self, path: Path, width: int, height: int, fps: fractions.Fraction | float, codec: str = "libx264",
                  crf: int = 18, pix_fmt: str = "yuv420p", time_base: fractions.Fraction | None = None,
                  audio_from: av.container.InputContainer | None = None, *, preset: str | None = None,
-                 threads: int | None = None, faststart: bool = True, rotation: int = 0) -> None:
+                 threads: int | None = None, faststart: bool = True, rotation: int = 0,
+                 realtime: bool = False) -> None:
         self.path = Path(path)
         if width <= 0 or height <= 0:
             raise InputError(f"cannot write a {width}x{height} video")
@@ -167,7 +169,7 @@ class VideoWriter:
         try:
             options = {"movflags": "+faststart"} if faststart and fmt in FASTSTART else {}
             self.container = av.open(str(self.tmp_path), "w", format=fmt, options=options)
-            self._add_video_stream(codec, crf, pix_fmt, preset, threads)
+            self._add_video_stream(codec, crf, pix_fmt, preset, threads, realtime)
             if rotation:
                 self.stream.set_display_rotation(rotation)  # players turn it, as they did the source
             if audio_from is not None:
@@ -186,12 +188,14 @@ class VideoWriter:
             raise
 
     # -- setup -------------------------------------------------------------------------------------
-    def _add_video_stream(self, codec: str, crf: int, pix_fmt: str, preset: str | None, threads: int | None) -> None:
+    def _add_video_stream(self, codec: str, crf: int, pix_fmt: str, preset: str | None, threads: int | None,
+                          realtime: bool = False) -> None:
         options: dict[str, str] = {}
         if codec in _CRF_CODECS:
             options["crf"] = str(crf)
         if codec.startswith("libvpx"):
-            options.update({"b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"})
+            options.update({"b": "0", "deadline": "realtime" if realtime else "good",
+                            "cpu-used": "8" if realtime else "4", "row-mt": "1"})
         if codec in X264_PRESETS:
             options["preset"] = preset or DEFAULT_PRESET
         stream = self.container.add_stream(codec, rate=self.fps, options=options)

@@ -211,6 +211,58 @@ def test_failed_build_leaves_no_entry(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_cache_entry_that_fails_to_load_is_removed_and_rebuilt_once(tmp_path, caplog):
+    cache = EngineCache(tmp_path)
+    built = []
+
+    def write(p: Path) -> None:
+        built.append(p.read_bytes())
+        p.write_bytes(b"good")
+
+    def read(p: Path) -> str:
+        data = p.read_bytes()
+        if data != b"good":
+            raise RuntimeError("Exception from src/core.cpp:84:\nCheck failed\nModel can't be parsed\n")
+        return data.decode()
+
+    assert cache.load("m", {"a": 1}, "onnx", write, read) == "good" and len(built) == 1
+    entry = cache.path_for("m", {"a": 1}, "onnx")
+    entry.write_bytes(b"go")  # truncated on disk
+    with caplog.at_level("WARNING", logger="engines.backends.cache"):
+        assert cache.load("m", {"a": 1}, "onnx", write, read) == "good"
+    assert len(built) == 2 and entry.read_bytes() == b"good"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == f"engine cache entry {entry.name} could not be loaded (Model can't be parsed); removed it, rebuilding"
+    # rebuilt once, not forever: a build whose output cannot load either is an error, raised
+    with pytest.raises(RuntimeError):
+        cache.load("m", {"b": 2}, "onnx", lambda p: p.write_bytes(b"bad"), read)
+
+
+@pytest.mark.parametrize("kind", FAST_CPU_ENGINES)
+def test_a_truncated_onnx_export_is_rebuilt_not_fatal(kind, microast, media, monkeypatch, caplog):
+    """What bricked the engine: a truncated export made every later run fail with a multi-line internal error."""
+    import engines.backends.graph as graph_mod
+
+    image, _ = pad_to_multiple(_frame(media, "golden_gate.jpg", 64, 96), microast.factor)
+    code, alpha = _code(microast, media), torch.tensor(1.0)
+    first = create_engine(kind, microast, CPU, weights_id="real-microast")
+    want = first.run(image, alpha, code)
+    good = first.path.read_bytes()
+    first.path.write_bytes(good[:len(good) // 3])
+    exports = []
+
+    def export_again(model, path, runtime):  # what the real export writes, without its 15 s
+        exports.append(path)
+        path.write_bytes(good)
+
+    monkeypatch.setattr(graph_mod, "export_onnx", export_again)
+    with caplog.at_level("WARNING"):
+        again = create_engine(kind, microast, CPU, weights_id="real-microast", shape_hint=(64, 96))
+    assert len(exports) == 1 and again.path.read_bytes() == good
+    assert any(r.levelname == "WARNING" and "could not be loaded" in r.getMessage() for r in caplog.records)
+    assert psnr(again.run(image, alpha, code), want) == float("inf")
+
+
 def test_onnx_export_is_cached_across_engines(microast, monkeypatch):
     import engines.backends.graph as graph_mod
 
@@ -313,3 +365,29 @@ def test_auto_picks_the_measured_fastest_available_and_says_so(microast, caplog,
 def test_auto_with_bf16_falls_back_to_an_engine_that_runs_it(microast):
     kind, _ = pick_engine("microast", CPU, "bf16")
     assert engine_class(kind).unavailable_reason(CPU, "bf16") is None
+
+
+def test_a_damaged_style_code_entry_is_removed_and_computed_again_once(tmp_path, caplog):
+    from engines.style_cache import StyleCache
+
+    image = tmp_path / "style.png"
+    image.write_bytes(b"any bytes: the key is their hash")
+    cache = StyleCache("microast", "w1", tmp_path / "styles")
+    computed = []
+
+    def compute():
+        computed.append(1)
+        return {"mean": torch.ones(1, 8, 1, 1)}
+
+    assert torch.equal(cache.get_or_compute(image, 256, compute)["mean"], torch.ones(1, 8, 1, 1))
+    assert torch.equal(cache.get_or_compute(image, 256, compute)["mean"], torch.ones(1, 8, 1, 1))
+    assert len(computed) == 1  # a hit
+    entry = cache.path_for(image, 256)
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated on disk
+    with caplog.at_level("WARNING", logger="engines.style_cache"):
+        assert torch.equal(cache.get_or_compute(image, 256, compute)["mean"], torch.ones(1, 8, 1, 1))
+    assert len(computed) == 2
+    assert [r.getMessage().split(" (")[0] for r in caplog.records if r.levelname == "WARNING"] == \
+        [f"style cache entry {entry.name} could not be loaded"]
+    cache.get_or_compute(image, 256, compute)
+    assert len(computed) == 2  # the new entry is good again

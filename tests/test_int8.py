@@ -96,3 +96,24 @@ def test_int8_is_refused_in_one_line_where_it_is_not_offered(microast, weights_d
         assert code == status and expected in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) == 1, err
         assert not out.exists()
+
+
+def test_a_truncated_int8_model_is_rebuilt_not_fatal(adain_r31, int8_engine, monkeypatch, caplog):
+    import engines.backends.int8 as int8
+
+    good = int8_engine.path.read_bytes()
+    int8_engine.path.write_bytes(good[:len(good) // 2])
+    rebuilt = []
+
+    def write_again(ov_model, path):  # what the real calibration writes, without its 15 s
+        rebuilt.append(path)
+        path.write_bytes(good)
+
+    monkeypatch.setattr(int8, "quantize", lambda model, onnx_path: None)
+    monkeypatch.setattr(int8, "write_model_file", write_again)
+    with caplog.at_level("WARNING"):
+        again = create_engine("openvino", adain_r31, CPU, "int8")
+        out = again.run(torch.rand(1, 3, 64, 64), torch.tensor(1.0),
+                        tuple(torch.rand(1, 256, 1, 1) for _ in adain_r31.code_names))
+    assert len(rebuilt) == 1 and out.shape == (1, 3, 64, 64)
+    assert any(r.levelname == "WARNING" and "could not be loaded" in r.getMessage() for r in caplog.records)

@@ -106,6 +106,17 @@ def frames_of(path: Path) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
+def timestamps_of(path: Path) -> list[float]:
+    """Each frame's presentation time in seconds, in decode order."""
+    with av.open(str(path)) as c:
+        return [float(f.pts * f.time_base) for f in c.decode(video=0)]
+
+
+def distinct_in_a_row(frames: list[np.ndarray]) -> bool:
+    """No frame repeats the one before it (encoding noise aside)."""
+    return all(np.abs(a.astype(int) - b.astype(int)).mean() > 1.0 for a, b in zip(frames, frames[1:]))
+
+
 def run_cli(*argv: str) -> int:
     return main(["live", "--no-stdin", *argv])
 
@@ -121,9 +132,12 @@ def test_test_pattern_into_vcam_and_recording_with_microast(tmp_path, weights_di
     assert cam.closed and len(cam.frames) == 20
     assert all(f.shape == (96, 160, 3) and f.dtype == np.uint8 for f in cam.frames)
     recorded = frames_of(out)
-    assert len(recorded) == 20 and recorded[0].shape == (96, 160, 3)
+    err = capsys.readouterr().err
+    # the vcam gets a frame every tick; the recording each stylized frame once (the engine may be slower)
+    assert 1 <= len(recorded) <= 20 and recorded[0].shape == (96, 160, 3)
+    assert f"wrote {out} ({len(recorded)} frames)" in err and distinct_in_a_row(recorded)
     assert cam.frames[-1].std() > 10  # a picture, not a blank frame
-    assert "20 frames out" in capsys.readouterr().err
+    assert "20 frames out" in err
 
 
 def test_file_source_with_microast(tmp_path, weights_dir, clip, style_image, capsys):
@@ -182,7 +196,8 @@ def test_ctrl_c_finalises_the_recording(tmp_path, fake_model, capsys):
     rc = run_cli("--source", "test", "--capture-size", "160x96", "--vcam", "--vcam-backend", "interrupting",
                  "--record", str(out), "--max-frames", "100", "--style", "x.png")
     assert rc == 130
-    assert len(frames_of(out)) == 7  # the frames before the interrupt, in a playable file
+    recorded = frames_of(out)  # the new frames before the interrupt (at most one a tick), in a playable file
+    assert 1 <= len(recorded) <= 7 and f"wrote {out} ({len(recorded)} frames)" in capsys.readouterr().err
     assert FakeCamera.instances[0].closed
     assert [p.name for p in tmp_path.iterdir()] == ["cut.mp4"]  # no temp file left behind
 
@@ -208,6 +223,92 @@ def test_disk_full_while_recording_is_one_line(tmp_path, fake_model, monkeypatch
         [f"streamer: error: cannot write {out}: disk full (nothing was written)"]
     assert FakeCamera.instances[0].closed  # the other output was still closed properly
     assert not any(tmp_path.iterdir())
+
+
+def test_record_alone_holds_n_distinct_frames_at_their_capture_times(tmp_path, fake_model, capsys):
+    """A recording alone takes each new frame when it comes: --max-frames N gives N frames, none repeated,
+    timestamped at capture (the pattern is paced at --fps, so they are at least ~1/fps apart)."""
+    out = tmp_path / "rec.mp4"
+    fake_model.delay = 0.1  # an engine slower than --fps 30, as on a CPU
+    assert run_cli("--source", "test", "--capture-size", "160x96", "--record", str(out), "--max-frames", "12",
+                   "--style", "x.png") == 0
+    recorded, pts = frames_of(out), timestamps_of(out)
+    assert len(recorded) == 12 and distinct_in_a_row(recorded)
+    assert pts[0] == 0 and all(b > a for a, b in zip(pts, pts[1:]))
+    assert pts[-1] >= 0.9 * 11 * 0.1  # real time: the engine's pace, not squeezed to 1/fps
+
+
+@pytest.mark.parametrize("name, codec", [("x.webm", "vp9"), ("x.mkv", "hevc")])
+def test_record_takes_render_encoder_options_and_fits_the_codec_to_the_container(tmp_path, fake_model, name, codec):
+    out = tmp_path / name
+    extra = ("--codec", "libx265", "--crf", "30", "--preset", "ultrafast") if codec == "hevc" else ()
+    assert run_cli("--source", "test", "--capture-size", "160x96", "--record", str(out), "--max-frames", "4",
+                   "--style", "x.png", *extra) == 0
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name == codec
+    assert len(frames_of(out)) == 4
+
+
+def test_record_encoder_mistakes_are_one_line_before_anything_loads(tmp_path, fake_model, capsys):
+    webm = tmp_path / "x.webm"
+    assert run_cli("--source", "test", "--record", str(webm), "--codec", "libx264", "--style", "x.png") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["streamer: error: a .webm file cannot hold libx264 video; use another codec (--codec) or "
+                   "container (e.g. .mkv)"]
+    assert run_cli("--source", "test", "--record", str(tmp_path / "x.mp4"), "--crf", "99", "--style", "x.png") == 2
+    assert capsys.readouterr().err.strip() == "streamer: error: --crf must be between 0 and 63 (x264: 0-51)"
+    assert fake_model.calls == 0 and not any(tmp_path.iterdir())
+
+
+class GraySource:
+    """Frame i is two flat greys, 8 * (i % 30) + 8 left and 8 * (i // 30 % 30) + 8 right: its index can be
+    read back from a recording (up to 900 frames)."""
+
+    live = False
+
+    def __init__(self, fps: float = 30.0) -> None:
+        self.width, self.height, self.fps, self.count = 64, 48, fps, 0
+
+    def read(self) -> np.ndarray:
+        frame = np.full((self.height, self.width, 3), 8 * (self.count % 30) + 8, np.uint8)
+        frame[:, self.width // 2:] = 8 * (self.count // 30 % 30) + 8
+        self.count += 1
+        return frame
+
+    def describe(self) -> str:
+        return "grey"
+
+    def release(self) -> None:
+        pass
+
+
+def test_recording_is_vfr_at_capture_times_while_the_vcam_keeps_a_steady_rate(tmp_path):
+    """What a 60-frame CPU recording got wrong (6 distinct frames, each repeated at 1/fps): with an engine
+    slower than the output rate, the steady output still gets every tick, the recording each stylized frame
+    once, stamped with its capture time to the millisecond."""
+    from streamer.outputs import Recording
+
+    captured: dict[int, float] = {}
+    session = LiveSession(GraySource(), FakeStylizer(delay=0.15), fake_styles(None), LiveState(1),
+                          outputs=[vcam := Collector(), Recording(tmp_path / "r.mp4", 64, 48, 30)], fps=30,
+                          max_frames=20)
+    put = session.in_slot.put
+
+    def spy(frame):
+        captured[frame.index] = frame.t_capture
+        put(frame)
+
+    session.in_slot.put = spy
+    summary = session.run()
+    assert summary.frames_out == 20 and len(vcam.frames) == 20  # steady: one frame a tick
+    recorded, pts = frames_of(tmp_path / "r.mp4"), timestamps_of(tmp_path / "r.mp4")
+    assert 2 <= len(recorded) < 20 and distinct_in_a_row(recorded)  # each stylized frame once, no repeats
+    grey = lambda half: round((float(np.median(half)) - 8) / 8)  # noqa: E731
+    indices = [grey(f[:, :32]) + 30 * grey(f[:, 32:]) for f in recorded]
+    t0 = captured[indices[0]]
+    assert all(b > a for a, b in zip(pts, pts[1:]))
+    for i, t in zip(indices, pts):
+        assert abs(t - (captured[i] - t0)) <= 0.0015, (i, t, captured[i] - t0)
 
 
 def test_record_refuses_to_overwrite(tmp_path, fake_model, capsys):

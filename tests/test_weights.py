@@ -113,10 +113,14 @@ def test_missing_without_download_says_what_to_do(tmp_path: Path) -> None:
     assert W.model_status("microast", tmp_path) == "missing"
     with pytest.raises(WeightsError) as err:
         W.resolve_weights("microast", tmp_path, download=False)
-    msg = str(err.value)
-    assert "\n" not in msg and "streamer models download microast" in msg
-    assert "content_encoder_iter_160000.pth.tar" in msg and W.WEIGHTS["microast"].files[0].url in msg
-    assert str(W.cache_dir() / "microast") in msg and "--weights-dir" in msg
+    first, *rest = str(err.value).splitlines()
+    assert first == "weights for model 'microast' are missing: 4 of 4 files"  # what is wrong, first
+    assert rest[0] == f"  put these files in {W.cache_dir() / 'microast'}{os.sep}:"
+    for wf in W.WEIGHTS["microast"].files:  # then one line per file: its name and where it comes from
+        assert sum(wf.filename in line and line.endswith(f"from {wf.url}") for line in rest) == 1
+    assert any("--weights-dir" in line for line in rest) and rest[-1].endswith("streamer models download microast")
+    assert len(rest) <= 9  # a short list, not a wall of text
+    assert not W.cache_dir().exists()
 
 
 # ------------------------------------------------------------------------------------ corrupt files
@@ -244,9 +248,9 @@ def test_download_wrong_sha_leaves_nothing(server: tuple[str, Path], monkeypatch
     _register(monkeypatch, W.WeightFile("a.pth", base + "a.pth", "0" * 64))
     with pytest.raises(WeightsError) as err:
         W.resolve_weights("fake", progress=False)
-    msg = str(err.value)
-    assert "\n" not in msg and "a.pth" in msg and base + "a.pth" in msg and "000000000000" in msg
-    assert _leftovers(W.cache_dir() / "fake") == []
+    first, *rest = str(err.value).splitlines()
+    assert "a.pth" in first and "000000000000" in first and rest[1].split() == ["a.pth", "from", base + "a.pth"]
+    assert not W.cache_dir().exists()  # nor an empty folder
 
 
 def test_download_without_sha_rejects_html(server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,7 +259,7 @@ def test_download_without_sha_rejects_html(server: tuple[str, Path], monkeypatch
     _register(monkeypatch, W.WeightFile("a.pth", base + "a.pth", None))
     with pytest.raises(WeightsError, match="not a PyTorch weights file"):
         W.resolve_weights("fake", progress=False)
-    assert _leftovers(W.cache_dir() / "fake") == []
+    assert not W.cache_dir().exists()  # nor an empty folder
 
 
 def test_download_http_error(server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -263,7 +267,7 @@ def test_download_http_error(server: tuple[str, Path], monkeypatch: pytest.Monke
     _register(monkeypatch, W.WeightFile("gone.pth", base + "gone.pth", "0" * 64))
     with pytest.raises(WeightsError, match="HTTP 404"):
         W.resolve_weights("fake", progress=False)
-    assert _leftovers(W.cache_dir() / "fake") == []
+    assert not W.cache_dir().exists()  # nor an empty folder
 
 
 def test_offline_names_file_url_and_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -276,8 +280,11 @@ def test_offline_names_file_url_and_folder(monkeypatch: pytest.MonkeyPatch, tmp_
     with pytest.raises(WeightsError) as err:
         W.resolve_weights("fake", progress=False)
     msg = str(err.value)
-    assert "\n" not in msg
-    assert "a.pth" in msg and "b.pth" in msg and url_a in msg and url_b in msg
-    assert str(W.cache_dir() / "fake") in msg and "STREAMER_WEIGHTS_DIR" in msg and "<dir>/fake/<file>" in msg
+    first, *rest = msg.splitlines()
+    assert first == f"weights for model 'fake' are missing and could not be downloaded (127.0.0.1:{port}: " \
+                    "cannot connect: Connection refused)"
+    assert rest[0] == f"  put these files in {W.cache_dir() / 'fake'}{os.sep}:"
+    assert rest[1].split() == ["a.pth", "from", url_a] and rest[2].split() == ["b.pth", "from", url_b]
+    assert "STREAMER_WEIGHTS_DIR" in msg and "<dir>/fake/<file>" in msg
     assert str(tmp_path / "mine") in msg
-    assert _leftovers(W.cache_dir() / "fake") == []
+    assert not (tmp_path / "xdg").exists()  # a failed first download creates no (empty) cache folder

@@ -4,7 +4,9 @@ An entry is ``<stem>-<digest>.<ext>`` plus ``<same>.json`` holding the full key.
 of the key, so a changed model, weights file, shape profile, precision, GPU or library version looks
 for a different file and the build runs again. The sidecar is compared field by field before loading:
 an entry whose key does not match exactly (copied from another machine, left by another version, or
-half-written) is rebuilt and replaced, never loaded.
+half-written) is rebuilt and replaced, never loaded. An entry whose key matches but whose file does not
+load (truncated, damaged on disk) is removed and rebuilt once, with a warning: every engine reads its
+cached files through :meth:`EngineCache.load` (or :class:`CacheEntry`), so none can be bricked by one.
 """
 from __future__ import annotations
 
@@ -21,15 +23,19 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import platformdirs
 import torch
+
+from engines.errors import StreamerError
 
 log = logging.getLogger(__name__)
 
 #: bump when the layout of cached entries or the export recipe changes
 CACHE_FORMAT = 1
+
+T = TypeVar("T")
 
 
 def engine_cache_dir() -> Path:
@@ -106,11 +112,50 @@ class EngineCache:
             return found
         return self.store(stem, key, ext, write)
 
+    def load(self, stem: str, key: Mapping[str, Any], ext: str, write: Callable[[Path], None],
+             read: Callable[[Path], T]) -> T:
+        """``read(entry)``, building the entry first if needed; an entry that fails to load is removed and
+        rebuilt once, with a warning (a truncated or damaged file must not fail every later run)."""
+        path = self.get_or_build(stem, key, ext, write)
+        try:
+            return read(path)
+        except StreamerError:
+            raise  # the user's problem (a missing package, say), not the file's
+        except Exception as exc:  # noqa: BLE001 - whatever the runtime raises for a file it cannot parse
+            log.warning("engine cache entry %s could not be loaded (%s); removed it, rebuilding",
+                        path.name, first_line(exc))
+            self.remove(path)
+        return read(self.store(stem, key, ext, write))
+
     @staticmethod
     def remove(path: Path) -> None:
         for p in (path, path.with_name(path.name + ".json")):
             with contextlib.suppress(OSError):
                 p.unlink()
+
+
+def first_line(exc: BaseException, limit: int = 120) -> str:
+    """A runtime's (often multi-line, C++-flavoured) error as one short line for a log message."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[-1] if lines else exc.__class__.__name__  # runtimes put the reason last, after the location
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+class CacheEntry:
+    """One cached file (stem, key, builder): built on first use, read through :meth:`load`."""
+
+    def __init__(self, cache: EngineCache, stem: str, key: Mapping[str, Any], ext: str,
+                 write: Callable[[Path], None]) -> None:
+        self.cache, self.stem, self.key, self.ext, self.write = cache, stem, dict(key), ext, write
+
+    @property
+    def path(self) -> Path:
+        """The entry's file, built now if missing or stale."""
+        return self.cache.get_or_build(self.stem, self.key, self.ext, self.write)
+
+    def load(self, read: Callable[[Path], T]) -> T:
+        """``read(path)``; a file that fails to load is removed and rebuilt once, with a warning."""
+        return self.cache.load(self.stem, self.key, self.ext, self.write, read)
 
 
 @contextlib.contextmanager

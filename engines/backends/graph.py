@@ -548,12 +548,11 @@ def padded_shape(model: StyleModel, height: int, width: int) -> tuple[int, int]:
     return up(height), up(width)
 
 
-def cached_onnx(model: StyleModel, weights_id: str | None, runtime: str | None = "openvino", cache=None) -> Path:
-    """The model's dynamic-H/W ONNX export for ``runtime`` (None: no CPU rewrites), built once per (model,
-    weights, runtime, graph code, torch, opset) and reused."""
-    from engines.backends.cache import EngineCache, build_progress, graph_weights_id
+def onnx_entry(model: StyleModel, weights_id: str | None, runtime: str | None = "openvino", cache=None):
+    """The cache entry of the model's dynamic-H/W ONNX export for ``runtime`` (None: no CPU rewrites), one per
+    (model, weights, runtime, graph code, torch, opset); engines read it with ``.load(read)``."""
+    from engines.backends.cache import CacheEntry, EngineCache, build_progress, graph_weights_id
 
-    cache = cache or EngineCache()
     key = {
         "kind": "onnx", "model": model.name, "weights": weights_id or graph_weights_id(model),
         "recipe": RECIPE_VERSION, "code": graph_code_id(), "rewrite": runtime, "opset": ONNX_OPSET,
@@ -564,4 +563,9 @@ def cached_onnx(model: StyleModel, weights_id: str | None, runtime: str | None =
         with build_progress(f"exporting {model.name} to ONNX"):
             export_onnx(model, path, runtime)
 
-    return cache.get_or_build(f"{model.name}-{runtime}" if runtime else model.name, key, "onnx", build)
+    return CacheEntry(cache or EngineCache(), f"{model.name}-{runtime}" if runtime else model.name, key, "onnx", build)
+
+
+def cached_onnx(model: StyleModel, weights_id: str | None, runtime: str | None = "openvino", cache=None) -> Path:
+    """The export's file, built once and reused (see :func:`onnx_entry`)."""
+    return onnx_entry(model, weights_id, runtime, cache).path

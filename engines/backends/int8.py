@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from engines.backends.base import require_module
-from engines.backends.graph import cached_onnx, input_names
+from engines.backends.graph import input_names, onnx_entry
 from engines.models.base import StyleModel
 from engines.stylizer import to_tensor
 
@@ -145,21 +145,23 @@ def read_model_file(core, path: Path):
     return core.read_model(xml, ov.Tensor(weights))
 
 
-def cached_int8(model: StyleModel, weights_id: str | None, cache=None) -> Path:
-    """The int8 model for (model, weights, recipe, library versions), built once (~10-20 s) and reused."""
-    from engines.backends.cache import EngineCache, build_progress, graph_weights_id, quiet_build
+def int8_entry(model: StyleModel, weights_id: str | None, cache=None):
+    """The cache entry of the int8 model for (model, weights, recipe, library versions): built once (~10-20 s)
+    from the ONNX export (itself rebuilt if it fails to load), read with ``.load(read_model_file)``."""
+    from engines.backends.cache import CacheEntry, EngineCache, build_progress, graph_weights_id, quiet_build
 
     ov = require_module("openvino", "openvino")
     cache = cache or EngineCache()
-    onnx_path = cached_onnx(model, weights_id, "openvino", cache=cache)
+    onnx = onnx_entry(model, weights_id, "openvino", cache=cache)
     key = {
         "kind": "openvino-int8", "model": model.name, "weights": weights_id or graph_weights_id(model),
-        "onnx": onnx_path.name, "recipe": INT8_RECIPE, "openvino": ov.__version__,
+        "onnx": onnx.path.name, "recipe": INT8_RECIPE, "openvino": ov.__version__,
     }
 
     def build(path: Path) -> None:
         # NNCF logs every step at INFO and draws its own progress bars: keep only its errors
         with build_progress(f"calibrating int8 {model.name}"), quiet_build(("nncf",), hide_warnings=False):
-            write_model_file(quantize(model, onnx_path), path)
+            write_model_file(onnx.load(lambda onnx_path: quantize(model, onnx_path)), path)
 
-    return cache.get_or_build(f"{model.name}-int8", key, "zip", build)
+    return CacheEntry(cache, f"{model.name}-int8", key, "zip", build)
+

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from engines.backends.base import Engine, PerShape, require_module
-from engines.backends.graph import OUTPUT_NAME, cached_onnx, input_names, padded_shape
+from engines.backends.graph import OUTPUT_NAME, input_names, onnx_entry, padded_shape
 from engines.backends.machine import physical_cores
 from engines.errors import DeviceError
 from engines.models.base import StyleModel
@@ -64,7 +64,8 @@ class OnnxRuntimeEngine(Engine):
         self.ort = _ort()
         self.threads = threads or physical_cores()
         self.providers = self._providers()
-        self.path = cached_onnx(model, weights_id, "onnxruntime" if device.type == "cpu" else None)
+        self.entry = onnx_entry(model, weights_id, "onnxruntime" if device.type == "cpu" else None)
+        self.path = self.entry.path
         self.names = input_names(model)
         self._sessions = PerShape(self._new_session, keep=MAX_SESSIONS)
         if shape_hint is not None:
@@ -103,7 +104,7 @@ class OnnxRuntimeEngine(Engine):
         so.log_severity_level = 3
         so.add_free_dimension_override_by_name("height", height)
         so.add_free_dimension_override_by_name("width", width)
-        session = ort.InferenceSession(str(self.path), so, providers=self.providers)
+        session = self.entry.load(lambda path: ort.InferenceSession(str(path), so, providers=self.providers))
         log.debug("onnxruntime session for %dx%d", width, height)
         return session
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from engines.backends.base import Engine, PerShape, require_module
-from engines.backends.graph import cached_onnx, input_names, padded_shape
+from engines.backends.graph import input_names, onnx_entry, padded_shape
 from engines.backends.machine import physical_cores
 from engines.errors import DeviceError
 from engines.models.base import StyleModel
@@ -60,14 +60,14 @@ class OpenVINOEngine(Engine):
         self.core = self.ov.Core()
         self.threads = threads or physical_cores()
         if precision == "int8":
-            from engines.backends.int8 import cached_int8, read_model_file
+            from engines.backends.int8 import int8_entry, read_model_file
 
-            path = cached_int8(model, weights_id)
-            self._read = lambda: read_model_file(self.core, path)
+            self.entry = int8_entry(model, weights_id)
+            self._read_file = lambda path: read_model_file(self.core, path)
         else:
-            path = cached_onnx(model, weights_id, "openvino")
-            self._read = lambda: self.core.read_model(str(path))
-        self.path = path
+            self.entry = onnx_entry(model, weights_id, "openvino")
+            self._read_file = lambda path: self.core.read_model(str(path))
+        self.path = self.entry.path
         self.names = input_names(model)
         self._compiled = PerShape(self._compile, keep=MAX_COMPILED)
         self._infer_lock = threading.Lock()
@@ -86,7 +86,7 @@ class OpenVINOEngine(Engine):
         }
 
     def _compile(self, height: int, width: int):
-        model = self._read()
+        model = self.entry.load(self._read_file)
         model.reshape({"image": [1, 3, height, width]})
         compiled = self.core.compile_model(model, "CPU", self.config())
         log.debug("openvino compiled for %dx%d", width, height)

@@ -308,20 +308,15 @@ class TensorRTEngine(Engine):
             profile = Profile.around(self.model, h, w, batch=n)
             key = self.cache_key(profile)
             stem = f"{self.model.name}-trt-{self.precision}"
-            path = self.cache.lookup(stem, key, "engine")
-            if path is None:
-                desc = (f"building TensorRT {self.precision} engine for {self.model.name} "
-                        f"({profile.opt[1]}x{profile.opt[0]}, may take minutes)")
+            desc = (f"building TensorRT {self.precision} engine for {self.model.name} "
+                    f"({profile.opt[1]}x{profile.opt[0]}, may take minutes)")
+
+            def build(path: Path) -> None:
                 with build_progress(desc):
-                    path = self.cache.store(stem, key, "engine", lambda p: self._build(profile, p))
-            try:
-                runner = _Runner(path.read_bytes(), self.device)
-            except Exception as exc:  # a corrupt entry: rebuild it once, never keep using it
-                log.warning("cached TensorRT engine unusable (%s); rebuilding", exc)
-                self.cache.remove(path)
-                with build_progress(f"rebuilding TensorRT engine for {self.model.name}"):
-                    path = self.cache.store(stem, key, "engine", lambda p: self._build(profile, p))
-                runner = _Runner(path.read_bytes(), self.device)
+                    self._build(profile, path)
+
+            # a corrupt entry is removed and rebuilt once (EngineCache.load), never kept
+            runner = self.cache.load(stem, key, "engine", build, lambda path: _Runner(path.read_bytes(), self.device))
             log.info("tensorrt engine for %s ready: profile min %s opt %s max %s", self.model.name,
                      profile.min, profile.opt, profile.max)
             self._runners[profile] = runner
