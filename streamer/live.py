@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import logging
 import os
 import queue
 import select
-import signal
 import sys
 import threading
 import time
@@ -391,6 +389,7 @@ class LiveSession:
         next_due = time.perf_counter()
         self.current = first
         fresh: Result | None = first
+        log.info("first frame out (%.0f ms after its capture)", 1000 * (time.perf_counter() - first.t_capture))
         while True:
             if fresh is not None:
                 self.latency = (time.perf_counter() - fresh.t_capture) if self.latency == 0 else \
@@ -534,29 +533,11 @@ def run(args: argparse.Namespace) -> int:
         log.info("window open (%s): h for keys, q or Esc to quit", window.toolkit)
     elif not args.no_stdin and _stdin_is_terminal():
         log.info("no window: type n, p, 1-9, +, -, c, space, s or q then Enter ('help' for more)")
-    with _sigterm_stops():
-        summary = session.run()
+    summary = session.run()  # SIGTERM/SIGHUP arrive as Ctrl-C (streamer.signals, installed by the CLI)
     log.info("%d frames out in %.1f s; engine %.1f fps (%.0f ms a frame); captured %d, dropped %d; "
              "latency %.0f ms; stopped: %s", summary.frames_out, summary.seconds, summary.engine_fps,
              summary.step_ms, summary.frames_captured, summary.dropped, summary.latency_ms, summary.stop_reason)
     return 0
-
-
-@contextlib.contextmanager
-def _sigterm_stops():
-    """SIGTERM (a service manager, ``kill``) stops like Ctrl-C: the recording is finalised, the camera released."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _stdin_is_terminal() -> bool:

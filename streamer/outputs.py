@@ -288,19 +288,23 @@ class VirtualCamera:
 class Recording:
     """The live output into a video file at the output rate (what the viewer saw, in real time).
 
-    Uses streamer.videoio's writer: temp file + rename, so a crash never leaves a broken file at the
-    final name, and Ctrl-C still finalises a playable one.
+    Uses streamer.videoio's writer: temp file + rename (streamer.fileutil.AtomicOutput), so a crash never
+    leaves a broken file at the final name, and Ctrl-C, SIGTERM or SIGHUP still finalise a playable one.
     """
 
     def __init__(self, path: str | Path, width: int, height: int, fps: float, overwrite: bool = False) -> None:
+        from streamer.fileutil import AtomicOutput
         from streamer.videoio import VideoWriter
 
         self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise InputError(f"output exists: {self.path} (use --overwrite to replace it)")
         self.size = (width, height)
-        # veryfast: encoding shares the CPU with the engine in real time; crf 20 keeps it close to lossless-looking
-        self.writer = VideoWriter(self.path, width, height, fps, crf=20, preset="veryfast")
+        output = AtomicOutput(self.path, overwrite=overwrite)  # refuses an existing file, or another run's
+        try:
+            # veryfast: encoding shares the CPU with the engine in real time; crf 20 keeps it close to lossless
+            self.writer = VideoWriter(self.path, width, height, fps, crf=20, preset="veryfast", output=output)
+        except BaseException:
+            output.discard()
+            raise
         self.frames = 0
         self.failed = False
 
