@@ -389,13 +389,14 @@ class LiveSession:
         next_due = time.perf_counter()
         self.current = first
         fresh: Result | None = first
-        log.info("first frame out (%.0f ms after its capture)", 1000 * (time.perf_counter() - first.t_capture))
         while True:
             if fresh is not None:
                 self.latency = (time.perf_counter() - fresh.t_capture) if self.latency == 0 else \
                     0.9 * self.latency + 0.1 * (time.perf_counter() - fresh.t_capture)
             self._emit(self.current)
             self.summary.frames_out += 1
+            if self.summary.frames_out == 1:  # every output (a recording too) has a frame from here on
+                log.info("first frame out (%.0f ms after its capture)", 1000 * (time.perf_counter() - first.t_capture))
             if self.max_frames and self.summary.frames_out >= self.max_frames:
                 return f"{self.max_frames} frames done"
             next_due += interval

@@ -179,8 +179,8 @@ def run_in_thread(fn: Callable[[], Any], nice: int = 0, name: str = "helper",
             error.append(exc)
 
     t = threading.Thread(target=target, name=name, daemon=True)
-    t.start()
     try:
+        t.start()  # inside the try: fn may be running (and the signal come) before start() returns
         t.join()
     except KeyboardInterrupt:
         t.join()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engines.errors import InputError
 from engines.stylizer import Stylizer, resize_back, resize_short_side
@@ -98,22 +99,26 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
         stylizer = build_stylizer(args)
         styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
         code = mixed_code(styles, args.style_weights)
-        for in_path, out_path in tqdm(jobs, desc="render", unit="img", disable=len(jobs) < 2):
-            output = AtomicOutput(out_path, overwrite=args.overwrite)
-            try:
-                out, alpha_channel = render_file(stylizer, in_path, styles, code, args)
-            except InputError as exc:  # this file only: say so, go on with the others
-                output.discard()
-                log.warning("skipped: %s", exc)
-                skipped.append((in_path, str(exc)))
-                continue
-            save_image(out_path, out, alpha_channel, output=output)
-            done.append(out_path)
-            log.info("wrote %s (%dx%d)", out_path, out.shape[1], out.shape[0])
+        with logging_redirect_tqdm():  # log lines (a skipped file) on their own line, not through the bar
+            bar = tqdm(jobs, desc="render", unit="img", disable=len(jobs) < 2 or getattr(args, "quiet", False))
+            for in_path, out_path in bar:
+                output = AtomicOutput(out_path, overwrite=args.overwrite)
+                try:
+                    out, alpha_channel = render_file(stylizer, in_path, styles, code, args)
+                except InputError as exc:  # this file only: say so, go on with the others
+                    log.warning("skipped: %s", exc)
+                    skipped.append((in_path, str(exc)))
+                    continue
+                else:
+                    save_image(out_path, out, alpha_channel, output=output)
+                finally:
+                    output.discard()  # a no-op once saved
+                done.append(out_path)
+                log.info("wrote %s (%dx%d)", out_path, out.shape[1], out.shape[0])
     except KeyboardInterrupt as exc:
         signum = signal_number(exc)
-        print(f"streamer: interrupted{stopped_by(signum)}: {len(done)} of {len(jobs)} images are in {dst}",
-              file=sys.stderr)
+        kept = f"{len(done)} of {len(jobs)} images are in {dst}" if done else "no image was finished"
+        print(f"streamer: interrupted{stopped_by(signum)}: {kept}", file=sys.stderr)
         return exit_code(signum)
     finally:
         lock.close()
@@ -122,7 +127,7 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
                 dst.rmdir()  # nothing written: leave no empty folder behind
     if skipped:
         names = ", ".join(p.name for p, _ in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
-        rest = f"the other {len(done)} are in {dst}" if done else "nothing was written"
+        rest = f"{len(done)} rendered into {dst}" if done else "nothing was written"
         raise InputError(f"{len(skipped)} of {len(jobs)} images could not be read and were skipped ({names}); {rest}")
     log.info("wrote %d images into %s", len(done), dst)
     return 0
