@@ -34,6 +34,7 @@ import torch
 from engines.errors import DeviceError, InputError
 from engines.stylizer import Stylizer, short_side_shape
 from streamer.capture import CaptureThread, Frame, LatestSlot, Source, SourceEnded, open_source, parse_size
+from streamer.fileutil import AtomicOutput
 from streamer.hotkeys import Action, LiveState, handle_command, handle_key, status_line
 from streamer.hud import draw_overlays
 from streamer.options import (Style, add_model_options, add_style_options, alpha_value, build_stylizer,
@@ -491,7 +492,14 @@ def run(args: argparse.Namespace) -> int:
     capture_size = parse_size(args.capture_size)
     out_size = parse_size(args.out_size)
     style_paths = expand_style_paths(args.style)
-    source = open_source(args.source, capture_size, args.fps, loop=args.loop)
+    # the recording's file (and its lock) first: a read-only folder or another run on it fails before the model
+    record_output = AtomicOutput(args.record, overwrite=args.overwrite) if args.record else None
+    try:
+        source = open_source(args.source, capture_size, args.fps, loop=args.loop)
+    except BaseException:
+        if record_output is not None:
+            record_output.discard()
+        raise
     outputs: list[Any] = []
     window = None
     try:
@@ -518,7 +526,7 @@ def run(args: argparse.Namespace) -> int:
         if args.vcam:
             outputs.append(VirtualCamera(out_w, out_h, args.fps, args.vcam_backend, args.vcam_device))
         if args.record:
-            outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite))
+            outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite, output=record_output))
         if want_window:
             window = open_window(args.window_toolkit)
         session = LiveSession(source, stylizer, styles, state, window=window, outputs=outputs, fps=args.fps,
@@ -526,6 +534,8 @@ def run(args: argparse.Namespace) -> int:
                               snapshot_dir=Path(args.snapshot_dir), stdin=not args.no_stdin)
     except BaseException:
         source.release()
+        if record_output is not None:
+            record_output.discard()  # a no-op once the recording owns it (its abort removes it)
         for out in [*outputs, window]:
             if out is not None:
                 (out.abort if hasattr(out, "abort") else out.close)()

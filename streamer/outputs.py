@@ -17,11 +17,15 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from engines.errors import DeviceError, InputError
+
+if TYPE_CHECKING:
+    from streamer.fileutil import AtomicOutput
 
 log = logging.getLogger(__name__)
 
@@ -292,13 +296,15 @@ class Recording:
     leaves a broken file at the final name, and Ctrl-C, SIGTERM or SIGHUP still finalise a playable one.
     """
 
-    def __init__(self, path: str | Path, width: int, height: int, fps: float, overwrite: bool = False) -> None:
+    def __init__(self, path: str | Path, width: int, height: int, fps: float, overwrite: bool = False,
+                 output: AtomicOutput | None = None) -> None:
         from streamer.fileutil import AtomicOutput
         from streamer.videoio import VideoWriter
 
         self.path = Path(path)
         self.size = (width, height)
-        output = AtomicOutput(self.path, overwrite=overwrite)  # refuses an existing file, or another run's
+        if output is None:  # or taken earlier by the caller (an AtomicOutput), before loading the model
+            output = AtomicOutput(self.path, overwrite=overwrite)  # refuses an existing file, or another run's
         try:
             # veryfast: encoding shares the CPU with the engine in real time; crf 20 keeps it close to lossless
             self.writer = VideoWriter(self.path, width, height, fps, crf=20, preset="veryfast", output=output)

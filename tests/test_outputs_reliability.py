@@ -6,6 +6,7 @@ bounded by a timeout, and none is a sleep standing in for synchronisation.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import select
@@ -24,7 +25,6 @@ from PIL import Image
 
 from engines.errors import InputError
 from streamer import options, video
-from streamer import live as _live  # noqa: F401 - imported before any fake is patched into streamer.options
 from streamer import render as render_cmd
 from streamer.cli import main
 from streamer.fileutil import AtomicOutput, FolderLock, part_path
@@ -33,6 +33,7 @@ from streamer.signals import Interrupted, stop_signals_interrupt
 from streamer.videoio import VideoInfo
 
 ROOT = Path(__file__).resolve().parents[1]
+importlib.import_module("streamer.live")  # imported before any fake is patched into streamer.options
 TIMEOUT = 180  # seconds any one subprocess step may take on a loaded 2-core machine
 
 
@@ -348,6 +349,16 @@ def test_second_render_to_the_same_output_refuses(run, fake_model, clip, style, 
     assert code == 143, lines
     n = int(re.search(r"first (\d+) frames", " ".join(lines)).group(1))
     assert count_frames(out) == n and parts(tmp_path) == []
+
+
+def test_second_live_recording_to_the_same_file_refuses_before_the_model(run, monkeypatch, style, tmp_path) -> None:
+    rec = tmp_path / "rec.mp4"
+    held = AtomicOutput(rec)  # as another streamer process recording there holds it
+    monkeypatch.setattr(sys.modules["streamer.live"], "build_stylizer", lambda *a, **k: pytest.fail("model built"))
+    code, err = run("live", "--source", "test", "--record", rec, "--no-stdin", "--max-frames", "2", "--style", style)
+    one_error(code, err, f"{rec} is being written by another streamer process")
+    held.discard()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_output_lock_refuses_a_second_writer_and_frees_on_close(tmp_path) -> None:
