@@ -8,6 +8,7 @@ from importlib import import_module
 
 from engines.backends.machine import reuse_freed_memory
 from engines.errors import StreamerError
+from streamer.signals import exit_code, signal_number, stop_signals_interrupt, stopped_by
 
 log = logging.getLogger("streamer")
 
@@ -39,13 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     reuse_freed_memory()
     try:
-        return int(args.run(args) or 0)
+        with stop_signals_interrupt():  # SIGTERM/SIGHUP take Ctrl-C's path (streamer.signals)
+            return int(args.run(args) or 0)
     except StreamerError as exc:
         print(f"streamer: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("streamer: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = signal_number(exc)
+        print(f"streamer: interrupted{stopped_by(signum)}", file=sys.stderr)
+        return exit_code(signum)
     except MemoryError:
         print("streamer: error: out of memory; try a smaller --size or another --model", file=sys.stderr)
         return 2

@@ -1,8 +1,6 @@
 """Reading and writing still images the way a user expects: any mode, EXIF rotation, atomic writes."""
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -10,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engines.errors import InputError
-from streamer.fileutil import existing_file, new_file_mode
+from streamer.fileutil import AtomicOutput, existing_file, write_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: the longest side we accept: larger images are almost always a mistake and exhaust memory
@@ -89,26 +87,25 @@ def check_output_path(path: str | Path) -> Path:
     return path
 
 
-def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None) -> None:
-    """Write atomically (temp file + rename): a crash or a full disk never leaves a half-written image."""
+def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,
+               output: AtomicOutput | None = None) -> None:
+    """Write atomically (streamer.fileutil.AtomicOutput): a crash, a signal or a full disk never leaves a
+    half-written image. ``output``: ``path`` taken (locked) earlier, before the heavy work."""
     path = Path(path)
     img = Image.fromarray(rgb)
     if alpha is not None and path.suffix.lower() in (".png", ".webp", ".tif", ".tiff"):
         img.putalpha(Image.fromarray(alpha))
     fmt = Image.registered_extensions().get(path.suffix.lower())
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    output = output if output is not None else AtomicOutput(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            save_kwargs = {"quality": 95} if fmt == "JPEG" else {}
-            img.save(f, format=fmt, **save_kwargs)
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
+        save_kwargs = {"quality": 95} if fmt == "JPEG" else {}
+        img.save(output.tmp_path, format=fmt, **save_kwargs)
+        output.commit()
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        output.discard()
+        raise write_error(path, exc) from None
+    finally:
+        output.discard()  # a no-op after commit
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import logging
 import os
 import queue
 import select
-import signal
 import sys
 import threading
 import time
@@ -36,6 +34,7 @@ import torch
 from engines.errors import DeviceError, InputError
 from engines.stylizer import Stylizer, short_side_shape
 from streamer.capture import CaptureThread, Frame, LatestSlot, Source, SourceEnded, open_source, parse_size
+from streamer.fileutil import AtomicOutput
 from streamer.hotkeys import Action, LiveState, handle_command, handle_key, status_line
 from streamer.hud import draw_overlays
 from streamer.options import (Style, add_model_options, add_style_options, alpha_value, build_stylizer,
@@ -414,6 +413,8 @@ class LiveSession:
             if fresh is not None or self.steady:
                 self._emit(self.current, fresh is not None)
                 self.summary.frames_out += 1
+                if self.summary.frames_out == 1:  # every output (a recording too) has a frame from here on
+                    log.info("first frame out (%.0f ms after its capture)", 1000 * (time.perf_counter() - first.t_capture))
                 if self.max_frames and self.summary.frames_out >= self.max_frames:
                     return f"{self.max_frames} frames done"
             next_due += interval
@@ -509,7 +510,14 @@ def run(args: argparse.Namespace) -> int:
     capture_size = parse_size(args.capture_size)
     out_size = parse_size(args.out_size)
     style_paths = expand_style_paths(args.style)
-    source = open_source(args.source, capture_size, args.fps, loop=args.loop)
+    # the recording's file (and its lock) first: a read-only folder or another run on it fails before the model
+    record_output = AtomicOutput(args.record, overwrite=args.overwrite) if args.record else None
+    try:
+        source = open_source(args.source, capture_size, args.fps, loop=args.loop)
+    except BaseException:
+        if record_output is not None:
+            record_output.discard()
+        raise
     outputs: list[Any] = []
     window = None
     try:
@@ -536,7 +544,8 @@ def run(args: argparse.Namespace) -> int:
         if args.vcam:
             outputs.append(VirtualCamera(out_w, out_h, args.fps, args.vcam_backend, args.vcam_device))
         if args.record:
-            outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite, **args.encoder))
+            outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite, output=record_output,
+                                     **args.encoder))
         if want_window:
             window = open_window(args.window_toolkit)
         session = LiveSession(source, stylizer, styles, state, window=window, outputs=outputs, fps=args.fps,
@@ -544,6 +553,8 @@ def run(args: argparse.Namespace) -> int:
                               snapshot_dir=Path(args.snapshot_dir), stdin=not args.no_stdin)
     except BaseException:
         source.release()
+        if record_output is not None:
+            record_output.discard()  # a no-op once the recording owns it (its abort removes it)
         for out in [*outputs, window]:
             if out is not None:
                 (out.abort if hasattr(out, "abort") else out.close)()
@@ -552,29 +563,11 @@ def run(args: argparse.Namespace) -> int:
         log.info("window open (%s): h for keys, q or Esc to quit", window.toolkit)
     elif not args.no_stdin and _stdin_is_terminal():
         log.info("no window: type n, p, 1-9, +, -, c, space, s or q then Enter ('help' for more)")
-    with _sigterm_stops():
-        summary = session.run()
+    summary = session.run()  # SIGTERM/SIGHUP arrive as Ctrl-C (streamer.signals, installed by the CLI)
     log.info("%d frames out in %.1f s; engine %.1f fps (%.0f ms a frame); captured %d, dropped %d; "
              "latency %.0f ms; stopped: %s", summary.frames_out, summary.seconds, summary.engine_fps,
              summary.step_ms, summary.frames_captured, summary.dropped, summary.latency_ms, summary.stop_reason)
     return 0
-
-
-@contextlib.contextmanager
-def _sigterm_stops():
-    """SIGTERM (a service manager, ``kill``) stops like Ctrl-C: the recording is finalised, the camera released."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _stdin_is_terminal() -> bool:

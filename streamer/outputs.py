@@ -18,11 +18,15 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from engines.errors import DeviceError, InputError
+
+if TYPE_CHECKING:
+    from streamer.fileutil import AtomicOutput
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +297,8 @@ class Recording:
     file plays at real speed whatever the engine's rate, and no repeat is encoded (the virtual camera and
     the window, which want a steady rate, repeat frames instead). Encoder options are render's
     (``--codec``/``--crf``/``--preset``, see :func:`streamer.video.encoder_options`). Uses
-    streamer.videoio's writer: temp file + rename, so a crash never leaves a broken file at the final
-    name, and Ctrl-C still finalises a playable one.
+    streamer.videoio's writer: temp file + rename (streamer.fileutil.AtomicOutput), so a crash never leaves
+    a broken file at the final name, and Ctrl-C, SIGTERM or SIGHUP still finalise a playable one.
     """
 
     #: LiveSession sends this output each new frame once, with its capture time, instead of every tick
@@ -303,15 +307,21 @@ class Recording:
     TIME_BASE = fractions.Fraction(1, 1000)
 
     def __init__(self, path: str | Path, width: int, height: int, fps: float, overwrite: bool = False,
-                 codec: str = "auto", crf: int = 18, preset: str | None = None) -> None:
+                 codec: str = "auto", crf: int = 18, preset: str | None = None,
+                 output: AtomicOutput | None = None) -> None:
+        from streamer.fileutil import AtomicOutput
         from streamer.videoio import VideoWriter
 
         self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise InputError(f"output exists: {self.path} (use --overwrite to replace it)")
         self.size = (width, height)
-        self.writer = VideoWriter(self.path, width, height, fps, codec=codec, crf=crf, preset=preset,
-                                  time_base=self.TIME_BASE, realtime=True)
+        if output is None:  # or taken earlier by the caller (an AtomicOutput), before loading the model
+            output = AtomicOutput(self.path, overwrite=overwrite)  # refuses an existing file, or another run's
+        try:
+            self.writer = VideoWriter(self.path, width, height, fps, codec=codec, crf=crf, preset=preset,
+                                      time_base=self.TIME_BASE, realtime=True, output=output)
+        except BaseException:
+            output.discard()
+            raise
         self.frames = 0
         self.failed = False
         self._t0: float | None = None

@@ -160,10 +160,13 @@ class ThreadedPipeline:
         self.close()
 
 
-def run_in_thread(fn: Callable[[], Any], nice: int = 0, name: str = "helper") -> Any:
+def run_in_thread(fn: Callable[[], Any], nice: int = 0, name: str = "helper",
+                  undo: Callable[[Any], None] | None = None) -> Any:
     """``fn()`` in a short-lived thread at lowered priority; returns its result or raises its exception.
 
-    For opening an encoder: the worker threads it starts inherit the lowered priority.
+    For opening an encoder: the worker threads it starts inherit the lowered priority. A Ctrl-C (or
+    SIGTERM) while waiting waits for ``fn`` to finish, hands its result to ``undo`` (e.g. removing the
+    file it opened) and is raised then: the thread never goes on creating things behind our back.
     """
     result: list[Any] = []
     error: list[BaseException] = []
@@ -176,8 +179,14 @@ def run_in_thread(fn: Callable[[], Any], nice: int = 0, name: str = "helper") ->
             error.append(exc)
 
     t = threading.Thread(target=target, name=name, daemon=True)
-    t.start()
-    t.join()
+    try:
+        t.start()  # inside the try: fn may be running (and the signal come) before start() returns
+        t.join()
+    except KeyboardInterrupt:
+        t.join()
+        if result and undo is not None:
+            undo(result[0])
+        raise
     if error:
         raise error[0]
     return result[0]

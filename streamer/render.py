@@ -2,19 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engines.errors import InputError
 from engines.stylizer import Stylizer, resize_back, resize_short_side
 from streamer import video
+from streamer.fileutil import AtomicOutput, FolderLock, make_output_folder
 from streamer.imageio import (check_output_path, is_image_path, list_images, load_image_with_alpha, load_mask,
                               save_image)
 from streamer.options import (Style, add_model_options, add_style_options, alpha_value, build_stylizer,
                               expand_style_paths, load_styles, mixed_code)
+from streamer.signals import exit_code, signal_number, stopped_by
 
 log = logging.getLogger(__name__)
 
@@ -46,47 +51,98 @@ def run(args: argparse.Namespace) -> int:
     if video.is_video_path(src):
         return video.render_video(args)
     style_paths = expand_style_paths(args.style)
+    if args.mask and args.style_weights:
+        raise InputError("--mask places styles by region; it does not combine with --style-weights")
     if src.is_dir():
-        jobs = folder_jobs(src, dst)
-    else:
-        if not is_image_path(src):
-            raise InputError(f"unsupported input type '{src.suffix}': give an image, a folder or a video")
-        if dst.is_dir():
-            dst = dst / f"{src.stem}.png"
-        jobs = [(src, check_output_path(dst))]
+        if args.mask:
+            raise InputError("--mask works with a single image, not a folder")
+        return render_folder(args, src, dst, style_paths)
+    if not is_image_path(src):
+        raise InputError(f"unsupported input type '{src.suffix}': give an image, a folder or a video")
+    if dst.is_dir():
+        dst = dst / f"{src.stem}.png"
+    output = AtomicOutput(check_output_path(dst), overwrite=args.overwrite)  # fail now: exists, busy, read-only
+    try:
+        stylizer = build_stylizer(args)
+        styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
+        code = None if args.mask else mixed_code(styles, args.style_weights)
+        out, alpha_channel = render_file(stylizer, src, styles, code, args)
+        save_image(dst, out, alpha_channel, output=output)
+    finally:
+        output.discard()  # a no-op once saved
+    log.info("wrote %s (%dx%d)", dst, out.shape[1], out.shape[0])
+    return 0
+
+
+def render_file(stylizer: Stylizer, path: Path, styles: list[Style], code, args: argparse.Namespace):
+    """One image file -> (stylized RGB at its exact size, its alpha channel or None)."""
+    rgb, alpha_channel = load_image_with_alpha(path, "input image")
+    if args.mask:
+        return render_masked(stylizer, rgb, styles, load_mask(args.mask, rgb.shape[:2])[0], args), alpha_channel
+    return render_image(stylizer, rgb, code, args), alpha_channel
+
+
+def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: list[Path]) -> int:
+    """Every image of ``src`` into ``dst``. An unreadable file is skipped with a warning and the rest rendered;
+    the end says how many, and exits 2 if any was skipped. Ctrl-C/SIGTERM keep the images finished so far."""
+    jobs = folder_jobs(src, dst)
     if not args.overwrite:
         existing = [d for _, d in jobs if d.exists()]
-        if existing and not src.is_dir():
-            raise InputError(f"output exists: {existing[0]} (use --overwrite to replace it)")
-    mask_regions = None
-    if args.mask:
-        if src.is_dir():
-            raise InputError("--mask works with a single image, not a folder")
-        if args.style_weights:
-            raise InputError("--mask places styles by region; it does not combine with --style-weights")
-    stylizer = build_stylizer(args)
-    styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
-    code = None if args.mask else mixed_code(styles, args.style_weights)
-    for in_path, out_path in tqdm(jobs, desc="render", unit="img", disable=len(jobs) < 2):
-        rgb, alpha_channel = load_image_with_alpha(in_path, "input image")
-        if args.mask:
-            mask_regions = load_mask(args.mask, rgb.shape[:2])[0]
-            out = render_masked(stylizer, rgb, styles, mask_regions, args)
-        else:
-            out = render_image(stylizer, rgb, code, args)
-        save_image(out_path, out, alpha_channel)
-        log.info("wrote %s (%dx%d)", out_path, out.shape[1], out.shape[0])
+        if existing:
+            more = f" and {len(existing) - 1} more in {dst}" if len(existing) > 1 else ""
+            raise InputError(f"output exists: {existing[0]}{more} (use --overwrite to replace them)")
+    created = make_output_folder(dst)
+    lock = FolderLock(dst)  # a second folder render into dst refuses
+    done: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    try:
+        stylizer = build_stylizer(args)
+        styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
+        code = mixed_code(styles, args.style_weights)
+        with logging_redirect_tqdm():  # log lines (a skipped file) on their own line, not through the bar
+            bar = tqdm(jobs, desc="render", unit="img", disable=len(jobs) < 2 or getattr(args, "quiet", False))
+            for in_path, out_path in bar:
+                output = AtomicOutput(out_path, overwrite=args.overwrite)
+                try:
+                    out, alpha_channel = render_file(stylizer, in_path, styles, code, args)
+                except InputError as exc:  # this file only: say so, go on with the others
+                    log.warning("skipped: %s", exc)
+                    skipped.append((in_path, str(exc)))
+                    continue
+                else:
+                    save_image(out_path, out, alpha_channel, output=output)
+                finally:
+                    output.discard()  # a no-op once saved
+                done.append(out_path)
+                log.info("wrote %s (%dx%d)", out_path, out.shape[1], out.shape[0])
+    except KeyboardInterrupt as exc:
+        signum = signal_number(exc)
+        kept = f"{len(done)} of {len(jobs)} images are in {dst}" if done else "no image was finished"
+        print(f"streamer: interrupted{stopped_by(signum)}: {kept}", file=sys.stderr)
+        return exit_code(signum)
+    finally:
+        lock.close()
+        if created and not done:
+            with contextlib.suppress(OSError):
+                dst.rmdir()  # nothing written: leave no empty folder behind
+    if skipped:
+        names = ", ".join(p.name for p, _ in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        rest = f"{len(done)} rendered into {dst}" if done else "nothing was written"
+        raise InputError(f"{len(skipped)} of {len(jobs)} images could not be read and were skipped ({names}); {rest}")
+    log.info("wrote %d images into %s", len(done), dst)
     return 0
 
 
 def folder_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
-    """Every image in ``src`` -> the same name in ``dst`` (created); existing outputs are kept unless asked."""
+    """Every image in ``src`` -> the same name in ``dst``; checks only (the folder is made when rendering)."""
     images = list_images(src)
     if not images:
         raise InputError(f"no images in folder {src}")
     if dst.exists() and not dst.is_dir():
         raise InputError(f"output for a folder must be a folder: {dst}")
-    dst.mkdir(parents=True, exist_ok=True)
+    if not dst.exists() and (is_image_path(dst) or video.is_video_path(dst)):
+        raise InputError(f"output for a folder must be a folder, not a file name: {dst} (give a folder name, "
+                         "e.g. without the extension)")
     return [(p, dst / p.name) for p in images]
 
 

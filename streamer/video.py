@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +25,9 @@ from tqdm import tqdm
 from engines.errors import InputError
 from engines.models import StyleCode
 from engines.stylizer import Stylizer, resize_back, resize_short_side, short_side_shape
+from streamer.fileutil import AtomicOutput
 from streamer.pipeline import ThreadedPipeline, run_in_thread
+from streamer.signals import exit_code, signal_number, stopped_by
 from streamer.videoio import (CONTAINERS, DEFAULT_PRESET, PRESET_NAMES, VideoInfo, VideoWriter, check_output,
                               open_video, video_stream)
 
@@ -84,6 +87,8 @@ class RenderStats:
     seconds: float
     fps: float
     interrupted: bool = False
+    #: the signal that interrupted the render (SIGINT for Ctrl-C; streamer.signals)
+    signum: int = int(signal.SIGINT)
     #: seconds each pipeline thread spent working (decode, stylize, encode): stylize / seconds near 1 means
     #: the render ran at the engine's speed
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -152,13 +157,14 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
                       keep_color: bool = False, codec: str = "libx264", crf: int = 18, progress: bool = True,
                       temporal=None, max_frames: int | None = None, *, size: int = 0,
                       preset: str = X264_PRESET, x264_threads: int | None = None,
-                      device_frames: bool | None = None) -> RenderStats:
+                      device_frames: bool | None = None, output: AtomicOutput | None = None) -> RenderStats:
     """Stylize every frame of ``src`` into ``dst`` (replaced if present), keeping timestamps and audio.
 
     ``size``: stylize with the short side at ``size`` px and scale back, so ``dst`` has ``src``'s size.
     ``temporal``: optional filter with ``process(source_rgb, stylized_rgb) -> rgb`` and ``reset()``, called on
     every frame in order, at the working size, between stylize and encode.
-    A Ctrl-C returns stats with ``interrupted=True`` and a valid ``dst`` holding the frames done so far.
+    A Ctrl-C (or SIGTERM/SIGHUP, streamer.signals) returns stats with ``interrupted=True`` and a valid ``dst``
+    holding the frames done so far. ``output``: ``dst`` taken (locked) by the caller before loading a model.
     ``device_frames`` (default: on a CUDA engine without ``temporal``): frames go to the engine's device
     as uint8 in batches of up to :data:`DEVICE_BATCH` and every per-pixel step runs there
     (Stylizer.stylize_frames); the CPU threads only decode and encode.
@@ -204,7 +210,7 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
 
     total = info.frames if max_frames is None else min(max_frames, info.frames or max_frames)
     t0 = time.perf_counter()
-    interrupted = False
+    stop: KeyboardInterrupt | None = None
     writer: VideoWriter | None = None
     bar = tqdm(total=total or None, desc="render", unit="frame", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)
@@ -212,8 +218,8 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         # Opened in a lowered-priority thread so the encoder's own worker threads are lowered too.
         writer = run_in_thread(lambda: VideoWriter(dst, info.width, info.height, info.fps, codec=codec, crf=crf,
                                                    time_base=info.time_base, audio_from=container, preset=preset,
-                                                   threads=x264_threads, rotation=info.rotation),
-                               nice=HELPER_NICE, name="open-encoder")
+                                                   threads=x264_threads, rotation=info.rotation, output=output),
+                               nice=HELPER_NICE, name="open-encoder", undo=lambda w: w.abort())
         pipeline = ThreadedPipeline(_decode(container, info, size, max_frames, decoded, batch), [stylize, encode],
                                     maxsize=QUEUE_FRAMES, names=["decode", "stylize", "encode"],
                                     nice=[HELPER_NICE, 0, HELPER_NICE])
@@ -221,12 +227,12 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
             try:
                 for n in pipeline:
                     bar.update(n)
-            except KeyboardInterrupt:
-                interrupted = True
+            except KeyboardInterrupt as exc:
+                stop = exc
         # every thread has stopped here: the writer is ours alone
         log.debug("busy seconds: decode %.2f, stylize %.2f, encode %.2f, wall %.2f", *pipeline.busy,
                   time.perf_counter() - t0)
-        if writer.frames == 0 and not interrupted:
+        if writer.frames == 0 and stop is None:
             raise InputError(f"cannot decode any video frame of {src}: the file is corrupt or unsupported")
         if decoded.bad_packets:
             log.warning("%d damaged video packets in %s were skipped", decoded.bad_packets, src)
@@ -239,8 +245,8 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         bar.close()
         container.close()
     seconds = time.perf_counter() - t0
-    return RenderStats(writer.frames, seconds, writer.frames / seconds if seconds > 0 else 0.0, interrupted,
-                       dict(zip(pipeline.names, pipeline.busy)))
+    return RenderStats(writer.frames, seconds, writer.frames / seconds if seconds > 0 else 0.0, stop is not None,
+                       stage_seconds=dict(zip(pipeline.names, pipeline.busy)), signum=signal_number(stop))
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -274,20 +280,46 @@ def render_video(args: argparse.Namespace) -> int:
     encoder = encoder_options(args, dst)
     container, info = open_video(src)  # fail on a broken input before loading any model
     container.close()
-    work = short_side_shape(info.height, info.width, args.size)
-    stylizer = build_stylizer(args, shape_hint=work)
-    styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
-    code = mixed_code(styles, args.style_weights)
-    log.info("rendering %s (%dx%d, %s fps, %d frames) at %dx%d with %s", src, info.width, info.height,
-             f"{float(info.fps):.3g}", info.frames, work[1], work[0], ", ".join(s.name for s in styles))
-    stats = render_video_file(src, dst, stylizer, code, args.alpha, args.preserve_color, **encoder,
-                              progress=not getattr(args, "quiet", False), temporal=temporal,
-                              max_frames=args.max_frames, size=args.size)
+    output = AtomicOutput(dst, overwrite=args.overwrite)  # read-only folder, or another run on it: fail now
+    try:
+        work = short_side_shape(info.height, info.width, args.size)
+        stylizer = build_stylizer(args, shape_hint=work)
+        styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
+        code = mixed_code(styles, args.style_weights)
+        log.info("rendering %s (%dx%d, %s fps, %d frames) at %dx%d with %s", src, info.width, info.height,
+                 f"{float(info.fps):.3g}", info.frames, work[1], work[0], ", ".join(s.name for s in styles))
+        stats = render_video_file(src, dst, stylizer, code, args.alpha, args.preserve_color, **encoder,
+                                  progress=not getattr(args, "quiet", False), temporal=temporal,
+                                  max_frames=args.max_frames, size=args.size, output=output)
+    finally:
+        output.discard()  # a no-op once the writer has renamed it
     if stats.interrupted:
-        print(f"streamer: interrupted: {dst} holds the first {stats.frames} frames and plays", file=sys.stderr)
-        return 130
+        print(f"streamer: interrupted{stopped_by(stats.signum)}: {dst} holds the first {stats.frames} frames and "
+              "plays", file=sys.stderr)
+        return exit_code(stats.signum)
+    missing = missing_frames(stats.frames, info, args.max_frames)
+    if missing:
+        raise InputError(f"{src} ended early (truncated or damaged): {stats.frames} of the {stats.frames + missing} "
+                         f"frames its container announces could be read; {dst} holds those {stats.frames} and plays")
     log.info("wrote %s: %d frames in %.1f s (%.1f frames/s)", dst, stats.frames, stats.seconds, stats.fps)
     return 0
+
+
+#: frames a duration-based count (MKV, WebM, AVI) may be off by, as a share of the count, before we call it short
+ESTIMATE_SLACK = 0.02
+
+
+def missing_frames(written: int, info: VideoInfo, max_frames: int | None) -> int:
+    """How many of the frames the container announces (up to ``max_frames``) did not arrive; 0 when none.
+
+    An exact count (MP4/MOV store it) must be met; one estimated from the duration may be off by a
+    frame or two (rounding, a last frame's duration), so only a larger shortfall counts there.
+    """
+    if not info.frames:
+        return 0
+    expected = info.frames if max_frames is None else min(max_frames, info.frames)
+    slack = 0 if info.frames_exact else max(2, round(ESTIMATE_SLACK * expected))
+    return expected - written if expected - written > slack else 0
 
 
 def _temporal_filter(args: argparse.Namespace):

@@ -17,8 +17,6 @@ import errno
 import fractions
 import io
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import av.container
 import numpy as np
 
 from engines.errors import InputError
-from streamer.fileutil import existing_file, new_file_mode
+from streamer.fileutil import AtomicOutput, existing_file
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +128,14 @@ class VideoWriter:
     counter-clockwise players should turn the picture (copied from a phone video's display matrix).
     ``preset``: x264/x265 speed preset (default ``veryfast``); ``threads``: encoder threads (default: FFmpeg's).
     ``realtime``: the encoder keeps up with a live source (VP9's realtime deadline; x264 has its preset).
+    ``output``: an :class:`~streamer.fileutil.AtomicOutput` taken earlier (default: one is taken here).
     """
 
     def __init__(self, path: Path, width: int, height: int, fps: fractions.Fraction | float, codec: str = "libx264",
                  crf: int = 18, pix_fmt: str = "yuv420p", time_base: fractions.Fraction | None = None,
                  audio_from: av.container.InputContainer | None = None, *, preset: str | None = None,
                  threads: int | None = None, faststart: bool = True, rotation: int = 0,
-                 realtime: bool = False) -> None:
+                 realtime: bool = False, output: AtomicOutput | None = None) -> None:
         self.path = Path(path)
         if width <= 0 or height <= 0:
             raise InputError(f"cannot write a {width}x{height} video")
@@ -159,13 +158,9 @@ class VideoWriter:
         self._audio: dict[int, av.stream.Stream] = {}
         self._reencode: dict[int, tuple[av.codec.context.CodecContext, av.stream.Stream]] = {}
 
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
-            os.close(fd)
-        except OSError as exc:
-            raise InputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-        self.tmp_path = Path(tmp)
-        os.chmod(self.tmp_path, new_file_mode())
+        # the caller may have taken the output (and its lock) before loading a model: see streamer.fileutil
+        self.output = output if output is not None else AtomicOutput(self.path)
+        self.tmp_path = self.output.tmp_path
         try:
             options = {"movflags": "+faststart"} if faststart and fmt in FASTSTART else {}
             self.container = av.open(str(self.tmp_path), "w", format=fmt, options=options)
@@ -312,12 +307,7 @@ class VideoWriter:
         except OSError as exc:
             self._fail(exc)
         self._closed = True
-        try:
-            os.replace(self.tmp_path, self.path)
-        except OSError as exc:
-            self.tmp_path.unlink(missing_ok=True)
-            raise InputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
-        return self.path
+        return self.output.commit()
 
     def abort(self) -> None:
         """Stop and remove the temp file; nothing appears at the final name."""
@@ -329,7 +319,7 @@ class VideoWriter:
                     container.close()
                 except Exception:  # noqa: BLE001 - we are throwing the file away anyway
                     pass
-        self.tmp_path.unlink(missing_ok=True)
+        self.output.discard()
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -353,6 +343,7 @@ class VideoInfo:
     has_audio: bool
     stream_index: int = 0  # the picture stream (cover art and thumbnails are skipped)
     rotation: int = 0  # degrees counter-clockwise the player turns the picture (phone videos)
+    frames_exact: bool = False  # ``frames`` is the container's own count (MP4/MOV), not duration x rate
 
 
 def video_stream(container: av.container.InputContainer, info: VideoInfo) -> av.video.stream.VideoStream:
@@ -393,5 +384,5 @@ def open_video(path: Path) -> tuple[av.container.InputContainer, VideoInfo]:
         container.duration / av.time_base if container.duration else 0.0)
     info = VideoInfo(ctx.width, ctx.height, fractions.Fraction(rate), stream.time_base or 1 / fractions.Fraction(rate),
                      stream.frames or round(duration * rate), duration, bool(container.streams.audio),
-                     stream.index, _first_frame_rotation(path, stream.index))
+                     stream.index, _first_frame_rotation(path, stream.index), frames_exact=bool(stream.frames))
     return container, info

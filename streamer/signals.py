@@ -1,0 +1,66 @@
+"""SIGTERM and SIGHUP stop streamer exactly like Ctrl-C: the same clean-up, a finalised output, one message.
+
+A service manager, ``kill``, ``timeout`` or a closed terminal sends SIGTERM/SIGHUP; Python's default
+for them is to die on the spot, which leaves a hidden ``.part`` file and no output. Instead the
+handler raises :class:`Interrupted` (a KeyboardInterrupt) in the main thread, so every path that
+already finishes a playable file after Ctrl-C does the same. The exit code is the shell's 128 +
+signal number: 130 after Ctrl-C (SIGINT), 143 after SIGTERM, 129 after SIGHUP, so a caller can tell
+which stop it was. Only the first stop signal raises; later ones are ignored while the output is
+being finalised (SIGKILL still ends the process at once). A signal the process was started ignoring
+(``nohup`` ignores SIGHUP) stays ignored.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+#: the signals that stop like Ctrl-C (SIGHUP does not exist on Windows)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal other than Ctrl-C, raised where a KeyboardInterrupt would be."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def signal_number(exc: BaseException | None) -> int:
+    """The signal behind an interrupt: SIGTERM/SIGHUP for :class:`Interrupted`, else SIGINT (Ctrl-C)."""
+    return exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
+
+
+def exit_code(signum: int) -> int:
+    """128 + the signal number, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
+    return 128 + int(signum)
+
+
+def stopped_by(signum: int) -> str:
+    """'' for Ctrl-C, ' by SIGTERM' for the others: the words after "interrupted" in the message."""
+    return "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM/SIGHUP raise :class:`Interrupted` in the main thread (elsewhere: a no-op)."""
+    if threading.current_thread() is not threading.main_thread() or not STOP_SIGNALS:
+        yield
+        return
+    fired = []
+
+    def interrupt(signum, frame):
+        if fired:  # already stopping: let the output be finalised
+            return
+        fired.append(signum)
+        raise Interrupted(signum)
+
+    # a signal already ignored (``nohup`` ignores SIGHUP) stays ignored
+    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
