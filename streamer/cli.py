@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     reuse_freed_memory()
     try:
         code = int(args.run(args) or 0)
-        sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
+        if sys.stdout is not None:
+            sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
         return code
     except BrokenPipeError:
         return _stdout_closed()
