@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 
 from engines.errors import WeightsError
+from engines.progress import tqdm_disable
 
 if TYPE_CHECKING:  # torch is imported lazily: listing or locating weights should not pay for it
     import torch
@@ -263,7 +264,7 @@ def _download(wf: WeightFile, dest: Path, progress: bool) -> None:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                      file=sys.stderr, disable=None if progress else True, leave=False) as bar:
+                      file=sys.stderr, disable=tqdm_disable(progress), leave=False) as bar:
                 while chunk := resp.read(_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)

@@ -317,13 +317,17 @@ def run(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     models, engines, precisions, sizes = _plan(args, device)
-    machine = describe_machine()
-    peak = measure_peak_gflops()
-    log.info("machine: %s, %d cores; fp32 matmul peak %.0f GFLOP/s", machine["cpu"], machine["physical_cores"], peak)
     clip = Path(args.clip) if args.clip else default_clip()
     if clip is not None and not clip.exists():
         raise InputError(f"clip not found: {clip}")
     style_path = Path(args.style) if args.style else default_style()
+    if style_path is not None:
+        from streamer.imageio import image_size
+
+        image_size(style_path, "style image")  # missing or broken: fail before the minutes of timing
+    machine = describe_machine()
+    peak = measure_peak_gflops()
+    log.info("machine: %s, %d cores; fp32 matmul peak %.0f GFLOP/s", machine["cpu"], machine["physical_cores"], peak)
 
     rows: list[Row] = []
     renders: list[RenderRow] = []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib import import_module
 
@@ -14,24 +15,47 @@ log = logging.getLogger("streamer")
 
 #: subcommand -> module offering ``add_parser(subparsers)`` and ``run(args) -> int``
 COMMAND_MODULES = ("render", "live", "models_cmd", "styles_cmd", "cache_cmd", "bench", "evaluate", "train")
+#: exit status when the reader of stdout goes away (``streamer eval flicker ... --json | head``): 128 + SIGPIPE,
+#: what a shell reports for any Unix tool stopped by a closed pipe
+EXIT_BROKEN_PIPE = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamer", description="Live and offline arbitrary style transfer (AdaIN).")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    _add_verbosity(parser, default=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         import_module(f"streamer.{name}").add_parser(sub)
+    _add_verbosity_below(parser)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default: bool = False) -> None:
+    """-v/-q; below the top level their default is SUPPRESS, so an absent flag never resets the top-level one."""
+    keep = argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="count", default=0 if default else keep,
+                        help="more log output, codec libraries' own lines too (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=False if default else keep,
+                        help="only warnings and errors: no progress bars, no info lines")
+
+
+def _add_verbosity_below(parser: argparse.ArgumentParser) -> None:
+    """-v/-q on every command and sub-command too (``streamer render -q ...``), as users type them."""
+    for action in parser._actions:  # noqa: SLF001 - argparse offers no public walk over sub-commands
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share one parser
+                _add_verbosity(sub)
+                _add_verbosity_below(sub)
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="streamer: %(message)s", stream=sys.stderr, force=True)
     if verbose < 2:
-        for noisy in ("torch", "onnxruntime", "PIL", "libav"):
+        for noisy in ("torch", "onnxruntime", "PIL"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    # codec libraries' own lines (x265's [info] banner; streamer.videoio reads this level): only with -v
+    logging.getLogger("libav").setLevel((logging.ERROR, logging.INFO)[verbose] if verbose < 2 else logging.NOTSET)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     reuse_freed_memory()
     try:
         with stop_signals_interrupt():  # SIGTERM/SIGHUP take Ctrl-C's path (streamer.signals)
-            return int(args.run(args) or 0)
+            code = int(args.run(args) or 0)
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except StreamerError as exc:
         print(f"streamer: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -56,6 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("internal error", exc_info=True)
         print(f"streamer: internal error: {exc.__class__.__name__}: {exc} (run with -vv for details)", file=sys.stderr)
         return 1
+
+
+def _stdout_closed() -> int:
+    """``| head`` stopped reading: end quietly, like a Unix tool stopped by SIGPIPE, with nothing on stderr."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not fail on the closed pipe again
+    except (OSError, ValueError, AttributeError):
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -22,6 +22,28 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def check_pixels(width: int, height: int, what: str, fix: str = "shrink it first") -> None:
+    """The one size limit for every image and every size a user asks for (MAX_SIDE a side, MAX_PIXELS)."""
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        raise InputError(f"{what} is too large ({width}x{height}); the limit is {MAX_SIDE} px a side and "
+                         f"{MAX_PIXELS // 1_000_000} megapixels: {fix}")
+
+
+def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
+    """(width, height) as displayed (EXIF rotation applied), from the header only: a cheap check before work."""
+    path = existing_file(path, what, "an image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                w, h = img.size
+                turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF orientations that swap the sides
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"cannot read {what} {path}: not a supported or intact image ({exc.__class__.__name__})")
+    check_pixels(w, h, what)
+    return (h, w) if turned else (w, h)
+
+
 def _to_rgb8(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """Any PIL mode -> (H, W, 3) uint8 RGB, plus the alpha channel when there is one."""
     alpha = None
@@ -44,10 +66,7 @@ def load_image_with_alpha(path: str | Path, what: str = "image") -> tuple[np.nda
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
-                w, h = img.size
-                if max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
-                    raise InputError(f"{what} is too large ({w}x{h}); the limit is {MAX_SIDE} px a side and "
-                                     f"{MAX_PIXELS // 1_000_000} megapixels: shrink it first")
+                check_pixels(*img.size, what)
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb8(img)
@@ -68,6 +87,10 @@ def load_mask(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, list
     from JPEG artefacts are snapped to the nearest of the few dominant values.
     """
     rgb = load_image(path, "mask")
+    mh, mw = rgb.shape[:2]
+    if abs(mh * size[1] / mw - size[0]) > max(1.0, 0.01 * size[0]):  # more than rounding: it would be stretched
+        raise InputError(f"the mask is {mw}x{mh} but the image is {size[1]}x{size[0]}: a mask must have the "
+                         "image's aspect ratio (it would be stretched); crop or resize it to match")
     gray = np.asarray(Image.fromarray(rgb).convert("L").resize((size[1], size[0]), Image.Resampling.NEAREST))
     values, counts = np.unique(gray, return_counts=True)
     major = values[counts >= max(1, gray.size // 1000)]

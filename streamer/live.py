@@ -38,7 +38,7 @@ from streamer.fileutil import AtomicOutput
 from streamer.hotkeys import Action, LiveState, handle_command, handle_key, status_line
 from streamer.hud import draw_overlays
 from streamer.options import (Style, add_model_options, add_style_options, alpha_value, build_stylizer,
-                              expand_style_paths, load_styles, pick_device)
+                              check_short_side, expand_style_paths, fit_short_side, load_styles, pick_device)
 from streamer.outputs import Recording, VirtualCamera, display_problem, open_window, resize_to
 from streamer.video import add_encoder_options, encoder_options
 
@@ -475,10 +475,14 @@ def _check_args(args: argparse.Namespace) -> None:
     args.alpha = alpha_value(args.alpha)
     if args.size is not None and args.size < 0:
         raise InputError("--size must be 0 (capture size) or a positive number of pixels")
+    if args.size is not None:
+        check_short_side(args.size, "--size")
     if args.max_frames < 0:
         raise InputError("--max-frames must be 0 (no limit) or positive")
-    if args.fps <= 0 or args.fps > 240:
-        raise InputError(f"--fps must be between 0 and 240, not {args.fps:g}")
+    if not args.fps > 0:
+        raise InputError(f"--fps must be greater than 0, not {args.fps:g}")
+    if args.fps > 240:
+        raise InputError(f"--fps must be at most 240, not {args.fps:g}")
     if args.style_weights:
         raise InputError("--style-weights mixes styles for render; in live, several styles are switched with n/p/1-9")
     if args.record:
@@ -507,9 +511,10 @@ def run(args: argparse.Namespace) -> int:
         problem = display_problem()  # before the camera and the model: fail in a second, not after loading
         if problem:
             raise DeviceError(problem)
-    capture_size = parse_size(args.capture_size)
-    out_size = parse_size(args.out_size)
-    style_paths = expand_style_paths(args.style)
+    capture_size = parse_size(args.capture_size, "--capture-size")
+    out_size = parse_size(args.out_size, "--out-size")
+    style_paths = expand_style_paths(args.style, args.style_size)
+    temporal = temporal_filter(args)
     # the recording's file (and its lock) first: a read-only folder or another run on it fails before the model
     record_output = AtomicOutput(args.record, overwrite=args.overwrite) if args.record else None
     try:
@@ -526,6 +531,10 @@ def run(args: argparse.Namespace) -> int:
         if args.size is None:
             small = min(w, h) <= CPU_SIZE
             args.size = 0 if small or pick_device(args.device).type == "cuda" else CPU_SIZE  # never upscale
+        args.size = fit_short_side(args.size, h, w, "the source")
+        out_w, out_h = out_size or (w, h)
+        if args.vcam:  # before the model: a missing driver fails in a second
+            outputs.append(VirtualCamera(out_w, out_h, args.fps, args.vcam_backend, args.vcam_device))
         work_h, work_w = processing_size(w, h, args.size)
         if (work_w, work_h) != (w, h):
             log.info("stylizing at %dx%d, shown at %dx%d (--size %d)", work_w, work_h, w, h, args.size)
@@ -536,13 +545,9 @@ def run(args: argparse.Namespace) -> int:
         styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
         log.info("%d style%s ready in %.1f s%s", len(styles), "s" if len(styles) > 1 else "", time.perf_counter() - t0,
                  "; 1-9 pick the first nine, n/p go through all" if len(styles) > 9 else "")
-        temporal = temporal_filter(args)
         state = LiveState(n_styles=len(styles), alpha=args.alpha, keep_color=args.preserve_color, hud=args.hud)
         with torch.inference_mode():  # warm-up: the first run allocates and picks kernels
             stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, args.size, None)
-        out_w, out_h = out_size or (w, h)
-        if args.vcam:
-            outputs.append(VirtualCamera(out_w, out_h, args.fps, args.vcam_backend, args.vcam_device))
         if args.record:
             outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite, output=record_output,
                                      **args.encoder))

@@ -13,8 +13,8 @@ from engines.errors import DeviceError, InputError
 from engines.models import MODEL_NAMES, StyleCode, check_model_name, default_model, load_model, weights_fingerprint
 from engines.ops import mix_codes
 from engines.style_cache import StyleCache
-from engines.stylizer import Stylizer
-from streamer.imageio import is_image_path, list_images, load_image
+from engines.stylizer import Stylizer, short_side_shape
+from streamer.imageio import check_pixels, image_size, is_image_path, list_images, load_image
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,28 @@ def build_stylizer(args: argparse.Namespace, shape_hint: tuple[int, int] | None 
     return Stylizer(model, engine, weights_id)
 
 
-def expand_style_paths(items: list[str]) -> list[Path]:
-    """Files as given and the images inside folders, in order; a style named twice is an error."""
+def check_short_side(size: int, flag: str) -> None:
+    """A short-side option (``--size``, ``--style-size``): 0 or positive, and no larger than an image may be."""
+    if size < 0:
+        raise InputError(f"{flag} must be 0 (original) or a positive number of pixels")
+    check_pixels(size, size, f"{flag} {size}", fix=f"use a smaller {flag}")
+
+
+def fit_short_side(size: int, height: int, width: int, what: str = "the input") -> int:
+    """``--size`` for one input: above its short side it would only upscale, so it is clamped (0 = as is), said so."""
+    if size > min(height, width):
+        log.warning("--size %d is larger than %s's short side (%d px): stylizing at its own size", size, what,
+                    min(height, width))
+        return 0
+    return size
+
+
+def expand_style_paths(items: list[str], style_size: int | None = None) -> list[Path]:
+    """Files as given and the images inside folders, in order; a style named twice is an error.
+
+    With ``style_size``, each image's header is read and the size it would be encoded at checked, so a
+    broken or oversized style fails before any model loads.
+    """
     paths: list[Path] = []
     for item in items:
         p = Path(item)
@@ -112,6 +132,12 @@ def expand_style_paths(items: list[str]) -> list[Path]:
         if key in seen:
             raise InputError(f"style given twice: {p}")
         seen.add(key)
+    if style_size is not None:
+        check_short_side(style_size, "--style-size")
+        for p in paths:
+            w, h = image_size(p, "style image")
+            sh, sw = short_side_shape(h, w, style_size)
+            check_pixels(sw, sh, f"style image {p.name} at --style-size {style_size}", fix="use a smaller --style-size")
     return paths
 
 
@@ -138,8 +164,15 @@ def mixed_code(styles: list[Style], weights: list[float] | None) -> StyleCode:
     """One style, or the paper's interpolation of several with normalised weights."""
     if weights is None:
         weights = [1.0] * len(styles)
-    if len(weights) != len(styles):
-        raise InputError(f"--style-weights has {len(weights)} values for {len(styles)} styles")
+    check_style_weights(weights, len(styles))
+    return mix_codes([s.code for s in styles], weights)
+
+
+def check_style_weights(weights: list[float] | None, n_styles: int) -> None:
+    """One non-negative weight per style, not all zero (cheap: checked before any model loads)."""
+    if weights is None:
+        return
+    if len(weights) != n_styles:
+        raise InputError(f"--style-weights has {len(weights)} values for {n_styles} styles")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise InputError("--style-weights must be non-negative and not all zero")
-    return mix_codes([s.code for s in styles], weights)

@@ -12,13 +12,15 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engines.errors import InputError
+from engines.progress import tqdm_disable
 from engines.stylizer import Stylizer, resize_back, resize_short_side
 from streamer import video
 from streamer.fileutil import AtomicOutput, FolderLock, make_output_folder
-from streamer.imageio import (check_output_path, is_image_path, list_images, load_image_with_alpha, load_mask,
-                              save_image)
+from streamer.imageio import (check_output_path, image_size, is_image_path, list_images, load_image_with_alpha,
+                              load_mask, save_image)
 from streamer.options import (Style, add_model_options, add_style_options, alpha_value, build_stylizer,
-                              expand_style_paths, load_styles, mixed_code)
+                              check_short_side, check_style_weights, expand_style_paths, fit_short_side, load_styles,
+                              mixed_code)
 from streamer.signals import exit_code, signal_number, stopped_by
 
 log = logging.getLogger(__name__)
@@ -44,21 +46,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.input), Path(args.output)
     args.alpha = alpha_value(args.alpha)
-    if args.size < 0:
-        raise InputError("--size must be 0 (original) or a positive number of pixels")
+    check_short_side(args.size, "--size")
     if not src.exists():
         raise InputError(f"input not found: {src}")
     if video.is_video_path(src):
         return video.render_video(args)
-    style_paths = expand_style_paths(args.style)
+    style_paths = expand_style_paths(args.style, args.style_size)
+    if getattr(args, "temporal", False):
+        log.warning("--temporal smooths video over time; still images have no previous frame, so it is ignored")
     if args.mask and args.style_weights:
         raise InputError("--mask places styles by region; it does not combine with --style-weights")
+    if not args.mask:
+        check_style_weights(args.style_weights, len(style_paths))
     if src.is_dir():
         if args.mask:
             raise InputError("--mask works with a single image, not a folder")
         return render_folder(args, src, dst, style_paths)
     if not is_image_path(src):
         raise InputError(f"unsupported input type '{src.suffix}': give an image, a folder or a video")
+    width, height = image_size(src, "input image")  # a broken or oversized input fails before any model loads
+    if args.mask:
+        check_regions(len(load_mask(args.mask, (height, width))[0]), len(style_paths))
     if dst.is_dir():
         dst = dst / f"{src.stem}.png"
     output = AtomicOutput(check_output_path(dst), overwrite=args.overwrite)  # fail now: exists, busy, read-only
@@ -100,7 +108,7 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
         styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
         code = mixed_code(styles, args.style_weights)
         with logging_redirect_tqdm():  # log lines (a skipped file) on their own line, not through the bar
-            bar = tqdm(jobs, desc="render", unit="img", disable=len(jobs) < 2 or getattr(args, "quiet", False))
+            bar = tqdm(jobs, desc="render", unit="img", disable=tqdm_disable(len(jobs) > 1))
             for in_path, out_path in bar:
                 output = AtomicOutput(out_path, overwrite=args.overwrite)
                 try:
@@ -147,7 +155,7 @@ def folder_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
 
 
 def render_image(stylizer: Stylizer, rgb: np.ndarray, code, args: argparse.Namespace) -> np.ndarray:
-    work = resize_short_side(rgb, args.size)
+    work = resize_short_side(rgb, fit_short_side(args.size, *rgb.shape[:2]))
     out = stylizer.stylize(work, code, args.alpha, keep_color=args.preserve_color)
     return resize_back(out, *rgb.shape[:2])
 
@@ -155,7 +163,7 @@ def render_image(stylizer: Stylizer, rgb: np.ndarray, code, args: argparse.Names
 def render_masked(stylizer: Stylizer, rgb: np.ndarray, styles: list[Style], regions: np.ndarray,
                   args: argparse.Namespace) -> np.ndarray:
     """Spatial control. With one style and a two-region mask, the style goes where the mask is light."""
-    work = resize_short_side(rgb, args.size)
+    work = resize_short_side(rgb, fit_short_side(args.size, *rgb.shape[:2]))
     small = regions if work.shape[:2] == rgb.shape[:2] else load_mask(args.mask, work.shape[:2])[0]
     if len(styles) == 1 and len(small) == 2:
         stylized = stylizer.stylize(work, styles[0].code, args.alpha, keep_color=args.preserve_color)
@@ -164,6 +172,12 @@ def render_masked(stylizer: Stylizer, rgb: np.ndarray, styles: list[Style], regi
     elif len(styles) == len(small):
         out = stylizer.stylize_masked(work, [s.code for s in styles], small, args.alpha, args.preserve_color)
     else:
-        raise InputError(f"the mask has {len(small)} regions but {len(styles)} styles were given: "
-                         "give one style per region (darkest region first)")
+        check_regions(len(small), len(styles))
     return resize_back(out, *rgb.shape[:2])
+
+
+def check_regions(regions: int, styles: int) -> None:
+    """One style per mask region, or one style for a black/white mask (styled where white)."""
+    if regions != styles and not (styles == 1 and regions == 2):
+        raise InputError(f"the mask has {regions} regions but {styles} styles were given: "
+                         "give one style per region (darkest region first)")

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    paths = expand_style_paths(args.images)
+    paths = expand_style_paths(args.images, args.style_size)
     stylizer = build_stylizer(args)
     for style in load_styles(paths, stylizer, args.style_size, args.weights_dir):
         print(f"{stylizer.name}: {style.path}")

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engines.errors import InputError
+from engines.progress import bars_enabled, tqdm_disable
 from engines.models import StyleCode
 from engines.stylizer import Stylizer, resize_back, resize_short_side, short_side_shape
 from streamer.fileutil import AtomicOutput
@@ -212,7 +213,7 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
     t0 = time.perf_counter()
     stop: KeyboardInterrupt | None = None
     writer: VideoWriter | None = None
-    bar = tqdm(total=total or None, desc="render", unit="frame", disable=not progress, dynamic_ncols=True,
+    bar = tqdm(total=total or None, desc="render", unit="frame", disable=tqdm_disable(progress), dynamic_ncols=True,
                file=sys.stderr)
     try:
         # Opened in a lowered-priority thread so the encoder's own worker threads are lowered too.
@@ -263,7 +264,8 @@ def _output_path(src: Path, dst: Path) -> Path:
 
 def render_video(args: argparse.Namespace) -> int:
     """`streamer render IN.mp4 OUT.mp4`: check everything cheap first, then build the model and render."""
-    from streamer.options import build_stylizer, expand_style_paths, load_styles, mixed_code
+    from streamer.options import (build_stylizer, check_style_weights, expand_style_paths, fit_short_side, load_styles,
+                                  mixed_code)
 
     src = Path(args.input)
     dst = _output_path(src, Path(args.output))
@@ -275,13 +277,15 @@ def render_video(args: argparse.Namespace) -> int:
         raise InputError("the output would replace the input video; choose another output name")
     if dst.exists() and not args.overwrite:
         raise InputError(f"output exists: {dst} (use --overwrite to replace it)")
-    style_paths = expand_style_paths(args.style)
+    style_paths = expand_style_paths(args.style, args.style_size)
+    check_style_weights(args.style_weights, len(style_paths))
     temporal = _temporal_filter(args)
     encoder = encoder_options(args, dst)
     container, info = open_video(src)  # fail on a broken input before loading any model
     container.close()
     output = AtomicOutput(dst, overwrite=args.overwrite)  # read-only folder, or another run on it: fail now
     try:
+        args.size = fit_short_side(args.size, info.height, info.width, "the video")
         work = short_side_shape(info.height, info.width, args.size)
         stylizer = build_stylizer(args, shape_hint=work)
         styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
@@ -289,7 +293,7 @@ def render_video(args: argparse.Namespace) -> int:
         log.info("rendering %s (%dx%d, %s fps, %d frames) at %dx%d with %s", src, info.width, info.height,
                  f"{float(info.fps):.3g}", info.frames, work[1], work[0], ", ".join(s.name for s in styles))
         stats = render_video_file(src, dst, stylizer, code, args.alpha, args.preserve_color, **encoder,
-                                  progress=not getattr(args, "quiet", False), temporal=temporal,
+                                  progress=bars_enabled(), temporal=temporal,
                                   max_frames=args.max_frames, size=args.size, output=output)
     finally:
         output.discard()  # a no-op once the writer has renamed it

@@ -112,6 +112,12 @@ def pad_edges(rgb: np.ndarray, pad_w: int, pad_h: int) -> np.ndarray:
     return np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
+def _codec_log_level() -> str:
+    """Codec libraries' own verbosity, from the "libav" logger's level (streamer.cli: ERROR unless -v)."""
+    lg = logging.getLogger("libav")
+    return "info" if lg.isEnabledFor(logging.INFO) else "warning" if lg.isEnabledFor(logging.WARNING) else "error"
+
+
 def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -193,6 +199,8 @@ class VideoWriter:
                             "cpu-used": "8" if realtime else "4", "row-mt": "1"})
         if codec in X264_PRESETS:
             options["preset"] = preset or DEFAULT_PRESET
+        if codec == "libx265":  # x265 prints its banner and [info] lines straight to stderr, past FFmpeg's log
+            options["x265-params"] = f"log-level={_codec_log_level()}"
         stream = self.container.add_stream(codec, rate=self.fps, options=options)
         ctx = stream.codec_context
         ctx.width, ctx.height = self.width + self.pad_w, self.height + self.pad_h

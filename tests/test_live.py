@@ -84,7 +84,7 @@ def fake_model(monkeypatch):
     """`streamer live` with the FakeStylizer and two styles: pass-through and grey 128."""
     stylizer = FakeStylizer()
     monkeypatch.setattr(live, "build_stylizer", lambda args, shape_hint=None: stylizer)
-    monkeypatch.setattr(live, "expand_style_paths", lambda items: [Path(i) for i in items])
+    monkeypatch.setattr(live, "expand_style_paths", lambda items, *a, **k: [Path(i) for i in items])
     monkeypatch.setattr(live, "load_styles", lambda paths, *a, **k: fake_styles(None, 128)[:max(1, len(paths))])
     return stylizer
 

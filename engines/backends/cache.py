@@ -29,6 +29,7 @@ import platformdirs
 import torch
 
 from engines.errors import StreamerError
+from engines.progress import bars_enabled
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def quiet_build(loggers: tuple[str, ...], hide_warnings: bool = True) -> Iterato
 def build_progress(desc: str, enabled: bool = True) -> Iterator[None]:
     """A ticking elapsed-time bar for builds that give no progress of their own (exports, TensorRT builds)."""
     log.info("%s (first time only; cached afterwards)", desc)
-    if not enabled or not sys.stderr.isatty():
+    if not enabled or not bars_enabled() or not sys.stderr.isatty():
         yield
         return
     from tqdm import tqdm
