@@ -6,14 +6,17 @@ bounded by a timeout, and none is a sleep standing in for synchronisation.
 """
 from __future__ import annotations
 
-import importlib
+import fcntl
 import os
+import pty
 import re
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -33,38 +36,58 @@ from streamer.signals import Interrupted, stop_signals_interrupt
 from streamer.videoio import VideoInfo
 
 ROOT = Path(__file__).resolve().parents[1]
-importlib.import_module("streamer.live")  # imported before any fake is patched into streamer.options
 TIMEOUT = 180  # seconds any one subprocess step may take on a loaded 2-core machine
 
 
 # -- helpers -----------------------------------------------------------------------------------------
 def streamer_process(*argv: str, weights_dir: Path) -> subprocess.Popen:
-    """``python -m streamer ARGV`` from the repository root, its stderr readable while it runs."""
-    return subprocess.Popen([sys.executable, "-m", "streamer", *map(str, argv), "--weights-dir", str(weights_dir)],
-                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """``python -m streamer ARGV`` from the repository root, its stderr a terminal (as a user has it: the
+    progress bar shows only there), readable through ``proc.terminal`` while it runs."""
+    terminal, child_side = pty.openpty()
+    fcntl.ioctl(child_side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))  # a 160-column terminal
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "streamer", *map(str, argv), "--weights-dir", str(weights_dir)],
+                                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child_side)
+    finally:
+        os.close(child_side)
+    proc.terminal = terminal
+    return proc
+
+
+def read_terminal(proc: subprocess.Popen, timeout: float) -> bytes | None:
+    """The next bytes the process wrote to its terminal; None once it has closed it (exited)."""
+    ready, _, _ = select.select([proc.terminal], [], [], timeout)
+    if not ready:
+        return b""
+    try:
+        return os.read(proc.terminal, 65536) or None
+    except OSError:  # EIO: every writer has closed the terminal
+        return None
 
 
 def wait_for(proc: subprocess.Popen, pattern: str, timeout: float = TIMEOUT) -> bytes:
     """Read the process's stderr until ``pattern`` (a regex) shows; what was read. Fails after ``timeout``."""
-    buf, end, fd = b"", time.monotonic() + timeout, proc.stderr.fileno()
+    buf, end = b"", time.monotonic() + timeout
     while not re.search(pattern.encode(), buf):
         left = end - time.monotonic()
         if left <= 0:
             proc.kill()
             pytest.fail(f"no {pattern!r} within {timeout} s; stderr so far: {buf[-800:]!r}")
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                proc.wait(TIMEOUT)
-                pytest.fail(f"exited ({proc.returncode}) before {pattern!r}; stderr: {buf[-800:]!r}")
-            buf += chunk
+        chunk = read_terminal(proc, left)
+        if chunk is None:
+            proc.wait(TIMEOUT)
+            pytest.fail(f"exited ({proc.returncode}) before {pattern!r}; stderr: {buf[-800:]!r}")
+        buf += chunk
     return buf
 
 
 def finish(proc: subprocess.Popen, seen: bytes) -> tuple[int, list[str]]:
     """Wait for the end; (exit code, stderr lines without the progress bar)."""
-    rest = proc.communicate(timeout=TIMEOUT)[1]
+    rest, end = b"", time.monotonic() + TIMEOUT
+    while time.monotonic() < end and (chunk := read_terminal(proc, end - time.monotonic())) is not None:
+        rest += chunk
+    proc.wait(TIMEOUT)
+    os.close(proc.terminal)
     text = (seen + rest).decode(errors="replace").replace("\r", "\n")
     return proc.returncode, [ln for ln in text.splitlines() if ln.strip() and "|" not in ln]
 
@@ -217,7 +240,7 @@ def test_sigkill_leftover_is_taken_over_by_the_next_run(run, fake_model, clip, s
                             weights_dir=weights_dir)
     wait_for(proc, r"\b[1-9]\d*/240")
     proc.kill()
-    proc.communicate(timeout=TIMEOUT)
+    finish(proc, b"")
     assert parts(tmp_path) == [".o.mp4.part"] and not out.exists()  # what SIGKILL leaves: nothing can clean up
     code, err = run("render", clip, out, "--style", style, "--max-frames", "5")
     assert code == 0, err
