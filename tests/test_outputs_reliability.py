@@ -6,7 +6,6 @@ bounded by a timeout, and none is a sleep standing in for synchronisation.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import select
@@ -33,7 +32,6 @@ from streamer.signals import Interrupted, stop_signals_interrupt
 from streamer.videoio import VideoInfo
 
 ROOT = Path(__file__).resolve().parents[1]
-importlib.import_module("streamer.live")  # imported before any fake is patched into streamer.options
 TIMEOUT = 180  # seconds any one subprocess step may take on a loaded 2-core machine
 
 
