@@ -20,6 +20,15 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.pop("STREAMER_WEIGHTS_DIR", None)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _commands_imported() -> None:
+    """Every command module imported before any test patches a fake into streamer.options: a module first
+    imported under a patch would keep the fake (its ``from streamer.options import ...``) for the session."""
+    from streamer.cli import build_parser
+
+    build_parser()
+
+
 @pytest.fixture(scope="session")
 def weights_dir() -> Path:
     if not (WEIGHTS / "microast").is_dir():
