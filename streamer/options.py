@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,12 +123,20 @@ def load_styles(paths: list[Path], stylizer: Stylizer, style_size: int, weights_
     return styles
 
 
-def mixed_code(styles: list[Style], weights: list[float] | None) -> StyleCode:
-    """One style, or the paper's interpolation of several with normalised weights."""
+def check_style_weights(weights: list[float] | None, count: int) -> None:
+    """Refuse weights that cannot mix ``count`` styles; cheap, so commands call it before loading a model."""
     if weights is None:
-        weights = [1.0] * len(styles)
-    if len(weights) != len(styles):
-        raise InputError(f"--style-weights has {len(weights)} values for {len(styles)} styles")
+        return
+    if len(weights) != count:
+        raise InputError(f"--style-weights has {len(weights)} values for {count} styles")
+    bad = [w for w in weights if not math.isfinite(w)]
+    if bad:  # nan passes every comparison below and mixes into a flat image
+        raise InputError(f"--style-weights must be finite numbers, not {bad[0]:g}")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise InputError("--style-weights must be non-negative and not all zero")
-    return mix_codes([s.code for s in styles], weights)
+
+
+def mixed_code(styles: list[Style], weights: list[float] | None) -> StyleCode:
+    """One style, or the paper's interpolation of several with normalised weights."""
+    check_style_weights(weights, len(styles))
+    return mix_codes([s.code for s in styles], weights or [1.0] * len(styles))

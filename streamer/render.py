@@ -14,7 +14,7 @@ from streamer import video
 from streamer.imageio import (check_output_path, is_image_path, list_images, load_image_with_alpha, load_mask,
                               save_image)
 from streamer.options import (Style, add_model_options, add_style_options, alpha_value, build_stylizer,
-                              expand_style_paths, load_styles, mixed_code)
+                              check_style_weights, expand_style_paths, load_styles, mixed_code)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     if video.is_video_path(src):
         return video.render_video(args)
     style_paths = expand_style_paths(args.style)
+    if not args.mask:
+        check_style_weights(args.style_weights, len(style_paths))
     if src.is_dir():
         jobs = folder_jobs(src, dst)
     else:

@@ -198,7 +198,7 @@ def _output_path(src: Path, dst: Path) -> Path:
 
 def render_video(args: argparse.Namespace) -> int:
     """`streamer render IN.mp4 OUT.mp4`: check everything cheap first, then build the model and render."""
-    from streamer.options import build_stylizer, expand_style_paths, load_styles, mixed_code
+    from streamer.options import build_stylizer, check_style_weights, expand_style_paths, load_styles, mixed_code
 
     src = Path(args.input)
     dst = _output_path(src, Path(args.output))
@@ -213,6 +213,7 @@ def render_video(args: argparse.Namespace) -> int:
     if dst.exists() and not args.overwrite:
         raise InputError(f"output exists: {dst} (use --overwrite to replace it)")
     style_paths = expand_style_paths(args.style)
+    check_style_weights(args.style_weights, len(style_paths))
     temporal = _temporal_filter(args)
     codec = check_output(dst, args.codec)
     container, info = open_video(src)  # fail on a broken input before loading any model
