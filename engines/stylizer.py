@@ -20,7 +20,9 @@ from engines.ops import mix_codes
 
 log = logging.getLogger(__name__)
 
-#: short side of the small copy a frame's own style code is taken from (models with ``alpha_by_code``)
+#: short side of the small copy a frame's own style code is taken from (models with ``alpha_by_code``).
+#: MicroAST, a 360 px photo at alpha 0 (tools/alpha_tradeoff.py): mean distance to the content 19.2 at
+#: 128, 15.6 at 192, 13.0 at 256, 12.1 at full size; 192 costs about 20-25 ms a 640x360 frame on 2 cores
 OWN_CODE_SIZE = 192
 
 
