@@ -26,12 +26,13 @@ ENGINES = ["torch", *(pytest.param(k, marks=pytest.mark.skipif(
 
 
 def saturated_share(rgb: np.ndarray) -> float:
-    """Share of pixels with every channel at 0 or 255 (the old alpha 0.5: all of them, 0,255,255)."""
-    return float(((rgb <= 0) | (rgb >= 255)).all(axis=2).mean())
+    """Share of pixels with every channel at (within 3 levels of, for lossy video) 0 or 255: the old alpha
+    0.5 gave all of them, (0, 255, 255)."""
+    return float(((rgb <= 3) | (rgb >= 252)).all(axis=2).mean())
 
 
 def assert_a_picture(rgb: np.ndarray) -> None:
-    assert rgb.std() > 15, "flat output"
+    assert rgb.astype(np.float32).mean(axis=2).std() > 15, "flat output"  # spatial, not across channels
     assert saturated_share(rgb) < 0.05, "saturated output"
 
 
