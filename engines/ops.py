@@ -90,6 +90,6 @@ def mix_codes(codes: Sequence[dict[str, Tensor]], weights: Sequence[float]) -> d
     if len(codes) != len(weights) or not codes:
         raise ValueError("one weight per style code is needed")
     total = float(sum(weights))
-    if total <= 0:
-        raise ValueError("style weights must sum to more than zero")
+    if not 0 < total < float("inf"):  # also nan, which no comparison would stop
+        raise ValueError("style weights must be finite and sum to more than zero")
     return {key: sum(w / total * code[key] for w, code in zip(weights, codes)) for key in codes[0]}

@@ -8,6 +8,7 @@ the same rules are driven by text commands, one per line on stdin (:func:`handle
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, replace
 
 ALPHA_STEP = 0.1
@@ -153,8 +154,13 @@ def handle_command(line: str, state: LiveState, style_names: list[str]) -> tuple
         try:
             value = float(rest)
         except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
             return state, [], f"alpha needs a number between 0 and 1, not '{rest}'"
-        return replace(state, alpha=_clamp_alpha(value)), [], None
+        new = replace(state, alpha=_clamp_alpha(value))
+        if not 0.0 <= value <= 1.0:  # said, not silent: 'alpha 7' would otherwise look like it took 7
+            return new, [], f"alpha {value:g} is outside 0..1: using {new.alpha:.2f}; {status_line(new, style_names)}"
+        return new, [], None
     if cmd == "style":
         if rest.isdigit():
             index = int(rest) - 1

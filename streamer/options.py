@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,19 +161,20 @@ def load_styles(paths: list[Path], stylizer: Stylizer, style_size: int, weights_
     return styles
 
 
-def mixed_code(styles: list[Style], weights: list[float] | None) -> StyleCode:
-    """One style, or the paper's interpolation of several with normalised weights."""
-    if weights is None:
-        weights = [1.0] * len(styles)
-    check_style_weights(weights, len(styles))
-    return mix_codes([s.code for s in styles], weights)
-
-
-def check_style_weights(weights: list[float] | None, n_styles: int) -> None:
-    """One non-negative weight per style, not all zero (cheap: checked before any model loads)."""
+def check_style_weights(weights: list[float] | None, count: int) -> None:
+    """Refuse weights that cannot mix ``count`` styles; cheap, so commands call it before loading a model."""
     if weights is None:
         return
-    if len(weights) != n_styles:
-        raise InputError(f"--style-weights has {len(weights)} values for {n_styles} styles")
+    if len(weights) != count:
+        raise InputError(f"--style-weights has {len(weights)} values for {count} styles")
+    bad = [w for w in weights if not math.isfinite(w)]
+    if bad:  # nan passes every comparison below and mixes into a flat image
+        raise InputError(f"--style-weights must be finite numbers, not {bad[0]:g}")
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise InputError("--style-weights must be non-negative and not all zero")
+
+
+def mixed_code(styles: list[Style], weights: list[float] | None) -> StyleCode:
+    """One style, or the paper's interpolation of several with normalised weights."""
+    check_style_weights(weights, len(styles))
+    return mix_codes([s.code for s in styles], weights or [1.0] * len(styles))

@@ -91,6 +91,10 @@ def test_commands_for_alpha_quit_bypass_and_help():
     s = LiveState(n_styles=3)
     assert handle_command("alpha 0.25", s, NAMES)[0].alpha == 0.25
     assert handle_command("alpha 7", s, NAMES)[0].alpha == 1.0
+    assert "alpha 7 is outside 0..1: using 1.00" in handle_command("alpha 7", s, NAMES)[2]  # said, not silent
+    assert handle_command("alpha -2", s, NAMES)[0].alpha == 0.0
+    assert handle_command("alpha nan", s, NAMES)[:2] == (s, [])  # refused, the state kept
+    assert handle_command("alpha 0.5", s, NAMES)[2] is None  # in range: the usual status line follows
     assert "number" in handle_command("alpha much", s, NAMES)[2]
     assert handle_command("quit", s, NAMES)[1] == [Action.QUIT]
     assert handle_command("q", s, NAMES)[1] == [Action.QUIT]

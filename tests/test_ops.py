@@ -47,6 +47,9 @@ def test_mixing_codes_equals_weighted_sum_of_adain() -> None:
     torch.testing.assert_close(adain(c, mixed["mean"], mixed["std"]), direct, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError):
         mix_codes(codes, [0.0, 0.0, 0.0])
+    for bad in (float("nan"), float("inf")):  # nan slipped through a `<= 0` check and mixed a flat image
+        with pytest.raises(ValueError):
+            mix_codes(codes, [bad, 1.0, 1.0])
 
 
 def test_masked_adain_gives_each_region_its_style() -> None:

@@ -24,6 +24,11 @@ class StyleModel(nn.Module, ABC):
     code_names: ClassVar[tuple[str, ...]]
     #: None if int8 (engines/backends/int8.py) keeps this model's output close to fp32, else why not
     int8_refusal: ClassVar[str | None] = None
+    #: how alpha < 1 is made. False: the content graph blends features with ``alpha`` (the paper's
+    #: alpha * AdaIN(c, s) + (1 - alpha) * c; exact for AdaIN). True: the graph runs at alpha 1 with the
+    #: style code mixed with the frame's own code (:meth:`engines.stylizer.Stylizer.alpha_inputs`), for
+    #: networks whose decoder cannot take a feature-space blend (MicroAST's modulated one saturates)
+    alpha_by_code: ClassVar[bool] = False
 
     @abstractmethod
     def encode_style(self, style: Tensor) -> StyleCode:

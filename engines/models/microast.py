@@ -110,6 +110,10 @@ class MicroAST(StyleModel):
     code_names = ("mean0", "std0", "mean1", "std1", "w1", "b1", "w2", "b2")
     int8_refusal = ("int8 is not offered for microast: its modulated layers lose too much (worst real image "
                     "26 dB against fp32, bar 33 dB) for 1.25x; use --precision fp32")
+    # The authors' feature blend (alpha * AdaIN + (1 - alpha) * c before each modulated block) drives the
+    # decoder out of range: at alpha 0.5 every pixel of a real photo comes out (0, 255, 255). Mixing the
+    # style's code with the frame's own code (its style encoder on a small copy) trades smoothly instead.
+    alpha_by_code = True
 
     def __init__(self) -> None:
         super().__init__()
