@@ -190,8 +190,9 @@ class Stylizer:
 
         Normalise, resize (``size`` = short side, 0 keeps it), pad, the engine in batches of its
         ``max_batch``, colour preservation and the resize back all run where the frames are. On the CPU
-        with one frame and ``size`` 0 it is bit-for-bit :meth:`stylize` (tested); batched frames are
-        within one uint8 level of it (kernels may pick other algorithms per batch size).
+        with ``size`` 0 it is :meth:`stylize` within one uint8 level on a few pixels (tested: the same
+        arithmetic, but torch's conv kernels may round differently for another memory layout or batch size).
+        For ``alpha_by_code`` models at alpha < 1 each frame mixes in its own code, one engine run a frame.
         """
         frames = frames.to(self.device, non_blocking=True)
         if frames.dim() == 3:
@@ -200,9 +201,17 @@ class Stylizer:
         image = frames_to_input(frames)
         image = resize_tensor(image, *short_side_shape(h0, w0, size))
         padded, (h, w) = pad_to_multiple(image, self.model.factor)
-        alpha_t, code_t = self._device_style(code, alpha)
-        step = max(1, self.engine.max_batch)
-        outs = [self.engine.run(padded[i:i + step], alpha_t, code_t) for i in range(0, padded.shape[0], step)]
+        if alpha < 1.0 and self.model.alpha_by_code:  # each frame mixes in its own code: one engine run a frame
+            outs = []
+            for i in range(padded.shape[0]):
+                (mixed,), run_alpha = self.alpha_inputs(image[i:i + 1], [code], alpha)
+                alpha_t = torch.tensor(float(run_alpha), dtype=torch.float32, device=self.device)
+                code_t = tuple(t.to(self.device) for t in self.model.code_tensors(mixed))
+                outs.append(self.engine.run(padded[i:i + 1], alpha_t, code_t))
+        else:
+            alpha_t, code_t = self._device_style(code, alpha)
+            step = max(1, self.engine.max_batch)
+            outs = [self.engine.run(padded[i:i + step], alpha_t, code_t) for i in range(0, padded.shape[0], step)]
         out = (outs[0] if len(outs) == 1 else torch.cat(outs))[..., :h, :w]
         if keep_color:
             out = preserve_color(out, image)

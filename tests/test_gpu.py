@@ -343,18 +343,24 @@ def test_device_frame_functions_are_bit_for_bit_the_cpu_path(media):
     assert np.array_equal(frames[1].numpy(), to_uint8(out[1:2]))
 
 
-def test_stylize_frames_matches_stylize_bit_for_bit_and_batches_within_one_level(microast, media):
+def test_stylize_frames_matches_stylize_within_one_level_batched_or_not(microast, media):
     stylizer = Stylizer(microast, create_engine("torch", microast, CPU))
     code = _code(microast, media)
     a, b = _rgb(media, "golden_gate.jpg", 50, 70), _rgb(media, "sailboat.jpg", 50, 70)
     for keep in (False, True):
-        ref = stylizer.stylize(a, code, 0.7, keep_color=keep)
-        got = stylizer.stylize_frames(torch.from_numpy(a.copy()), code, 0.7, keep_color=keep)
-        assert got.shape == (1, 50, 70, 3) and np.array_equal(got[0].numpy(), ref)
+        for alpha in (1.0, 0.7):  # 0.7: microast mixes in the frame's own code on this path too
+            ref = stylizer.stylize(a, code, alpha, keep_color=keep).astype(int)
+            got = stylizer.stylize_frames(torch.from_numpy(a.copy()), code, alpha, keep_color=keep)
+            assert got.shape == (1, 50, 70, 3)
+            diff = np.abs(got[0].numpy().astype(int) - ref)
+            # the same arithmetic; torch's conv kernels round differently on a few pixels for another layout
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.002
     batch = stylizer.stylize_frames(torch.from_numpy(np.stack([a, b])), code, 0.7)
     ref_b = stylizer.stylize(b, code, 0.7).astype(int)
     assert np.abs(batch[1].numpy().astype(int) - ref_b).max() <= 1
     assert float(batch.float().std()) > 10  # not flat
+    saturated = ((batch == 0) | (batch == 255)).float().mean()
+    assert float(saturated) < 0.05  # microast's alpha < 1 mixes codes on this path too (a feature blend is cyan)
 
 
 def test_device_resize_is_close_to_the_pil_resize(media):
