@@ -5,7 +5,7 @@ statistics are replaced by an exponential moving average over frames (``keep`` =
 patching the models' ``adain`` for the duration of the run. This needs the model's internals, so it
 cannot work with exported ONNX/TensorRT engines; streamer.temporal uses the engine-agnostic output-side
 equivalent instead. The script reports the warping error with and without, on the real clip, so the
-two can be compared (see the report in the lead's notes).
+two can be compared.
 
     python tools/temporal_feature_stats.py --model microast --style la_muse --frames 96
 """

@@ -66,11 +66,6 @@ def physical_cores() -> int:
     return max(1, min(len(cores), usable))
 
 
-def has_native_bf16() -> bool:
-    """bf16 arithmetic in hardware (AVX512-BF16 or AMX); without it bf16 is emulated and slower than fp32."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
-
-
 def gpu_name() -> str | None:
     try:
         import torch

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -58,11 +57,6 @@ def build_sequential(spec: Sequence) -> nn.Sequential:
         else:
             raise ValueError(f"unknown layer spec {item!r}")
     return nn.Sequential(*layers)
-
-
-def expected_layout(seq: nn.Sequential) -> dict[str, tuple[int, ...]]:
-    """Every key and shape a weights file must have to load into ``seq``."""
-    return {key: tuple(t.shape) for key, t in seq.state_dict().items()}
 
 
 class _VGGContentGraph(nn.Module):
@@ -120,12 +114,3 @@ class AdaINR31(VGGAdaIN):
     def __init__(self) -> None:
         super().__init__(_VGG_TO_RELU4_1[:_RELU3_1_LEN], _DECODER_RELU3_1)
 
-
-@torch.no_grad()
-def _self_check() -> None:  # pragma: no cover - a developer's smoke test
-    for cls in (AdaIN, AdaINR31):
-        m = cls().eval()
-        x = torch.rand(1, 3, 64, 96)
-        code = m.encode_style(torch.rand(1, 3, 64, 64))
-        y = m.content_graph()(x, torch.tensor(1.0), *m.code_tensors(code))
-        assert y.shape == x.shape, (cls.name, y.shape)
