@@ -14,7 +14,7 @@ from torch import Tensor
 
 from engines.backends.base import Engine
 from engines.color import preserve_color
-from engines.models.base import StyleCode, StyleModel
+from engines.models.base import StyleCode, StyleModel, padded_size
 from engines.ops import mix_codes
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,7 @@ def pad_to_multiple(image: Tensor, factor: int) -> tuple[Tensor, tuple[int, int]
     Tiny images are padded up to ``2 * factor`` (at least 16) so every reflection pad in the network fits.
     """
     h, w = image.shape[-2:]
-    least = max(2 * factor, 16)
-    ph = max((-h) % factor, least - h)
-    pw = max((-w) % factor, least - w)
+    ph, pw = (a - b for a, b in zip(padded_size(h, w, factor), (h, w)))
     if ph == 0 and pw == 0:
         return image, (h, w)
     mode = "reflect" if ph < h and pw < w else "replicate"

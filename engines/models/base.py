@@ -14,6 +14,22 @@ from torch import Tensor, nn
 StyleCode = dict[str, Tensor]
 
 
+def min_side(factor: int) -> int:
+    """The smallest frame side a network with this downsampling factor takes: every reflection pad fits."""
+    return max(2 * factor, 16)
+
+
+def padded_size(height: int, width: int, factor: int) -> tuple[int, int]:
+    """The (H, W) a frame is padded to before the network: each side up to a multiple of ``factor``, and
+    at least :func:`min_side`. The one rule that the stylizer's padding and the engines' shapes follow."""
+    least = -(-min_side(factor) // factor) * factor
+
+    def up(n: int) -> int:
+        return max(-(-n // factor) * factor, least)
+
+    return up(height), up(width)
+
+
 class StyleModel(nn.Module, ABC):
     """A style-transfer network split at the style code."""
 
