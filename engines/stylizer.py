@@ -115,6 +115,15 @@ def resize_tensor(image: Tensor, height: int, width: int) -> Tensor:
     return x.clamp_(0.0, 1.0).to(image.dtype)
 
 
+@torch.inference_mode()
+def encode_style(model: StyleModel, style_rgb: np.ndarray, style_size: int = 512) -> StyleCode:
+    """The style code of an image, computed in fp32 on the CPU: it is done once per style, needs no engine."""
+    image = to_tensor(resize_short_side(style_rgb, style_size))
+    image, _ = pad_to_multiple(image, model.factor)
+    code = model.encode_style(image)
+    return {k: v.float().contiguous() for k, v in code.items()}
+
+
 class Stylizer:
     """A model's style side plus an engine for its content side."""
 
@@ -129,13 +138,9 @@ class Stylizer:
     def name(self) -> str:
         return self.model.name
 
-    @torch.inference_mode()
     def encode_style(self, style_rgb: np.ndarray, style_size: int = 512) -> StyleCode:
-        """The style code of an image, computed in fp32 on the CPU: it is done once per style."""
-        image = to_tensor(resize_short_side(style_rgb, style_size))
-        image, _ = pad_to_multiple(image, self.model.factor)
-        code = self.model.encode_style(image)
-        return {k: v.float().contiguous() for k, v in code.items()}
+        """The style code of an image (:func:`encode_style`)."""
+        return encode_style(self.model, style_rgb, style_size)
 
     @torch.inference_mode()
     def own_code(self, image: Tensor) -> StyleCode:

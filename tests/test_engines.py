@@ -100,7 +100,7 @@ def test_reduced_precision_openvino_where_the_cpu_has_it(microast, media, precis
 def test_adain_relu4_1_random_weights_match(kind):
     """The relu4_1 weights are not on this machine: the engines are checked on random weights of its
     architecture (speed and graph fidelity only; the images mean nothing)."""
-    from streamer.bench import random_weights_model
+    from engines.models import random_weights_model
 
     model = random_weights_model("adain")
     example = example_inputs(model, 48, 64)

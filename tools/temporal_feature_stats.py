@@ -12,7 +12,6 @@ two can be compared.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,10 +24,10 @@ from engines.ops import mean_std
 from engines.stylizer import Stylizer
 from streamer.evaluate import read_frames, sharpness, warping_errors
 from streamer.imageio import load_image
+from streamer.shared import shared_dir
 from streamer.temporal import TemporalStabilizer
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = shared_dir()
 
 
 class SmoothedAdaIN:

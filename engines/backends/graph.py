@@ -107,6 +107,19 @@ def export_program(model: StyleModel, graph: nn.Module | None = None, example: t
         return torch.export.export(graph, tuple(example), dynamic_shapes=args_spec, strict=False)
 
 
+def content_flops(model: StyleModel, height: int, width: int) -> int:
+    """FLOPs of one content-graph pass at (H, W), counted on the meta device (no compute, any size)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    graph = copy.deepcopy(model.content_graph()).to("meta").eval()
+    args = [torch.empty(1, 3, height, width, device="meta"), torch.empty((), device="meta")]
+    args += [torch.empty(s, device="meta") for s in code_shapes(model).values()]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        graph(*args)
+    return int(counter.get_total_flops())
+
+
 # -- the GPU graph (TensorRT, torch CUDA) -------------------------------------------------------------
 def floor_pools(graph: nn.Module) -> nn.Module:
     """A copy of ``graph`` whose max-pools use ``ceil_mode=False``.
