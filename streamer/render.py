@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     video.add_video_options(p)
     add_model_options(p)
+    from streamer.cluster import add_cluster_options
+
+    add_cluster_options(p)
     p.set_defaults(run=run)
 
 
@@ -43,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--size must be 0 (original) or a positive number of pixels")
     if not src.exists():
         raise InputError(f"input not found: {src}")
+    if getattr(args, "cluster", None):
+        from streamer.cluster import render_on_cluster
+
+        return render_on_cluster(args)
     if video.is_video_path(src):
         return video.render_video(args)
     style_paths = expand_style_paths(args.style)
