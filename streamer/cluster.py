@@ -43,6 +43,8 @@ MAX_SEND_BYTES = 2 << 30
 LOCAL_OBJECT_STORE = 200 << 20
 #: seconds to wait for a TCP answer from a cluster address before calling it unreachable
 CONNECT_TIMEOUT = 3.0
+#: seconds for the workers to start (import torch, connect); longer means the cluster has no room for them
+ACTOR_START_TIMEOUT = 180.0
 #: a worker process killed mid-chunk: how often Ray restarts the actor and retries its chunk
 RETRIES = 3
 #: test seam: a worker that finds this file (and deletes it) kills its own process mid-chunk
@@ -157,7 +159,12 @@ class Cluster:
         opts = {k: v for k, v in vars(args).items() if k not in ("run",)}
         self.actors = [remote.remote(opts, slot) for slot in range(count)]
         self.progress = ray.remote(num_cpus=0)(Progress).remote()
-        infos = ray.get([a.info.remote() for a in self.actors])
+        try:
+            infos = ray.get([a.info.remote() for a in self.actors], timeout=ACTOR_START_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            raise DeviceError(f"the cluster did not start {count} workers of {args.worker_threads} CPUs"
+                              f"{' and 1 GPU' if gpus else ''} each in {ACTOR_START_TIMEOUT:.0f} s: it has "
+                              f"{res.get('CPU', 0):g} CPUs; ask for fewer --workers") from None
         log.info("cluster %s: %d workers (%s)", self.address, len(infos),
                  ", ".join(f"{i['host']}:{i['pid']}" for i in infos))
 
@@ -401,8 +408,11 @@ def _run_queue(cluster: Cluster, tasks: deque, submit, on_done, bar: tqdm, progr
                 bar.n = ray.get(cluster.progress.total.remote())
                 bar.refresh()
     except BaseException:
-        for ref in inflight:
-            ray.cancel(ref)
+        for ref in inflight:  # a running actor task finishes its chunk; the caller then stops the actors
+            try:
+                ray.cancel(ref)
+            except Exception:  # noqa: BLE001 - already done or its worker gone
+                pass
         raise
 
 

@@ -156,6 +156,33 @@ def test_cluster_worker_killed_mid_chunk(cluster_address, local_lossless, clip, 
     _assert_same_render(local_lossless, out, LOSSLESS_BOUND)
 
 
+@pytest.mark.slow
+def test_cluster_ctrl_c_leaves_the_finished_prefix(cluster_address, clip, media, weights_dir, tmp_path):
+    out = tmp_path / "cluster.mp4"
+    cmd = [sys.executable, "-m", "streamer", "-q", "render", str(clip), str(out), *_common(media, weights_dir),
+           "--cluster", cluster_address, "--workers", "2", "--chunk-frames", "24"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **RAY_ENV}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(tmp_path.glob(".cluster.mp4.*.chunks/chunk-00000.mp4")) and time.monotonic() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)  # chunk 0 is done, eight of ten are not
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    line = [x for x in err.splitlines() if x.startswith("streamer: interrupted")]
+    assert line and "and plays" in line[0], err
+    pts, frames, audio = _read(out)
+    assert 24 <= len(frames) < 240 and len(frames) % 24 == 0  # whole chunks, from the start
+    with av.open(str(clip)) as c:
+        src_pts = sorted(p.pts for p in c.demux(video=0) if p.pts is not None)
+    assert pts == src_pts[:len(frames)] and audio
+    assert not list(tmp_path.glob(".*"))
+
+
 def _flicker(src: Path, video: Path) -> float:
     r = subprocess.run([sys.executable, "-m", "streamer", "-q", "eval", "flicker", str(src), str(video), "--json"],
                        cwd=ROOT, capture_output=True, text=True, timeout=240)
