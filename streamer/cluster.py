@@ -427,17 +427,26 @@ def _task_error(exc: BaseException) -> BaseException:
     return DeviceError(f"a cluster worker failed: {first[-1] if first else exc.__class__.__name__}")
 
 
-def render_video_on_cluster(args: argparse.Namespace, cluster: Cluster) -> int:
+def check_video_on_cluster(args: argparse.Namespace) -> dict:
+    """The local render's checks and the frame index, before Ray starts: a bad input fails in a second."""
     from streamer import chunks as ch
     from streamer.temporal import make_temporal
     from streamer.video import check_video_job
 
     src, dst, codec, info = check_video_job(args)
     images = _style_images(args)
-    make_temporal(args)  # the option checks, on the driver
+    make_temporal(args)
     index = ch.scan_frames(src)
     if not index.pts:
         raise InputError(f"cannot decode any video frame of {src}: the file is corrupt or unsupported")
+    return {"src": src, "dst": dst, "codec": codec, "info": info, "images": images, "index": index}
+
+
+def render_video_on_cluster(args: argparse.Namespace, cluster: Cluster, checked: dict) -> int:
+    from streamer import chunks as ch
+
+    src, dst, codec, info = checked["src"], checked["dst"], checked["codec"], checked["info"]
+    images, index = checked["images"], checked["index"]
     total = len(index.pts) if args.max_frames is None else min(args.max_frames, len(index.pts))
     size = args.chunk_frames or ch.auto_chunk_frames(total, len(cluster.actors))
     plan = ch.plan_chunks(index, size, ch.TEMPORAL_WARMUP if args.temporal else 0, args.max_frames)
@@ -487,11 +496,15 @@ def render_on_cluster(args: argparse.Namespace) -> int:
     """The `--cluster` path of `streamer render`: a video in chunks, a folder one task per file."""
     from streamer import video
 
+    src = Path(args.input)
+    is_video = video.is_video_path(src)
+    if not is_video and not src.is_dir():
+        raise InputError("--cluster renders a video file or a folder; render a single image without it")
+    checked = check_video_on_cluster(args) if is_video else check_folder_on_cluster(args)
     with Cluster(args) as cluster:
-        src = Path(args.input)
-        if video.is_video_path(src):
-            return render_video_on_cluster(args, cluster)
-        return render_folder_on_cluster(args, cluster)
+        if is_video:
+            return render_video_on_cluster(args, cluster, checked)
+        return render_folder_on_cluster(args, cluster, checked)
 
 
 def folder_tasks(src: Path, dst: Path) -> list[dict]:
@@ -512,19 +525,23 @@ def folder_tasks(src: Path, dst: Path) -> list[dict]:
     return tasks
 
 
-def render_folder_on_cluster(args: argparse.Namespace, cluster: Cluster) -> int:
-    """A folder: each file is one task on a free worker; existing outputs are skipped unless --overwrite."""
+def check_folder_on_cluster(args: argparse.Namespace) -> dict:
+    """A folder's tasks and the style images, before Ray starts."""
     src, dst = Path(args.input), Path(args.output)
-    if not src.is_dir():
-        raise InputError("--cluster renders a video file or a folder; render a single image without it")
     if args.mask:
         raise InputError("--mask works with a single image, not a folder")
-    tasks = folder_tasks(src, dst)
+    images = _style_images(args)
+    return {"tasks": folder_tasks(src, dst), "images": images}
+
+
+def render_folder_on_cluster(args: argparse.Namespace, cluster: Cluster, checked: dict) -> int:
+    """A folder: each file is one task on a free worker; existing outputs are skipped unless --overwrite."""
+    dst = Path(args.output)
+    tasks, images = checked["tasks"], checked["images"]
     skipped = [t for t in tasks if t["dst"].exists() and not args.overwrite]
     todo = deque(t for t in tasks if t not in skipped)
     for t in skipped:
         log.info("skipped %s: %s exists (use --overwrite to replace it)", t["src"].name, t["dst"])
-    images = _style_images(args)
     code = cluster.actors[0].style_code.remote(images, args.style_weights)
     work = _ChunkDir(dst / "x")
     failed: list[str] = []

@@ -249,3 +249,37 @@ def test_cluster_without_ray_says_how_to_install(clip, media, weights_dir, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 3
     assert err == ["streamer: error: --cluster needs Ray, which is not installed: pip install 'streamer[cluster]'"]
+
+
+# -- the chunk plan (pure, no Ray) -------------------------------------------------------------------
+def test_chunk_bounds_snap_to_near_keyframes_only():
+    from streamer.chunks import chunk_bounds
+
+    assert chunk_bounds(240, (0, 235), 80) == [0, 80, 160, 240]  # keyframe 235 is not near a boundary
+    assert chunk_bounds(240, (0, 75, 170), 80) == [0, 75, 170, 240]  # within a quarter chunk: moved onto them
+    assert chunk_bounds(10, (0,), 80) == [0, 10]
+
+
+def test_plan_chunks_seek_warmup_and_end():
+    from streamer.chunks import FrameIndex, plan_chunks
+
+    pts = tuple(range(0, 512 * 100, 512))
+    plan = plan_chunks(FrameIndex(pts, (0, 50)), 30, warmup=12, max_frames=80)
+    assert [(c.first, c.stop) for c in plan] == [(0, 30), (30, 60), (60, 80)]
+    first, second, third = plan
+    assert (first.seek_pts, first.warm_pts, first.start_pts) == (0, 0, 0)
+    assert (second.seek_pts, second.warm_pts, second.start_pts, second.end_pts) == (0, 18 * 512, 30 * 512, 60 * 512)
+    assert (third.seek_pts, third.warm_pts) == (0, 48 * 512)  # keyframe 50 is after the warm-up's start
+    assert plan_chunks(FrameIndex(pts, (0, 50)), 30, warmup=0, max_frames=80)[2].seek_pts == 50 * 512
+    assert third.end_pts == 80 * 512 and third.is_after(80 * 512) and not third.is_after(79 * 512)
+
+
+def test_cluster_address_forms():
+    from engines.errors import InputError
+    from streamer.cluster import host_port
+
+    assert host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert host_port("ray://head:10001") == ("head", 10001)
+    assert host_port("auto") is None and host_port("local") is None
+    with pytest.raises(InputError):
+        host_port("head")
