@@ -49,6 +49,8 @@ ACTOR_START_TIMEOUT = 180.0
 RETRIES = 3
 #: test seam: a worker that finds this file (and deletes it) kills its own process mid-chunk
 FAULT_ENV = "STREAMER_CLUSTER_FAULT"
+#: test seam: workers act as if on another machine (no shared filesystem): bytes travel through Ray
+PRIVATE_ENV = "STREAMER_CLUSTER_PRIVATE"
 _MARKER = ".streamer-chunks"
 
 
@@ -124,9 +126,9 @@ class Cluster:
         ray, args = self.ray, self.args
         runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
             p for p in (_project_root(), os.environ.get("PYTHONPATH")) if p)}}
-        fault = os.environ.get(FAULT_ENV)
-        if fault:
-            runtime_env["env_vars"][FAULT_ENV] = fault
+        for name in (FAULT_ENV, PRIVATE_ENV):  # the test seams reach the workers
+            if os.environ.get(name):
+                runtime_env["env_vars"][name] = os.environ[name]
         quiet = {"log_to_driver": args.verbose > 0, "logging_level": logging.WARNING if args.verbose == 0 else
                  logging.INFO, "runtime_env": runtime_env}
         try:
@@ -238,6 +240,8 @@ class ChunkWorker:
         return {"pid": os.getpid(), "host": socket.gethostname()}
 
     def sees(self, path: str, size: int, mtime_ns: int) -> bool:
+        if os.environ.get(PRIVATE_ENV):
+            return False
         try:
             st = os.stat(path)
         except OSError:
@@ -260,7 +264,7 @@ class ChunkWorker:
         return mixed_code(styles, weights)
 
     def _local_input(self, path: str, data: list | None) -> Path:
-        if data is None or os.path.exists(path):
+        if data is None:
             return Path(path)
         key = data[0].hex()
         if key not in self.inputs:
@@ -272,6 +276,8 @@ class ChunkWorker:
         return self.inputs[key]
 
     def _out_dir(self, out_dir: str, token: str) -> Path | None:
+        if os.environ.get(PRIVATE_ENV):
+            return None
         try:
             return Path(out_dir) if (Path(out_dir) / _MARKER).read_text() == token else None
         except OSError:

@@ -145,6 +145,16 @@ def test_cluster_video_equals_single_process(cluster_address, local_lossless, cl
 
 
 @pytest.mark.slow
+def test_cluster_without_shared_filesystem_sends_bytes(cluster_address, local_lossless, clip, media, weights_dir,
+                                                       tmp_path):
+    out = tmp_path / "cluster.mp4"
+    r = _render([str(clip), str(out), *_common(media, weights_dir), "--crf", "0", "--cluster", cluster_address,
+                 "--workers", "2", "--chunk-frames", "80"], env={"STREAMER_CLUSTER_PRIVATE": "1"})
+    assert r.returncode == 0, r.stderr
+    _assert_same_render(local_lossless, out, LOSSLESS_BOUND)
+
+
+@pytest.mark.slow
 def test_cluster_worker_killed_mid_chunk(cluster_address, local_lossless, clip, media, weights_dir, tmp_path):
     marker = tmp_path / "kill-me"
     marker.write_text("")
@@ -184,7 +194,8 @@ def test_cluster_ctrl_c_leaves_the_finished_prefix(cluster_address, clip, media,
 
 
 def _flicker(src: Path, video: Path) -> float:
-    r = subprocess.run([sys.executable, "-m", "streamer", "-q", "eval", "flicker", str(src), str(video), "--json"],
+    r = subprocess.run([sys.executable, "-m", "streamer", "-q", "eval", "flicker", str(src), str(video), "--json",
+                        "--max-frames", "120"],
                        cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
@@ -195,9 +206,10 @@ def _flicker(src: Path, video: Path) -> float:
 def test_cluster_temporal_flicker_matches(cluster_address, clip, media, weights_dir, tmp_path):
     local, chunked = tmp_path / "local.mp4", tmp_path / "cluster.mp4"
     common = [*_common(media, weights_dir), "--temporal"]
+    common += ["--max-frames", "120"]  # the flow of the evaluation is the slow part
     assert _render([str(clip), str(local), *common]).returncode == 0
     r = _render([str(clip), str(chunked), *common, "--cluster", cluster_address, "--workers", "2",
-                 "--chunk-frames", "60"])
+                 "--chunk-frames", "40"])
     assert r.returncode == 0, r.stderr
     a, b = _flicker(clip, local), _flicker(clip, chunked)
     assert abs(b - a) <= 0.05 * a, (a, b)
