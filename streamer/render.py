@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     video.add_video_options(p)
     add_model_options(p)
+    from streamer.cluster import add_cluster_options
+
+    add_cluster_options(p)
     p.set_defaults(run=run)
 
 
@@ -49,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
     check_short_side(args.size, "--size")
     if not src.exists():
         raise InputError(f"input not found: {src}")
+    if getattr(args, "cluster", None):
+        from streamer.cluster import render_on_cluster
+
+        return render_on_cluster(args)
     if video.is_video_path(src):
         return video.render_video(args)
     style_paths = expand_style_paths(args.style, args.style_size)
@@ -94,11 +101,7 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
     """Every image of ``src`` into ``dst``. An unreadable file is skipped with a warning and the rest rendered;
     the end says how many, and exits 2 if any was skipped. Ctrl-C/SIGTERM keep the images finished so far."""
     jobs = folder_jobs(src, dst)
-    if not args.overwrite:
-        existing = [d for _, d in jobs if d.exists()]
-        if existing:
-            more = f" and {len(existing) - 1} more in {dst}" if len(existing) > 1 else ""
-            raise InputError(f"output exists: {existing[0]}{more} (use --overwrite to replace them)")
+    refuse_existing([d for _, d in jobs], dst, args.overwrite)
     created = make_output_folder(dst)
     lock = FolderLock(dst)  # a second folder render into dst refuses
     done: list[Path] = []
@@ -134,11 +137,24 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
             with contextlib.suppress(OSError):
                 dst.rmdir()  # nothing written: leave no empty folder behind
     if skipped:
-        names = ", ".join(p.name for p, _ in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
-        rest = f"{len(done)} rendered into {dst}" if done else "nothing was written"
-        raise InputError(f"{len(skipped)} of {len(jobs)} images could not be read and were skipped ({names}); {rest}")
+        raise InputError(skipped_summary([p.name for p, _ in skipped], len(jobs), len(done), dst))
     log.info("wrote %d images into %s", len(done), dst)
     return 0
+
+
+def refuse_existing(outputs: list[Path], folder: Path, overwrite: bool) -> None:
+    """A folder render stops before any work if an output is there already, unless ``--overwrite``."""
+    existing = [] if overwrite else [d for d in outputs if d.exists()]
+    if existing:
+        more = f" and {len(existing) - 1} more in {folder}" if len(existing) > 1 else ""
+        raise InputError(f"output exists: {existing[0]}{more} (use --overwrite to replace them)")
+
+
+def skipped_summary(skipped: list[str], total: int, done: int, dst: Path, what: str = "images") -> str:
+    """The last line of a folder render that skipped files it could not read."""
+    names = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    rest = f"{done} rendered into {dst}" if done else "nothing was written"
+    return f"{len(skipped)} of {total} {what} could not be read and were skipped ({names}); {rest}"
 
 
 def folder_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:

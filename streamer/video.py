@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,8 +105,11 @@ class _Decoded:
 
 
 def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, max_frames: int | None,
-            report: _Decoded, batch: int = 0) -> Iterator[tuple[str, Any, int | None]]:
+            report: _Decoded, batch: int = 0, window=None) -> Iterator[tuple[str, Any, int | None]]:
     """Demux in file order: ("audio", packet, None) and ("video", rgb at working size, pts).
+
+    ``window`` (a :class:`streamer.chunks.Chunk`: one piece of a cluster render): seek to its keyframe, yield
+    ("warm", rgb, pts) for its warm-up frames, then its frames, no audio, and stop at its end.
 
     ``batch`` > 0 (frames that go to the GPU): ("videos", [rgb at source size, ...], [pts, ...]) of up
     to ``batch`` consecutive frames instead, flushed before every audio packet so the order is kept;
@@ -114,7 +117,9 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
     """
     vstream = video_stream(container, info)
     vstream.thread_type = "AUTO"
-    streams = [vstream, *container.streams.audio]
+    streams = [vstream, *container.streams.audio] if window is None else [vstream]
+    if window is not None and window.seek_pts > 0:
+        container.seek(window.seek_pts, stream=vstream, backward=True)
     step = 1 / (info.fps * info.time_base)  # one frame in time-base units, for frames without a pts
     held: list[np.ndarray] = []
     held_pts: list[int] = []
@@ -138,7 +143,15 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
             continue
         for frame in frames:
             pts = frame.pts if frame.pts is not None else round(report.frames * step)
+            if window is not None and (pts < window.warm_pts or window.is_after(pts)):
+                if window.is_after(pts):
+                    yield from flush()
+                    return
+                continue
             rgb = frame.to_ndarray(format="rgb24")
+            if window is not None and pts < window.start_pts:
+                yield "warm", resize_short_side(rgb, size), pts  # not counted, not written
+                continue
             report.frames += 1
             if batch > 0:
                 held.append(rgb)
@@ -158,7 +171,8 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
                       keep_color: bool = False, codec: str = "libx264", crf: int = 18, progress: bool = True,
                       temporal=None, max_frames: int | None = None, *, size: int = 0,
                       preset: str = X264_PRESET, x264_threads: int | None = None,
-                      device_frames: bool | None = None, output: AtomicOutput | None = None) -> RenderStats:
+                      device_frames: bool | None = None, output: AtomicOutput | None = None, window=None,
+                      on_frames: Callable[[int], None] | None = None) -> RenderStats:
     """Stylize every frame of ``src`` into ``dst`` (replaced if present), keeping timestamps and audio.
 
     ``size``: stylize with the short side at ``size`` px and scale back, so ``dst`` has ``src``'s size.
@@ -169,6 +183,8 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
     ``device_frames`` (default: on a CUDA engine without ``temporal``): frames go to the engine's device
     as uint8 in batches of up to :data:`DEVICE_BATCH` and every per-pixel step runs there
     (Stylizer.stylize_frames); the CPU threads only decode and encode.
+    ``window``: render only that chunk (see :func:`_decode`), written without audio and with timestamps
+    relative to its first frame (streamer.chunks joins the chunks); ``on_frames(n)``: after each n written.
     """
     src, dst = Path(src), Path(dst)
     if device_frames is None:
@@ -190,7 +206,7 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
             dev = mover.upload(np.stack(data))
             out = stylizer.stylize_frames(dev, code, alpha, keep_color=keep_color, size=size)
             return kind, mover.download(out).result(), pts  # back at the source size
-        if kind != "video":
+        if kind not in ("video", "warm"):
             return item
         out = stylizer.stylize(data, code, alpha, keep_color=keep_color)
         if temporal is not None:
@@ -202,14 +218,17 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         if kind == "audio":
             writer.mux_audio(data)
             return 0
+        if kind == "warm":
+            return 0
         if kind == "videos":
             for frame, t in zip(data, pts):
-                writer.write(frame, t)
+                writer.write(frame, t - offset)
             return len(pts)
-        writer.write(resize_back(data, info.height, info.width), pts)
+        writer.write(resize_back(data, info.height, info.width), pts - offset)
         return 1
 
     total = info.frames if max_frames is None else min(max_frames, info.frames or max_frames)
+    offset = window.start_pts if window is not None else 0
     t0 = time.perf_counter()
     stop: KeyboardInterrupt | None = None
     writer: VideoWriter | None = None
@@ -218,16 +237,20 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
     try:
         # Opened in a lowered-priority thread so the encoder's own worker threads are lowered too.
         writer = run_in_thread(lambda: VideoWriter(dst, info.width, info.height, info.fps, codec=codec, crf=crf,
-                                                   time_base=info.time_base, audio_from=container, preset=preset,
+                                                   time_base=info.time_base, preset=preset,
+                                                   audio_from=container if window is None else None,
                                                    threads=x264_threads, rotation=info.rotation, output=output),
                                nice=HELPER_NICE, name="open-encoder", undo=lambda w: w.abort())
-        pipeline = ThreadedPipeline(_decode(container, info, size, max_frames, decoded, batch), [stylize, encode],
+        pipeline = ThreadedPipeline(_decode(container, info, size, max_frames, decoded, batch, window),
+                                    [stylize, encode],
                                     maxsize=QUEUE_FRAMES, names=["decode", "stylize", "encode"],
                                     nice=[HELPER_NICE, 0, HELPER_NICE])
         with pipeline:
             try:
                 for n in pipeline:
                     bar.update(n)
+                    if on_frames is not None and n:
+                        on_frames(n)
             except KeyboardInterrupt as exc:
                 stop = exc
         # every thread has stopped here: the writer is ours alone
@@ -262,11 +285,8 @@ def _output_path(src: Path, dst: Path) -> Path:
     return dst
 
 
-def render_video(args: argparse.Namespace) -> int:
-    """`streamer render IN.mp4 OUT.mp4`: check everything cheap first, then build the model and render."""
-    from streamer.options import (build_stylizer, check_style_weights, expand_style_paths, fit_short_side, load_styles,
-                                  mixed_code)
-
+def check_video_job(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any], VideoInfo]:
+    """Every cheap check of a video render, before any model loads: (input, output, encoder options, input info)."""
     src = Path(args.input)
     dst = _output_path(src, Path(args.output))
     if getattr(args, "mask", None):
@@ -277,12 +297,21 @@ def render_video(args: argparse.Namespace) -> int:
         raise InputError("the output would replace the input video; choose another output name")
     if dst.exists() and not args.overwrite:
         raise InputError(f"output exists: {dst} (use --overwrite to replace it)")
-    style_paths = expand_style_paths(args.style, args.style_size)
-    check_style_weights(args.style_weights, len(style_paths))
-    temporal = _temporal_filter(args)
     encoder = encoder_options(args, dst)
     container, info = open_video(src)  # fail on a broken input before loading any model
     container.close()
+    return src, dst, encoder, info
+
+
+def render_video(args: argparse.Namespace) -> int:
+    """`streamer render IN.mp4 OUT.mp4`: check everything cheap first, then build the model and render."""
+    from streamer.options import (build_stylizer, check_style_weights, expand_style_paths, fit_short_side, load_styles,
+                                  mixed_code)
+
+    src, dst, encoder, info = check_video_job(args)
+    style_paths = expand_style_paths(args.style, args.style_size)
+    check_style_weights(args.style_weights, len(style_paths))
+    temporal = _temporal_filter(args)
     output = AtomicOutput(dst, overwrite=args.overwrite)  # read-only folder, or another run on it: fail now
     try:
         args.size = fit_short_side(args.size, info.height, info.width, "the video")

@@ -287,6 +287,13 @@ class VideoWriter:
                 frame.pts = None  # let the encoder count samples: keeps audio gapless
                 self._mux(out.encode(frame))
 
+    def mux_encoded(self, packet: av.Packet) -> None:
+        """Copy one already-encoded video packet (pts/dts in its ``time_base``) from a stream encoded with this
+        writer's settings: streamer.chunks joins a cluster's chunks this way, without re-encoding."""
+        packet.stream = self.stream
+        self._mux(packet)
+        self.frames += 1
+
     def _mux(self, packets) -> None:
         try:
             self.container.mux(packets)

@@ -1,0 +1,305 @@
+"""`streamer render --cluster`: a real Ray cluster on 127.0.0.1 (a head and a worker node, each its own processes).
+
+The cluster is started once per module with `ray start --block` in a new session each, and stopped by killing
+exactly those process groups. Renders are small (--size 64, microast); the chunked render is compared with the
+single-process one frame by frame.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+ray = pytest.importorskip("ray")
+RAY = Path(sys.executable).with_name("ray")
+STYLE = "antimonocromatismo.jpg"
+#: x264 at --crf 0 is lossless, so the chunked and the single-process render differ only where the engine does
+#: (threads): per-frame mean absolute difference, 0..255
+LOSSLESS_BOUND = 0.5
+#: at the default --crf 18 the encoders' own decisions differ (GOP restarts at chunk starts, thread counts)
+LOSSY_BOUND = 2.5
+
+
+#: a private test cluster: no usage stats, no token (the driver subprocesses get the same)
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"ray head did not listen on {port}")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM, then SIGKILL, each process group we started (ray start --block and all it spawned), until empty."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        for p in procs:
+            if _group_alive(p.pid):
+                os.killpg(p.pid, sig)
+        end = time.monotonic() + wait
+        while time.monotonic() < end and any(_group_alive(p.pid) for p in procs):
+            for p in procs:
+                p.poll()  # reap the group leaders
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def cluster_address():
+    if not RAY.exists():
+        pytest.skip("the ray command is not installed")
+    port = _free_port()
+    tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **RAY_ENV}
+    common = ["--block", "--num-cpus", "1", "--object-store-memory", str(200 << 20), "--disable-usage-stats"]
+    procs = [subprocess.Popen([str(RAY), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                               "--include-dashboard", "false", "--temp-dir", tmp, *common], env=env,
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        _wait_port(port, time.monotonic() + 90)
+        procs.append(subprocess.Popen([str(RAY), "start", "--address", f"127.0.0.1:{port}", "--node-ip-address",
+                                       "127.0.0.1", *common], env=env, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _render(args: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamer", "-q", "render", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **RAY_ENV, **(env or {})})
+
+
+def _common(media: Path, weights_dir: Path) -> list[str]:
+    return ["--style", str(media / "style" / STYLE), "--size", "64", "--model", "microast", "--weights-dir",
+            str(weights_dir)]
+
+
+def _read(path: Path) -> tuple[list[int], list[np.ndarray], list[bytes]]:
+    with av.open(str(path)) as c:
+        frames = [(f.pts, f.to_ndarray(format="rgb24").astype(np.int16)) for f in c.decode(video=0)]
+    with av.open(str(path)) as c:
+        audio = [bytes(p) for p in c.demux(audio=0) if p.size]
+    return [p for p, _ in frames], [f for _, f in frames], audio
+
+
+def _assert_same_render(local: Path, chunked: Path, bound: float) -> None:
+    pts_a, frames_a, audio_a = _read(local)
+    pts_b, frames_b, audio_b = _read(chunked)
+    assert len(frames_b) == len(frames_a) == 240
+    assert pts_b == pts_a
+    assert audio_a and audio_b == audio_a
+    diffs = [float(np.abs(a - b).mean()) for a, b in zip(frames_a, frames_b)]
+    assert max(diffs) < bound, diffs
+    assert float(np.std(frames_b[100])) > 5  # a picture, not a flat frame
+
+
+@pytest.fixture(scope="module")
+def local_lossless(tmp_path_factory, clip, media, weights_dir) -> Path:
+    out = tmp_path_factory.mktemp("local") / "local.mp4"
+    r = _render([str(clip), str(out), *_common(media, weights_dir), "--crf", "0"])
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_cluster_video_equals_single_process(cluster_address, local_lossless, clip, media, weights_dir, tmp_path):
+    out = tmp_path / "cluster.mp4"
+    r = _render([str(clip), str(out), *_common(media, weights_dir), "--crf", "0", "--cluster", cluster_address,
+                 "--workers", "2", "--chunk-frames", "70"])
+    assert r.returncode == 0, r.stderr
+    assert "error" not in r.stderr
+    _assert_same_render(local_lossless, out, LOSSLESS_BOUND)
+    assert not list(tmp_path.glob(".*"))  # no chunk folder or temp file left
+
+
+@pytest.mark.slow
+def test_cluster_without_shared_filesystem_sends_bytes(cluster_address, local_lossless, clip, media, weights_dir,
+                                                       tmp_path):
+    out = tmp_path / "cluster.mp4"
+    r = _render([str(clip), str(out), *_common(media, weights_dir), "--crf", "0", "--cluster", cluster_address,
+                 "--workers", "2", "--chunk-frames", "80"], env={"STREAMER_CLUSTER_PRIVATE": "1"})
+    assert r.returncode == 0, r.stderr
+    _assert_same_render(local_lossless, out, LOSSLESS_BOUND)
+
+
+@pytest.mark.slow
+def test_cluster_worker_killed_mid_chunk(cluster_address, local_lossless, clip, media, weights_dir, tmp_path):
+    marker = tmp_path / "kill-me"
+    marker.write_text("")
+    out = tmp_path / "cluster.mp4"
+    r = _render([str(clip), str(out), *_common(media, weights_dir), "--crf", "0", "--cluster", cluster_address,
+                 "--workers", "2", "--chunk-frames", "70"], env={"STREAMER_CLUSTER_FAULT": str(marker)})
+    assert r.returncode == 0, r.stderr
+    assert not marker.exists()  # a worker claimed it and killed its own process during a chunk
+    _assert_same_render(local_lossless, out, LOSSLESS_BOUND)
+
+
+@pytest.mark.slow
+def test_cluster_ctrl_c_leaves_the_finished_prefix(cluster_address, clip, media, weights_dir, tmp_path):
+    out = tmp_path / "cluster.mp4"
+    cmd = [sys.executable, "-m", "streamer", "-q", "render", str(clip), str(out), *_common(media, weights_dir),
+           "--cluster", cluster_address, "--workers", "2", "--chunk-frames", "24"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **RAY_ENV}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(tmp_path.glob(".cluster.mp4.*.chunks/chunk-00000.mp4")) and time.monotonic() < deadline:
+            assert proc.poll() is None
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)  # chunk 0 is done, eight of ten are not
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    line = [x for x in err.splitlines() if x.startswith("streamer: interrupted")]
+    assert line and "and plays" in line[0], err
+    pts, frames, audio = _read(out)
+    assert 24 <= len(frames) < 240 and len(frames) % 24 == 0  # whole chunks, from the start
+    with av.open(str(clip)) as c:
+        src_pts = sorted(p.pts for p in c.demux(video=0) if p.pts is not None)
+    assert pts == src_pts[:len(frames)] and audio
+    assert not list(tmp_path.glob(".*"))
+
+
+def _flicker(src: Path, video: Path) -> float:
+    r = subprocess.run([sys.executable, "-m", "streamer", "-q", "eval", "flicker", str(src), str(video), "--json",
+                        "--max-frames", "120"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    return data["videos"][0]["warping_error"] if "videos" in data else data["warping_error"]
+
+
+@pytest.mark.slow
+def test_cluster_temporal_flicker_matches(cluster_address, clip, media, weights_dir, tmp_path):
+    local, chunked = tmp_path / "local.mp4", tmp_path / "cluster.mp4"
+    common = [*_common(media, weights_dir), "--temporal"]
+    common += ["--max-frames", "120"]  # the flow of the evaluation is the slow part
+    assert _render([str(clip), str(local), *common]).returncode == 0
+    r = _render([str(clip), str(chunked), *common, "--cluster", cluster_address, "--workers", "2",
+                 "--chunk-frames", "40"])
+    assert r.returncode == 0, r.stderr
+    a, b = _flicker(clip, local), _flicker(clip, chunked)
+    assert abs(b - a) <= 0.05 * a, (a, b)
+
+
+@pytest.mark.slow
+def test_cluster_folder_of_clips_and_images(cluster_address, clip, media, weights_dir, tmp_path):
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    dst.mkdir()
+    images = sorted((media / "content").glob("*.jpg"))[:2]
+    for p in images:
+        shutil.copy(p, src / p.name)
+    shutil.copy(clip, src / "a.mp4")
+    shutil.copy(clip, src / "b.mkv")
+    (src / "broken.jpg").write_bytes(b"not an image")
+    args = [str(src), str(dst), *_common(media, weights_dir), "--max-frames", "12", "--cluster", cluster_address,
+            "--workers", "2"]
+    (dst / images[0].name).write_bytes(b"keep")  # the local folder's rule: an existing output stops the run first
+    r = _render(args)
+    assert r.returncode == 2 and "output exists" in r.stderr.strip().splitlines()[-1], r.stderr
+    assert (dst / images[0].name).read_bytes() == b"keep"
+    (dst / images[0].name).unlink()
+    r = _render(args)  # an unreadable file is skipped, the others rendered, one summary line and exit 2
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("streamer: error: 1 of 5 files could not be read and were skipped (broken.jpg); "
+                           "4 rendered into"), r.stderr
+    assert not (dst / "broken.jpg").exists()
+    from PIL import Image
+
+    with Image.open(dst / images[1].name) as im, Image.open(images[1]) as orig:
+        assert im.size == orig.size
+        assert np.asarray(im).std() > 5
+    for name in ("a.mp4", "b.mkv"):
+        pts, frames, audio = _read(dst / name)
+        assert len(frames) == 12 and audio
+    assert not list(dst.glob(".*"))
+
+
+def test_cluster_nothing_listening_fails_fast(clip, media, weights_dir, tmp_path):
+    t0 = time.monotonic()
+    r = _render([str(clip), str(tmp_path / "o.mp4"), *_common(media, weights_dir), "--cluster",
+                 f"127.0.0.1:{_free_port()}"])
+    assert r.returncode == 3
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("streamer: error: no Ray cluster answers at 127.0.0.1:")
+    assert time.monotonic() - t0 < 60
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_cluster_without_ray_says_how_to_install(clip, media, weights_dir, tmp_path, monkeypatch, capsys):
+    from streamer.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    code = main(["render", str(clip), str(tmp_path / "o.mp4"), *_common(media, weights_dir), "--cluster", "local"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3
+    assert err == ["streamer: error: --cluster needs Ray, which is not installed: pip install 'streamer[cluster]'"]
+
+
+# -- the chunk plan (pure, no Ray) -------------------------------------------------------------------
+def test_chunk_bounds_snap_to_near_keyframes_only():
+    from streamer.chunks import chunk_bounds
+
+    assert chunk_bounds(240, (0, 235), 80) == [0, 80, 160, 240]  # keyframe 235 is not near a boundary
+    assert chunk_bounds(240, (0, 75, 170), 80) == [0, 75, 170, 240]  # within a quarter chunk: moved onto them
+    assert chunk_bounds(10, (0,), 80) == [0, 10]
+
+
+def test_plan_chunks_seek_warmup_and_end():
+    from streamer.chunks import FrameIndex, plan_chunks
+
+    pts = tuple(range(0, 512 * 100, 512))
+    plan = plan_chunks(FrameIndex(pts, (0, 50)), 30, warmup=12, max_frames=80)
+    assert [(c.first, c.stop) for c in plan] == [(0, 30), (30, 60), (60, 80)]
+    first, second, third = plan
+    assert (first.seek_pts, first.warm_pts, first.start_pts) == (0, 0, 0)
+    assert (second.seek_pts, second.warm_pts, second.start_pts, second.end_pts) == (0, 18 * 512, 30 * 512, 60 * 512)
+    assert (third.seek_pts, third.warm_pts) == (0, 48 * 512)  # keyframe 50 is after the warm-up's start
+    assert plan_chunks(FrameIndex(pts, (0, 50)), 30, warmup=0, max_frames=80)[2].seek_pts == 50 * 512
+    assert third.end_pts == 80 * 512 and third.is_after(80 * 512) and not third.is_after(79 * 512)
+
+
+def test_cluster_address_forms():
+    from engines.errors import InputError
+    from streamer.cluster import host_port
+
+    assert host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert host_port("ray://head:10001") == ("head", 10001)
+    assert host_port("auto") is None and host_port("local") is None
+    with pytest.raises(InputError):
+        host_port("head")
