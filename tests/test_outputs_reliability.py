@@ -28,7 +28,6 @@ from PIL import Image
 
 from engines.errors import InputError
 from streamer import options, video
-from streamer import render as render_cmd
 from streamer.cli import main
 from streamer.fileutil import AtomicOutput, FolderLock, part_path
 from streamer.pipeline import run_in_thread
@@ -139,14 +138,10 @@ class FakeStylizer:
 
 
 @pytest.fixture()
-def fake_model(monkeypatch):
+def fake_model():
     fake = FakeStylizer()
-    for module in (options, render_cmd):
-        monkeypatch.setattr(module, "build_stylizer", lambda args, shape_hint=None: fake)
-        monkeypatch.setattr(module, "load_styles",
-                            lambda paths, *a, **k: [options.Style(p.stem, p, {}) for p in paths])
-        monkeypatch.setattr(module, "mixed_code", lambda styles, weights: {})
-    return fake
+    with options.stand_in_model(fake):
+        yield fake
 
 
 @pytest.fixture(scope="module")
@@ -374,11 +369,13 @@ def test_second_render_to_the_same_output_refuses(run, fake_model, clip, style, 
     assert count_frames(out) == n and parts(tmp_path) == []
 
 
-def test_second_live_recording_to_the_same_file_refuses_before_the_model(run, monkeypatch, style, tmp_path) -> None:
+def test_second_live_recording_to_the_same_file_refuses_before_the_model(run, style, tmp_path) -> None:
     rec = tmp_path / "rec.mp4"
     held = AtomicOutput(rec)  # as another streamer process recording there holds it
-    monkeypatch.setattr(sys.modules["streamer.live"], "build_stylizer", lambda *a, **k: pytest.fail("model built"))
-    code, err = run("live", "--source", "test", "--record", rec, "--no-stdin", "--max-frames", "2", "--style", style)
+    with options.stand_in_model(FakeStylizer()) as stand_in:
+        code, err = run("live", "--source", "test", "--record", rec, "--no-stdin", "--max-frames", "2", "--style",
+                        style)
+    assert stand_in.built == 0, "model built"
     one_error(code, err, f"{rec} is being written by another streamer process")
     held.discard()
     assert list(tmp_path.iterdir()) == []

@@ -87,13 +87,11 @@ def run(weights_dir: Path, capsys):
 
 
 @pytest.fixture()
-def fake_model(monkeypatch):
+def fake_model():
     """Make `streamer render` use a FakeStylizer instead of loading a network."""
     fake = FakeStylizer()
-    monkeypatch.setattr(options, "build_stylizer", lambda args, shape_hint=None: fake)
-    monkeypatch.setattr(options, "load_styles", lambda paths, *a, **k: [options.Style(p.stem, p, {}) for p in paths])
-    monkeypatch.setattr(options, "mixed_code", lambda styles, weights: {})
-    return fake
+    with options.stand_in_model(fake):
+        yield fake
 
 
 @pytest.fixture(scope="module")
