@@ -28,11 +28,11 @@ from PIL import Image
 
 from engines.errors import InputError
 from streamer import options, video
-from streamer.cli import main
 from streamer.fileutil import AtomicOutput, FolderLock, part_path
 from streamer.pipeline import run_in_thread
 from streamer.signals import Interrupted, stop_signals_interrupt
 from streamer.videoio import VideoInfo
+from tests.fakes import InvertingStylizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 180  # seconds any one subprocess step may take on a loaded 2-core machine
@@ -107,41 +107,6 @@ def one_error(code: int, err: str, *words: str) -> str:
     for w in words:
         assert w in lines[0], err
     return lines[0]
-
-
-@pytest.fixture()
-def run(weights_dir: Path, capsys):
-    """The CLI in-process, quiet; (exit code, stderr)."""
-
-    def _run(*argv) -> tuple[int, str]:
-        code = main(["-q", *map(str, argv), "--weights-dir", str(weights_dir)])
-        return code, capsys.readouterr().err
-
-    return _run
-
-
-class FakeStylizer:
-    """Inverts colours; raises ``stop`` (an interrupt) on call ``stop_at``."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.stop_at: int | None = None
-        self.stop: BaseException = KeyboardInterrupt()
-
-    def stylize(self, frame, code, alpha=1.0, keep_color=False):
-        self.calls += 1
-        if self.stop_at is not None and self.calls >= self.stop_at:
-            raise self.stop
-        return 255 - frame
-
-
-@pytest.fixture()
-def fake_model():
-    fake = FakeStylizer()
-    with options.stand_in_model(fake):
-        yield fake
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +337,7 @@ def test_second_render_to_the_same_output_refuses(run, fake_model, clip, style, 
 def test_second_live_recording_to_the_same_file_refuses_before_the_model(run, style, tmp_path) -> None:
     rec = tmp_path / "rec.mp4"
     held = AtomicOutput(rec)  # as another streamer process recording there holds it
-    with options.stand_in_model(FakeStylizer()) as stand_in:
+    with options.stand_in_model(InvertingStylizer()) as stand_in:
         code, err = run("live", "--source", "test", "--record", rec, "--no-stdin", "--max-frames", "2", "--style",
                         style)
     assert stand_in.built == 0, "model built"
