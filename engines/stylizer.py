@@ -14,7 +14,7 @@ from torch import Tensor
 
 from engines.backends.base import Engine
 from engines.color import preserve_color
-from engines.models.base import StyleCode, StyleModel
+from engines.models.base import StyleCode, StyleModel, padded_size
 from engines.ops import mix_codes
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,7 @@ def pad_to_multiple(image: Tensor, factor: int) -> tuple[Tensor, tuple[int, int]
     Tiny images are padded up to ``2 * factor`` (at least 16) so every reflection pad in the network fits.
     """
     h, w = image.shape[-2:]
-    least = max(2 * factor, 16)
-    ph = max((-h) % factor, least - h)
-    pw = max((-w) % factor, least - w)
+    ph, pw = (a - b for a, b in zip(padded_size(h, w, factor), (h, w)))
     if ph == 0 and pw == 0:
         return image, (h, w)
     mode = "reflect" if ph < h and pw < w else "replicate"
@@ -131,6 +129,15 @@ def resize_tensor(image: Tensor, height: int, width: int) -> Tensor:
     return x.clamp_(0.0, 1.0).to(image.dtype)
 
 
+@torch.inference_mode()
+def encode_style(model: StyleModel, style_rgb: np.ndarray, style_size: int = 512) -> StyleCode:
+    """The style code of an image, computed in fp32 on the CPU: it is done once per style, needs no engine."""
+    image = to_tensor(resize_short_side(style_rgb, style_size))
+    image, _ = pad_to_multiple(image, model.factor)
+    code = model.encode_style(image)
+    return {k: v.float().contiguous() for k, v in code.items()}
+
+
 class Stylizer:
     """A model's style side plus an engine for its content side."""
 
@@ -145,13 +152,9 @@ class Stylizer:
     def name(self) -> str:
         return self.model.name
 
-    @torch.inference_mode()
     def encode_style(self, style_rgb: np.ndarray, style_size: int = 512) -> StyleCode:
-        """The style code of an image, computed in fp32 on the CPU: it is done once per style."""
-        image = to_tensor(resize_short_side(style_rgb, style_size))
-        image, _ = pad_to_multiple(image, self.model.factor)
-        code = self.model.encode_style(image)
-        return {k: v.float().contiguous() for k, v in code.items()}
+        """The style code of an image (:func:`encode_style`)."""
+        return encode_style(self.model, style_rgb, style_size)
 
     @torch.inference_mode()
     def own_code(self, image: Tensor) -> StyleCode:

@@ -41,11 +41,13 @@ _HASH_CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One published weights file."""
+    """One published weights file, and which part of its model it fills."""
 
     filename: str  # e.g. "decoder_iter_160000.pth.tar"
     url: str  # public download address
     sha256: str | None  # None: verified by key/shape layout by the model loader instead
+    module: str = ""  # the model's attribute the file loads into ("decoder", "style_encoder", ...)
+    what: str = ""  # what it is, in messages ("the MicroAST decoder")
 
 
 @dataclass(frozen=True)
@@ -58,52 +60,22 @@ class ModelWeights:
     source: str  # one-line human description of where they come from
 
 
-_MICROAST_URL = "https://github.com/EndyWon/MicroAST/raw/main/models/"
-_R31_URL = "https://github.com/pietrocarbo/deep-transfer/raw/master/models/autoencoder_vgg19/vgg19_3/"
-_ADAIN_URL = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/"
+def _registry() -> dict[str, ModelWeights]:
+    """Every model's weight files, as each model class declares them (``StyleModel.weights``).
 
-WEIGHTS: dict[str, ModelWeights] = {
-    "adain": ModelWeights(
-        model="adain",
-        files=(
-            WeightFile("vgg_normalised.pth", _ADAIN_URL + "vgg_normalised.pth", None),
-            WeightFile("decoder.pth", _ADAIN_URL + "decoder.pth", None),
-        ),
-        license="MIT",
-        source="AdaIN (Huang & Belongie, ICCV 2017), relu4_1 encoder/decoder from the PyTorch port "
-               "github.com/naoto0804/pytorch-AdaIN (release v0.0.0)",
-    ),
-    "adain-r31": ModelWeights(
-        model="adain-r31",
-        files=(
-            WeightFile("vgg_normalised_conv3_1.pth", _R31_URL + "vgg_normalised_conv3_1.pth",
-                       "ff8506173d3a17e7b0fbfbff242c00b6827cfbcd7c21852b46806ae6a3fd7b09"),
-            WeightFile("feature_invertor_conv3_1.pth", _R31_URL + "feature_invertor_conv3_1.pth",
-                       "f32bc7bd366ff027936b3d90a98bc3f8667ba3f2762df916261a0586c5e30ab5"),
-        ),
-        license="Apache-2.0",
-        source="normalised VGG-19 encoder and decoder at relu3_1 from github.com/pietrocarbo/deep-transfer "
-               "(models/autoencoder_vgg19/vgg19_3)",
-    ),
-    "microast": ModelWeights(
-        model="microast",
-        files=tuple(
-            WeightFile(name, _MICROAST_URL + name, sha)
-            for name, sha in (
-                ("content_encoder_iter_160000.pth.tar",
-                 "c8d895c0eec52507c157e102fab217c37f0c399ef3e168ef8b0b2677714660a4"),
-                ("style_encoder_iter_160000.pth.tar",
-                 "94f6b3fa386828692c20809a0af8bd0eba9c04e90a7d8842086976e4d223c5af"),
-                ("modulator_iter_160000.pth.tar",
-                 "8588055baf7d5ad8398d595d5518c6f030e3ff8dbb6007a7c1779776e11da28b"),
-                ("decoder_iter_160000.pth.tar",
-                 "32e04a46b953fd9f94ec9e20f351511305a5260e000c18f9aef6570d5f1e23d9"),
-            )
-        ),
-        license="MIT (Copyright (c) 2022 Zhizhong Wang)",
-        source="MicroAST (Wang et al., AAAI 2023), github.com/EndyWon/MicroAST (models/)",
-    ),
-}
+    Built on first use, so that listing or locating weights imports the models (and torch) only then."""
+    registry = globals().get("WEIGHTS")
+    if registry is None:
+        from engines.models import MODELS
+
+        registry = globals()["WEIGHTS"] = {name: cls.weights for name, cls in MODELS.items()}
+    return registry
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WEIGHTS":  # {model name: ModelWeights}
+        return _registry()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------- places
@@ -124,9 +96,9 @@ def weights_root(weights_dir: str | Path | None = None) -> Path | None:
 
 def _spec(model: str) -> ModelWeights:
     try:
-        return WEIGHTS[model]
+        return _registry()[model]
     except (KeyError, TypeError):
-        raise WeightsError(f"unknown model '{model}': known models are {', '.join(sorted(WEIGHTS))}") from None
+        raise WeightsError(f"unknown model '{model}': known models are {', '.join(sorted(_registry()))}") from None
 
 
 def _candidates(model: str, filename: str, root: Path | None) -> list[Path]:
@@ -435,6 +407,6 @@ def check_layout(state: Mapping[str, Any], expected: Mapping[str, tuple[int, ...
         raise WeightsError(f"{path} does not match {what}: {problems[0]}{more}")
 
 
-__all__ = ["WeightFile", "ModelWeights", "WEIGHTS", "ENV_WEIGHTS_DIR", "cache_dir", "weights_root",
+__all__ = ["WeightFile", "ModelWeights", "ENV_WEIGHTS_DIR", "cache_dir", "weights_root",
            "resolve_weights", "download_model", "model_status", "file_sha256", "load_state_dict",
            "check_layout"]

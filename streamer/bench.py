@@ -11,10 +11,8 @@ engine: end-to-end frames/s of a real video render (decode, stylize, encode) thr
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
-import os
 import statistics
 import tempfile
 import time
@@ -26,16 +24,18 @@ import numpy as np
 import torch
 
 from engines.backends import ENGINE_NAMES, PRECISIONS, create_engine, engine_class
-from engines.backends.machine import describe_machine
+from engines.backends.graph import content_flops
+from engines.backends.machine import describe_machine, measure_peak_gflops
 from engines.errors import InputError, StreamerError, WeightsError
-from engines.models import MODEL_NAMES, StyleModel, load_model, weights_fingerprint
+from engines.models import MODEL_NAMES, StyleModel, load_model, random_weights_model, weights_fingerprint
+from engines.stylizer import encode_style
+from streamer.shared import IMAGE_SUFFIXES, VIDEO_SUFFIXES, first_media, shared_weights
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZES = ((640, 360), (1280, 720), (256, 256), (512, 512))
 #: on a CPU the default leaves out adain (relu4_1): it alone would take minutes per size
 CPU_DEFAULT_MODELS = ("microast", "adain-r31")
-ROOT = Path(__file__).resolve().parents[1]
 #: idle time between two engines' runs: runtimes' worker threads spin for a while after a run, which
 #: would otherwise be billed to whichever engine runs next
 SWITCH_PAUSE_S = 0.05
@@ -66,69 +66,19 @@ def median_ms(times: list[float]) -> float:
     return statistics.median(times) * 1000.0
 
 
-def content_flops(model: StyleModel, height: int, width: int) -> int:
-    """FLOPs of one content-graph pass at (H, W), counted on the meta device (no compute, any size)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from engines.backends.graph import code_shapes
-
-    graph = copy.deepcopy(model.content_graph()).to("meta").eval()
-    args = [torch.empty(1, 3, height, width, device="meta"), torch.empty((), device="meta")]
-    args += [torch.empty(s, device="meta") for s in code_shapes(model).values()]
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        graph(*args)
-    return int(counter.get_total_flops())
-
-
-def _matmul_gflops(n: int, repeats: int) -> float:
-    a, b = torch.rand(n, n), torch.rand(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
-
-
-def measure_peak_gflops(n: int = 2048, repeats: int = 4) -> float:
-    """fp32 GFLOP/s of a large matmul: the practical ceiling for conv-heavy graphs.
-
-    The best of all cores together and of one core times the core count: on a shared machine the
-    multi-threaded figure alone undershoots (one stalled thread stalls the team)."""
-    from engines.backends.machine import physical_cores
-
-    together = _matmul_gflops(n, repeats)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = _matmul_gflops(n, repeats)
-    finally:
-        torch.set_num_threads(threads)
-    return max(together, one * min(physical_cores(), threads))
-
-
 # -- inputs -------------------------------------------------------------------------------------------
-def shared_dir() -> Path:
-    """The shared test media and weights: $STREAMER_SHARED, else ``shared`` beside the project."""
-    return Path(os.environ.get("STREAMER_SHARED", ROOT.parent / "shared"))
-
-
 def default_clip() -> Path | None:
-    clip = shared_dir() / "media" / "video" / "cutBunny.mp4"
-    return clip if clip.exists() else None
+    """The first video of the shared media (``streamer.shared``), if there is one."""
+    return first_media("video", VIDEO_SUFFIXES)
 
 
 def default_style() -> Path | None:
-    for name in ("brushstrokes.jpg", "la_muse.jpg"):
-        if (shared_dir() / "media" / "style" / name).exists():
-            return shared_dir() / "media" / "style" / name
-    return None
+    """The first style image of the shared media, if there is one."""
+    return first_media("style", IMAGE_SUFFIXES)
 
 
 def _shared_weights() -> Path | None:
-    weights = shared_dir() / "weights"
+    weights = shared_weights()
     return weights if weights.is_dir() else None
 
 
@@ -149,33 +99,14 @@ def load_bench_model(name: str, weights_dir: str | None) -> tuple[StyleModel, st
     return model, graph_weights_id(model), "RANDOM weights (speed only)"
 
 
-def random_weights_model(name: str, seed: int = 0) -> StyleModel:
-    """The model's architecture with random weights that keep activations in range (He init, a mid-grey
-    final bias), so outputs are varied images rather than a clamped constant: fit for speed and for
-    engine-vs-engine agreement, meaningless as art."""
-    from engines.models.microast import MicroAST
-    from engines.models.vgg import AdaIN, AdaINR31
-
-    cls = {"adain": AdaIN, "adain-r31": AdaINR31, "microast": MicroAST}[name]
-    torch.manual_seed(seed)
-    model = cls().eval().requires_grad_(False)
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    for conv in convs:
-        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-        conv.bias.data.zero_()
-    convs[-1].weight.data.mul_(0.1)
-    convs[-1].bias.data.fill_(0.5)
-    return model
-
-
 def frame_tensor(width: int, height: int) -> torch.Tensor:
-    """A real photo at (H, W) when the shared media is present, else smooth noise: speed does not care."""
+    """A real photo at (H, W) when the shared media has one, else smooth noise: speed does not care."""
     from PIL import Image
 
     from engines.stylizer import to_tensor
 
-    photo = shared_dir() / "media" / "content" / "golden_gate.jpg"
-    if photo.exists():
+    photo = first_media("content", IMAGE_SUFFIXES)
+    if photo is not None:
         rgb = np.asarray(Image.open(photo).convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
         return to_tensor(rgb)
     g = torch.Generator().manual_seed(0)
@@ -280,8 +211,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seconds of timing per engine and size; slow ones stop early, after 2 runs (default 6)")
     p.add_argument("--render-frames", type=int, default=48,
                    help="frames of the clip to render end to end, at most (default 48; 0 = skip the render)")
-    p.add_argument("--clip", default=None, help="video for the end-to-end render (default: the project's test clip)")
-    p.add_argument("--style", default=None, help="style image (default: a bundled test style, else noise)")
+    p.add_argument("--clip", default=None, help="video for the end-to-end render (default: the first in $STREAMER_SHARED/media/video)")
+    p.add_argument("--style", default=None, help="style image (default: the first in $STREAMER_SHARED/media/style, else noise)")
     p.add_argument("--quick", action="store_true",
                    help="a one-minute run: microast at 640x360, 3 repeats, 24 render frames")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
@@ -385,24 +316,17 @@ def run(args: argparse.Namespace) -> int:
 
 def _style_code(model: StyleModel, style_path: Path | None):
     """The style code used for every run, and what encoding one style costs (ms, 512 px short side, fp32 CPU)."""
-    from engines.backends.base import Engine
-    from engines.stylizer import Stylizer
     from streamer.imageio import load_image
 
-    class _NoEngine(Engine):  # encode_style needs only the model
-        def run(self, image, alpha, code):  # pragma: no cover - never called
-            raise NotImplementedError
-
-    stylizer = Stylizer(model, _NoEngine(model, torch.device("cpu")))
     if style_path is not None:
         rgb = load_image(style_path, "style image")
     else:
         rgb = (np.random.default_rng(0).random((512, 512, 3)) * 255).astype(np.uint8)
-    stylizer.encode_style(rgb, 128)  # warm-up (allocator, oneDNN primitives)
+    encode_style(model, rgb, 128)  # warm-up (allocator, oneDNN primitives)
     times = []
     for _ in range(2):
         t = time.perf_counter()
-        code = stylizer.encode_style(rgb, 512)
+        code = encode_style(model, rgb, 512)
         times.append(time.perf_counter() - t)
     return code, round(median_ms(times), 1)
 

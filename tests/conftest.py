@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from streamer.shared import shared_dir, shared_media, shared_weights
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("STREAMER_SHARED", ROOT.parent / "shared"))
-WEIGHTS = SHARED / "weights"
-MEDIA = SHARED / "media"
+SHARED = shared_dir()
+WEIGHTS = shared_weights()
+MEDIA = shared_media()
 CLIP = MEDIA / "video" / "cutBunny.mp4"
 
 

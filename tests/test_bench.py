@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.bench import content_flops, format_report, parse_size, time_side_by_side
+from engines.backends.graph import content_flops
+from streamer.bench import format_report, parse_size, time_side_by_side
 from streamer.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,24 @@ def test_flops_are_counted_without_running_and_scale_with_pixels(microast):
     small, big = content_flops(microast, 64, 96), content_flops(microast, 128, 192)
     assert small > 0 and 3.9 < big / small < 4.1
     assert 12e9 < content_flops(microast, 360, 640) < 14e9  # MicroAST at 640x360: ~12.8 GFLOP
+
+
+def test_bench_finds_its_default_media_under_streamer_shared(tmp_path, monkeypatch):
+    """The one shared-media lookup follows $STREAMER_SHARED, and the bench's defaults come from it, by kind,
+    not by file name."""
+    from streamer import bench
+    from streamer.shared import shared_media, shared_weights
+
+    monkeypatch.setenv("STREAMER_SHARED", str(tmp_path))
+    assert shared_media() == tmp_path / "media" and shared_weights() == tmp_path / "weights"
+    assert bench.default_clip() is None and bench.default_style() is None
+    (tmp_path / "media" / "video").mkdir(parents=True)
+    (tmp_path / "media" / "style").mkdir()
+    (tmp_path / "media" / "video" / "notes.txt").write_text("not a video")
+    (tmp_path / "media" / "video" / "b.mp4").write_bytes(b"")
+    (tmp_path / "media" / "style" / "z.png").write_bytes(b"")
+    assert bench.default_clip() == tmp_path / "media" / "video" / "b.mp4"
+    assert bench.default_style() == tmp_path / "media" / "style" / "z.png"
 
 
 def test_side_by_side_timing_interleaves_and_respects_the_budget():

@@ -12,7 +12,8 @@ import torch
 
 from engines.backends import create_engine, engine_class, pick_engine
 from engines.backends.cache import EngineCache, graph_weights_id
-from engines.backends.graph import cpu_graph, example_inputs, export_program, padded_shape
+from engines.backends.cpu_rewrites import cpu_graph
+from engines.backends.graph import example_inputs, export_program, padded_shape
 from engines.errors import DeviceError
 from engines.stylizer import Stylizer, pad_to_multiple, to_tensor
 from streamer.imageio import load_image
@@ -99,7 +100,7 @@ def test_reduced_precision_openvino_where_the_cpu_has_it(microast, media, precis
 def test_adain_relu4_1_random_weights_match(kind):
     """The relu4_1 weights are not on this machine: the engines are checked on random weights of its
     architecture (speed and graph fidelity only; the images mean nothing)."""
-    from streamer.bench import random_weights_model
+    from engines.models import random_weights_model
 
     model = random_weights_model("adain")
     example = example_inputs(model, 48, 64)
@@ -124,8 +125,8 @@ def test_engine_used_from_a_worker_thread(microast):
 
 # -- the graph every engine starts from ---------------------------------------------------------------
 def test_cpu_rewrites_are_exact(microast, adain_r31):
-    from engines.backends.graph import (BilinearUp2, GroupSumConv, NearestUpConv, SpaceToDepthConv,
-                                        SplitDepthwiseConv)
+    from engines.backends.cpu_rewrites import (BilinearUp2, GroupSumConv, NearestUpConv, SpaceToDepthConv,
+                                               SplitDepthwiseConv)
 
     for runtime in ("openvino", "onnxruntime"):
         for model, size in ((microast, (36, 52)), (adain_r31, (40, 56))):
@@ -141,6 +142,19 @@ def test_cpu_rewrites_are_exact(microast, adain_r31):
     assert sorted(m.rows for m in modules if isinstance(m, SpaceToDepthConv)) == [2, 4]  # 3-channel last layer: 4
     assert BilinearUp2 not in {type(m) for m in cpu_graph(microast.content_graph(), "onnxruntime").modules()}
     assert NearestUpConv in {type(m) for m in cpu_graph(adain_r31.content_graph()).modules()}  # and to VGG
+
+
+def test_graph_code_hash_covers_the_cpu_rewrites(monkeypatch):
+    """Cache keys hash the code that decides what an export computes: the rewrites' module included."""
+    import pathlib
+
+    from engines.backends.graph import graph_code_id
+
+    read: list[str] = []
+    original = pathlib.Path.read_bytes
+    monkeypatch.setattr(pathlib.Path, "read_bytes", lambda self: read.append(self.name) or original(self))
+    graph_code_id.__wrapped__()
+    assert {"cpu_rewrites.py", "graph.py", "ops.py", "vgg.py", "microast.py", "base.py"} <= set(read)
 
 
 def test_onnx_export_uses_the_space_to_depth_operator(microast, tmp_path):
@@ -350,10 +364,10 @@ def test_auto_picks_the_measured_fastest_available_and_says_so(microast, caplog,
     from engines.backends import CPU_PREFERENCE
 
     kind, why = pick_engine("microast", CPU, "fp32")
-    expected = next(k for k in CPU_PREFERENCE["microast"] if _available(k))
+    expected = next(k for k in CPU_PREFERENCE if _available(k))
     assert kind == expected and why
     # without the first choice, the next one is taken and the reason is given
-    first = CPU_PREFERENCE["microast"][0]
+    first = CPU_PREFERENCE[0]
     monkeypatch.setattr(engine_class(first), "unavailable_reason", classmethod(lambda cls, d, p: "not installed"))
     kind2, why2 = pick_engine("microast", CPU, "fp32")
     assert kind2 != first and "not installed" in why2

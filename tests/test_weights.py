@@ -16,8 +16,9 @@ import torch
 
 from engines import weights as W
 from engines.errors import WeightsError
+from streamer.shared import shared_weights
 
-SHARED_WEIGHTS = Path(os.environ.get("STREAMER_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "weights"
+SHARED_WEIGHTS = shared_weights()
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +57,22 @@ def test_registry_covers_the_three_models() -> None:
         for f in spec.files:
             assert f.url.startswith("https://") and f.url.endswith("/" + f.filename)
             assert f.sha256 is None or len(f.sha256) == 64
+
+
+def test_each_model_declares_the_files_that_fill_every_part_of_it() -> None:
+    """The registry, MODEL_NAMES, the loader and --decoder all come from the model classes' own declarations:
+    every parameter of a model lives in a part some declared file fills, and nothing else lists them."""
+    from engines.models import DECODER_FILES, MODEL_NAMES, MODELS
+
+    assert MODEL_NAMES == ("adain", "adain-r31", "microast") and tuple(MODELS) == MODEL_NAMES
+    for name, cls in MODELS.items():
+        assert W.WEIGHTS[name] is cls.weights and cls.weights.model == name == cls.name
+        model = cls()
+        filled = {wf.module for wf in cls.weights.files}
+        assert {key.split(".")[0] for key in model.state_dict()} == filled, name
+        assert all(wf.what and isinstance(getattr(model, wf.module), torch.nn.Module) for wf in cls.weights.files)
+    assert DECODER_FILES == {"adain": ("decoder.pth", "the AdaIN relu4_1 decoder"),
+                             "adain-r31": ("feature_invertor_conv3_1.pth", "the relu3_1 decoder")}
 
 
 def test_cache_dir_follows_xdg(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from engines.backends import create_engine
 from engines.models import load_model
 from engines.stylizer import Stylizer, resize_short_side, to_tensor
 from streamer.imageio import load_image
+from streamer.shared import shared_dir
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -52,7 +53,7 @@ def ms(fn, runs: int) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", type=Path, default=Path("../shared"))
+    ap.add_argument("--shared", type=Path, default=shared_dir())
     ap.add_argument("--model", default="microast")
     ap.add_argument("--engine", default="torch", help="engine for the distances and the strip")
     ap.add_argument("--content", default="lenna.jpg")

@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from streamer.shared import shared_dir, shared_media  # noqa: E402
+
 DEFAULT_DIR = ROOT / ".gpu_check"
 SIZES = ((512, 512), (1280, 720))
 MODELS = ("adain", "microast", "adain-r31")
@@ -112,7 +114,7 @@ def load_check_model(name: str, weights_dir: Path | None):
     try:
         return load_model(name, weights_dir, download=False), "real"
     except Exception:
-        from streamer.bench import random_weights_model
+        from engines.models import random_weights_model
 
         return random_weights_model(name), "random"
 
@@ -222,8 +224,8 @@ def verdicts(rows: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prepare", action="store_true", help="make the media array from the clip (needs PyAV, PIL)")
-    p.add_argument("--clip", type=Path, default=ROOT.parent / "shared" / "media" / "video" / "cutBunny.mp4")
-    p.add_argument("--shared", type=Path, default=Path(os.environ.get("STREAMER_SHARED", ROOT.parent / "shared")))
+    p.add_argument("--clip", type=Path, default=shared_media() / "video" / "cutBunny.mp4")
+    p.add_argument("--shared", type=Path, default=shared_dir())
     p.add_argument("--frames", type=int, default=240, help="--prepare: frames to keep (default 240)")
     p.add_argument("--prepare-size", default="320x180", help="--prepare: WxH of the kept frames (default 320x180)")
     p.add_argument("--media", type=Path, default=DEFAULT_DIR / "media.npz")

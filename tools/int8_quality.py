@@ -22,6 +22,7 @@ from engines.backends import create_engine
 from engines.models import load_model
 from engines.stylizer import Stylizer, to_tensor
 from streamer.imageio import load_image
+from streamer.shared import shared_dir
 
 
 def centre_crop(path: Path, height: int, width: int) -> torch.Tensor:
@@ -40,7 +41,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="adain-r31")
-    p.add_argument("--shared", default="../shared")
+    p.add_argument("--shared", default=str(shared_dir()))
     p.add_argument("--size", default="640x360")
     p.add_argument("--styles-per-photo", type=int, default=5)
     args = p.parse_args()

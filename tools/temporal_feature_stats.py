@@ -5,14 +5,13 @@ statistics are replaced by an exponential moving average over frames (``keep`` =
 patching the models' ``adain`` for the duration of the run. This needs the model's internals, so it
 cannot work with exported ONNX/TensorRT engines; streamer.temporal uses the engine-agnostic output-side
 equivalent instead. The script reports the warping error with and without, on the real clip, so the
-two can be compared (see the report in the lead's notes).
+two can be compared.
 
     python tools/temporal_feature_stats.py --model microast --style la_muse --frames 96
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,10 +24,10 @@ from engines.ops import mean_std
 from engines.stylizer import Stylizer
 from streamer.evaluate import read_frames, sharpness, warping_errors
 from streamer.imageio import load_image
+from streamer.shared import shared_dir
 from streamer.temporal import TemporalStabilizer
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = shared_dir()
 
 
 class SmoothedAdaIN:

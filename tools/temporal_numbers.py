@@ -32,11 +32,12 @@ from engines.models import load_model
 from engines.stylizer import Stylizer
 from streamer.evaluate import read_frames, sharpness, warping_errors
 from streamer.imageio import load_image
+from streamer.shared import shared_dir
 from streamer.temporal import DEFAULT_STRENGTH, TemporalStabilizer
 from streamer.video import render_video_file
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = shared_dir()
 CLIP = SHARED / "media" / "video" / "cutBunny.mp4"
 
 

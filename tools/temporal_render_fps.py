@@ -19,10 +19,11 @@ from engines.backends import create_engine
 from engines.models import load_model, weights_fingerprint
 from engines.stylizer import Stylizer
 from streamer.imageio import load_image
+from streamer.shared import shared_dir
 from streamer.temporal import TemporalStabilizer
 from streamer.video import render_video_file
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = shared_dir()
 
 
 def main() -> None:

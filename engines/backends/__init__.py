@@ -4,10 +4,11 @@
 
 * NVIDIA GPU (``--device cuda``): TensorRT (torch-tensorrt installed), else the torch CUDA engine
   (fp16/bf16, channels-last, torch.compile: needs no TensorRT), else ONNX Runtime, else PyTorch eager.
-* CPU: the per-model order in :data:`CPU_PREFERENCE`, which is the ranking `streamer bench` measured
-  side by side (ms/frame of the content side, fp32, see the table there). A table rather
-  than a calibration run at start-up: the ranking was the same at every size measured and a timing
-  run would cost seconds at every start and be noisy on busy machines.
+* CPU: :data:`CPU_PREFERENCE`, the ranking `streamer bench` measured side by side (ms/frame of the
+  content side, fp32; the figures are in the README). A fixed order rather than a calibration run at
+  start-up: the ranking was the same for every model at every size measured, and a timing run would
+  cost seconds at every start and be noisy on busy machines. int8 is never chosen implicitly: it is
+  asked for with ``--precision int8``.
 
 The choice and the reason are logged (``streamer: engine: ...``). An engine that is available but
 fails to build (a TensorRT conversion error, a compiled graph failing its check) is reported in one
@@ -26,24 +27,8 @@ log = logging.getLogger(__name__)
 
 ENGINE_NAMES = ("auto", "torch", "torch-cuda", "tensorrt", "onnxruntime", "openvino")
 
-#: measured by `streamer bench` on a 2-core AMD EPYC (Zen 4, AVX2 kernels, no native bf16), content
-#: side, fp32, ms/frame (speedup vs torch eager), all engines interleaved in one process, torch warmed up
-#: and without per-frame page faults (machine.reuse_freed_memory). Idle machine, 2026-11-24:
-#:              640x360                              1280x720
-#:   microast   torch 211  ort 141 ov 102 (2.1x)     torch 871  ort 571  ov 411 (2.1x)
-#:   adain-r31  torch 727  ort 625 ov 532 (1.4x)     torch 3984 ort 2594 ov 2192 (1.8x)
-#:              ov int8 322 (2.3x, 43 dB)            ov int8 1291 (3.1x, 42 dB)
-#:   adain      torch 1419 ort 1254 ov 1131 (1.3x)   ov int8 630 (2.3x)  (random weights)
-#: OpenVINO was fastest for every model at every size (256, 512, 640x360, 1280x720; at 256x256 adain
-#: one earlier run had ONNX Runtime ahead by 6%), ONNX Runtime second; both match torch fp32 to > 100 dB.
-#: int8 is never chosen implicitly: it is asked for with --precision int8.
-CPU_PREFERENCE: dict[str, tuple[str, ...]] = {
-    "microast": ("openvino", "onnxruntime", "torch"),
-    "adain-r31": ("openvino", "onnxruntime", "torch"),
-    "adain": ("openvino", "onnxruntime", "torch"),
-}
 GPU_PREFERENCE: tuple[str, ...] = ("tensorrt", "torch-cuda", "onnxruntime", "torch")
-DEFAULT_CPU_PREFERENCE: tuple[str, ...] = ("openvino", "onnxruntime", "torch")
+CPU_PREFERENCE: tuple[str, ...] = ("openvino", "onnxruntime", "torch")
 
 
 def engine_class(kind: str) -> type[Engine]:
@@ -73,7 +58,7 @@ def engine_class(kind: str) -> type[Engine]:
 def auto_order(model_name: str, device: torch.device) -> tuple[str, ...]:
     if device.type == "cuda":
         return GPU_PREFERENCE
-    return CPU_PREFERENCE.get(model_name, DEFAULT_CPU_PREFERENCE)
+    return CPU_PREFERENCE
 
 
 def usable_engines(model_name: str, device: torch.device, precision: str) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ import functools
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 #: glibc mallopt parameters (malloc.h)
@@ -66,9 +67,34 @@ def physical_cores() -> int:
     return max(1, min(len(cores), usable))
 
 
-def has_native_bf16() -> bool:
-    """bf16 arithmetic in hardware (AVX512-BF16 or AMX); without it bf16 is emulated and slower than fp32."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+def _matmul_gflops(n: int, repeats: int) -> float:
+    import torch
+
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def measure_peak_gflops(n: int = 2048, repeats: int = 4) -> float:
+    """fp32 GFLOP/s of a large matmul: the practical ceiling for conv-heavy graphs.
+
+    The best of all cores together and of one core times the core count: on a shared machine the
+    multi-threaded figure alone undershoots (one stalled thread stalls the team)."""
+    import torch
+
+    together = _matmul_gflops(n, repeats)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _matmul_gflops(n, repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return max(together, one * min(physical_cores(), threads))
 
 
 def gpu_name() -> str | None:

@@ -1,8 +1,9 @@
 """The model registry: a name -> how to build the network and fill it from its weight files."""
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Callable
+import pkgutil
 from pathlib import Path
 
 import torch
@@ -10,12 +11,34 @@ from torch import nn
 
 from engines.errors import InputError
 from engines.models.base import StyleCode, StyleModel
-from engines.models.microast import MicroAST
-from engines.models.vgg import AdaIN, AdaINR31
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("adain", "adain-r31", "microast")
+
+def _discover() -> dict[str, type[StyleModel]]:
+    """Every model class in this package that declares its weight files, by name: adding a model is
+    adding its module here, nothing else."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+    found: dict[str, type[StyleModel]] = {}
+    todo = list(StyleModel.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if cls.__module__.startswith(f"{__name__}.") and "weights" in vars(cls):
+            found[cls.name] = cls
+    return dict(sorted(found.items()))
+
+
+#: name -> model class, each declaring its weight files (``StyleModel.weights``)
+MODELS: dict[str, type[StyleModel]] = _discover()
+MODEL_NAMES = tuple(MODELS)
+
+#: the models whose decoder a user can train and pass as ``--decoder`` -> (its released file, what it is)
+DECODER_FILES = {
+    name: next((wf.filename, wf.what) for wf in cls.weights.files if wf.module == cls.trainable)
+    for name, cls in MODELS.items() if cls.trainable
+}
 
 
 def _fill(module: nn.Module, path: Path, what: str) -> None:
@@ -28,45 +51,31 @@ def _fill(module: nn.Module, path: Path, what: str) -> None:
     module.load_state_dict({k: state[k] for k in expected})
 
 
-#: the models whose decoder a user can train and pass as ``--decoder`` -> (its released file, what it is)
-DECODER_FILES = {
-    "adain": ("decoder.pth", "the AdaIN relu4_1 decoder"),
-    "adain-r31": ("feature_invertor_conv3_1.pth", "the relu3_1 decoder"),
-}
-
-
-def _load_adain(files: dict[str, Path]) -> StyleModel:
-    model = AdaIN()
-    _fill(model.encoder, files["vgg_normalised.pth"], "the normalised VGG-19 encoder (relu4_1)")
-    _fill(model.decoder, files["decoder.pth"], DECODER_FILES["adain"][1])
+def _load(cls: type[StyleModel], files: dict[str, Path]) -> StyleModel:
+    """The model with each declared file loaded into the part it names."""
+    model = cls()
+    for wf in cls.weights.files:
+        _fill(getattr(model, wf.module), files[wf.filename], wf.what)
     return model
 
 
-def _load_adain_r31(files: dict[str, Path]) -> StyleModel:
-    model = AdaINR31()
-    _fill(model.encoder, files["vgg_normalised_conv3_1.pth"], "the normalised VGG-19 encoder (relu3_1)")
-    _fill(model.decoder, files["feature_invertor_conv3_1.pth"], DECODER_FILES["adain-r31"][1])
+def random_weights_model(name: str, seed: int = 0) -> StyleModel:
+    """The model's architecture with random weights that keep activations in range (He init, a mid-grey
+    final bias), so outputs are varied images rather than a clamped constant: fit for speed and for
+    engine-vs-engine agreement, meaningless as art."""
+    torch.manual_seed(seed)
+    model = MODELS[check_model_name(name)]().eval().requires_grad_(False)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:
+        torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        conv.bias.data.zero_()
+    convs[-1].weight.data.mul_(0.1)
+    convs[-1].bias.data.fill_(0.5)
     return model
-
-
-def _load_microast(files: dict[str, Path]) -> StyleModel:
-    model = MicroAST()
-    _fill(model.content_encoder, files["content_encoder_iter_160000.pth.tar"], "the MicroAST content encoder")
-    _fill(model.style_encoder, files["style_encoder_iter_160000.pth.tar"], "the MicroAST style encoder")
-    _fill(model.modulator, files["modulator_iter_160000.pth.tar"], "the MicroAST modulator")
-    _fill(model.decoder, files["decoder_iter_160000.pth.tar"], "the MicroAST decoder")
-    return model
-
-
-_LOADERS: dict[str, Callable[[dict[str, Path]], StyleModel]] = {
-    "adain": _load_adain,
-    "adain-r31": _load_adain_r31,
-    "microast": _load_microast,
-}
 
 
 def check_model_name(name: str) -> str:
-    if name not in _LOADERS:
+    if name not in MODELS:
         raise InputError(f"unknown model '{name}': choose one of {', '.join(MODEL_NAMES)}")
     return name
 
@@ -98,7 +107,7 @@ def load_model(name: str, weights_dir: str | Path | None = None, download: bool 
     files = resolve_weights(name, weights_dir, download=download)
     if own is not None:
         files = {**files, DECODER_FILES[name][0]: own}
-    model = _LOADERS[name](files)
+    model = _load(MODELS[name], files)
     model.eval().requires_grad_(False)
     return model
 
@@ -124,5 +133,5 @@ def default_model(cuda_available: bool | None = None) -> str:
     return "adain" if cuda_available else "microast"
 
 
-__all__ = ["MODEL_NAMES", "DECODER_FILES", "StyleCode", "StyleModel", "load_model", "default_model",
+__all__ = ["MODELS", "MODEL_NAMES", "DECODER_FILES", "random_weights_model", "StyleCode", "StyleModel", "load_model", "default_model",
            "check_model_name", "check_decoder_option", "weights_fingerprint"]

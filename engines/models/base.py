@@ -7,17 +7,41 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor, nn
 
+if TYPE_CHECKING:
+    from engines.weights import ModelWeights
+
 StyleCode = dict[str, Tensor]
+
+
+def min_side(factor: int) -> int:
+    """The smallest frame side a network with this downsampling factor takes: every reflection pad fits."""
+    return max(2 * factor, 16)
+
+
+def padded_size(height: int, width: int, factor: int) -> tuple[int, int]:
+    """The (H, W) a frame is padded to before the network: each side up to a multiple of ``factor``, and
+    at least :func:`min_side`. The one rule that the stylizer's padding and the engines' shapes follow."""
+    least = -(-min_side(factor) // factor) * factor
+
+    def up(n: int) -> int:
+        return max(-(-n // factor) * factor, least)
+
+    return up(height), up(width)
 
 
 class StyleModel(nn.Module, ABC):
     """A style-transfer network split at the style code."""
 
     name: ClassVar[str]
+    #: its published weight files, each naming the attribute (sub-module) it fills; a file without a
+    #: sha256 is checked key by key and shape by shape when it loads (``engines.weights.check_layout``)
+    weights: ClassVar["ModelWeights"]
+    #: the attribute a user can train and pass as ``--decoder`` (``streamer train``); None: not offered
+    trainable: ClassVar[str | None] = None
     #: input height and width must be multiples of this (the encoder's downsampling)
     factor: ClassVar[int]
     #: the order in which the content graph takes the style code's tensors

@@ -12,6 +12,9 @@ from torch import Tensor, nn
 
 from engines.models.base import StyleCode, StyleModel
 from engines.ops import adain, blend, masked_adain, mean_std
+from engines.weights import ModelWeights, WeightFile
+
+_MICROAST_URL = "https://github.com/EndyWon/MicroAST/raw/main/models/"
 
 
 class ConvLayer(nn.Module):
@@ -108,6 +111,28 @@ class MicroAST(StyleModel):
     name = "microast"
     factor = 4
     code_names = ("mean0", "std0", "mean1", "std1", "w1", "b1", "w2", "b2")
+    weights = ModelWeights(
+        model="microast",
+        files=tuple(
+            WeightFile(name, _MICROAST_URL + name, sha, module, what)
+            for name, sha, module, what in (
+                ("content_encoder_iter_160000.pth.tar",
+                 "c8d895c0eec52507c157e102fab217c37f0c399ef3e168ef8b0b2677714660a4",
+                 "content_encoder", "the MicroAST content encoder"),
+                ("style_encoder_iter_160000.pth.tar",
+                 "94f6b3fa386828692c20809a0af8bd0eba9c04e90a7d8842086976e4d223c5af",
+                 "style_encoder", "the MicroAST style encoder"),
+                ("modulator_iter_160000.pth.tar",
+                 "8588055baf7d5ad8398d595d5518c6f030e3ff8dbb6007a7c1779776e11da28b",
+                 "modulator", "the MicroAST modulator"),
+                ("decoder_iter_160000.pth.tar",
+                 "32e04a46b953fd9f94ec9e20f351511305a5260e000c18f9aef6570d5f1e23d9",
+                 "decoder", "the MicroAST decoder"),
+            )
+        ),
+        license="MIT (Copyright (c) 2022 Zhizhong Wang)",
+        source="MicroAST (Wang et al., AAAI 2023), github.com/EndyWon/MicroAST (models/)",
+    )
     int8_refusal = ("int8 is not offered for microast: its modulated layers lose too much (worst real image "
                     "26 dB against fp32, bar 33 dB) for 1.25x; use --precision fp32")
     # The authors' feature blend (alpha * AdaIN + (1 - alpha) * c before each modulated block) drives the

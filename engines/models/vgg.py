@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engines.models.base import StyleCode, StyleModel
 from engines.ops import adain, blend, masked_adain, mean_std
+from engines.weights import ModelWeights, WeightFile
+
+_ADAIN_URL = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/"
+_R31_URL = "https://github.com/pietrocarbo/deep-transfer/raw/master/models/autoencoder_vgg19/vgg19_3/"
 
 # A compact layer spec: ("c", in, out, k) conv, "p" reflection pad 1, "r" ReLU, "m" max-pool 2 (ceil), "u" nearest x2.
 _VGG_TO_RELU4_1: list = [
@@ -60,11 +63,6 @@ def build_sequential(spec: Sequence) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def expected_layout(seq: nn.Sequential) -> dict[str, tuple[int, ...]]:
-    """Every key and shape a weights file must have to load into ``seq``."""
-    return {key: tuple(t.shape) for key, t in seq.state_dict().items()}
-
-
 class _VGGContentGraph(nn.Module):
     def __init__(self, model: "VGGAdaIN") -> None:
         super().__init__()
@@ -106,6 +104,18 @@ class AdaIN(VGGAdaIN):
 
     name = "adain"
     factor = 8
+    weights = ModelWeights(
+        model="adain",
+        files=(
+            WeightFile("vgg_normalised.pth", _ADAIN_URL + "vgg_normalised.pth", None,
+                       "encoder", "the normalised VGG-19 encoder (relu4_1)"),
+            WeightFile("decoder.pth", _ADAIN_URL + "decoder.pth", None, "decoder", "the AdaIN relu4_1 decoder"),
+        ),
+        license="MIT",
+        source="AdaIN (Huang & Belongie, ICCV 2017), relu4_1 encoder/decoder from the PyTorch port "
+               "github.com/naoto0804/pytorch-AdaIN (release v0.0.0)",
+    )
+    trainable = "decoder"
 
     def __init__(self) -> None:
         super().__init__(_VGG_TO_RELU4_1, _DECODER_RELU4_1)
@@ -116,16 +126,22 @@ class AdaINR31(VGGAdaIN):
 
     name = "adain-r31"
     factor = 4
+    weights = ModelWeights(
+        model="adain-r31",
+        files=(
+            WeightFile("vgg_normalised_conv3_1.pth", _R31_URL + "vgg_normalised_conv3_1.pth",
+                       "ff8506173d3a17e7b0fbfbff242c00b6827cfbcd7c21852b46806ae6a3fd7b09",
+                       "encoder", "the normalised VGG-19 encoder (relu3_1)"),
+            WeightFile("feature_invertor_conv3_1.pth", _R31_URL + "feature_invertor_conv3_1.pth",
+                       "f32bc7bd366ff027936b3d90a98bc3f8667ba3f2762df916261a0586c5e30ab5",
+                       "decoder", "the relu3_1 decoder"),
+        ),
+        license="Apache-2.0",
+        source="normalised VGG-19 encoder and decoder at relu3_1 from github.com/pietrocarbo/deep-transfer "
+               "(models/autoencoder_vgg19/vgg19_3)",
+    )
+    trainable = "decoder"
 
     def __init__(self) -> None:
         super().__init__(_VGG_TO_RELU4_1[:_RELU3_1_LEN], _DECODER_RELU3_1)
 
-
-@torch.no_grad()
-def _self_check() -> None:  # pragma: no cover - a developer's smoke test
-    for cls in (AdaIN, AdaINR31):
-        m = cls().eval()
-        x = torch.rand(1, 3, 64, 96)
-        code = m.encode_style(torch.rand(1, 3, 64, 64))
-        y = m.content_graph()(x, torch.tensor(1.0), *m.code_tensors(code))
-        assert y.shape == x.shape, (cls.name, y.shape)
