@@ -11,7 +11,7 @@ zero because flow, interpolation and compression are imperfect. Pairs across a s
 motion to compare and are skipped (and reported).
 
 Flow here is OpenCV DIS (``medium`` preset) at full resolution, which is deliberately not the flow
-the temporal stabilizer uses (DIS ``ultrafast`` at reduced size), so the stabilizer is not graded by
+the temporal stabilizer uses (DIS ``fast`` at half size), so the stabilizer is not graded by
 its own yardstick; ``--flow farneback`` gives a second, independent opinion.
 """
 from __future__ import annotations
@@ -52,11 +52,6 @@ def pair_warping_error(cur: np.ndarray, prev: np.ndarray, backward: np.ndarray, 
 def sharpness(rgb: np.ndarray) -> float:
     """Variance of the luma's Laplacian (the usual focus measure): falls when an image is blurred."""
     return float(cv2.Laplacian(fl.gray(rgb).astype(np.float32), cv2.CV_32F).var())
-
-
-def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute difference of two uint8 images, in 0-255 levels."""
-    return float(cv2.absdiff(a, b).mean())
 
 
 @dataclass
@@ -177,11 +172,11 @@ def read_frames(path: Path, max_frames: int | None = None) -> Iterator[np.ndarra
         return
     import av
 
-    from streamer.videoio import open_video
+    from streamer.videoio import open_video, video_stream
 
-    container, _ = open_video(path)
-    try:
-        for i, frame in enumerate(container.decode(video=0)):
+    container, info = open_video(path)
+    try:  # the stream open_video chose: a cover picture may come first
+        for i, frame in enumerate(container.decode(video_stream(container, info))):
             if max_frames is not None and i >= max_frames:
                 return
             yield frame.to_ndarray(format="rgb24")

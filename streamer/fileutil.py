@@ -18,6 +18,12 @@ def existing_file(path: str | Path, what: str, kind: str = "file") -> Path:
     return path
 
 
+def check_overwrite(path: str | Path, overwrite: bool) -> None:
+    """An existing output is kept unless ``--overwrite``: the one refusal every command gives."""
+    if not overwrite and Path(path).exists():
+        raise InputError(f"output exists: {path} (use --overwrite to replace it)")
+
+
 def new_file_mode() -> int:
     """The mode a new file gets under the current umask (mkstemp's temp files are private, 0600)."""
     try:
@@ -83,9 +89,11 @@ class AtomicOutput:
         self.path = Path(path)
         self.tmp_path = part_path(self.path)
         self._fd: int | None = self._open_locked()
-        if not overwrite and self.path.exists():
+        try:
+            check_overwrite(self.path, overwrite)
+        except InputError:
             self.discard()
-            raise InputError(f"output exists: {self.path} (use --overwrite to replace it)")
+            raise
 
     def _open_locked(self) -> int:
         for _ in range(5):  # the previous holder may rename or remove the file between our open and lock

@@ -39,6 +39,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -114,6 +115,21 @@ class Motion:
 
 
 # -- the stabilizer ----------------------------------------------------------------------------------
+class Temporal(Protocol):
+    """What render and live call on every frame in order (:class:`TemporalStabilizer`, or a test's stand-in)."""
+
+    def process(self, source_rgb: np.ndarray, stylized_rgb: np.ndarray) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
+
+
+def check_strength(strength: float) -> float:
+    """``--temporal-strength`` must lie in [0, 1] (nan does not)."""
+    if not 0.0 <= strength <= 1.0:
+        raise InputError(f"--temporal-strength must be between 0 and 1, not {strength:g}")
+    return float(strength)
+
+
 class TemporalStabilizer:
     """Call ``process(source, stylized)`` on every frame in order; ``reset()`` on a style switch.
 
@@ -123,9 +139,7 @@ class TemporalStabilizer:
 
     def __init__(self, strength: float = DEFAULT_STRENGTH, *, flow_scale: float = FLOW_SCALE,
                  preset: str = FLOW_PRESET, tone: bool = False, texture: bool = True) -> None:
-        if not 0.0 <= strength <= 1.0:
-            raise InputError(f"--temporal-strength must be between 0 and 1, not {strength:g}")
-        self.strength = float(strength)
+        self.strength = check_strength(strength)
         self.flow_scale = float(flow_scale)
         self.tone = tone
         self.texture = texture
@@ -242,10 +256,8 @@ def add_temporal_options(p: argparse.ArgumentParser) -> None:
 
 
 def make_temporal(args: argparse.Namespace) -> TemporalStabilizer | None:
-    """The stabilizer the options ask for, or None without ``--temporal``."""
-    strength = getattr(args, "temporal_strength", DEFAULT_STRENGTH)
-    if not 0.0 <= strength <= 1.0:
-        raise InputError(f"--temporal-strength must be between 0 and 1, not {strength:g}")
+    """The stabilizer the options ask for, or None without ``--temporal``: render and live both call this."""
+    strength = check_strength(getattr(args, "temporal_strength", DEFAULT_STRENGTH))
     if not getattr(args, "temporal", False):
         if strength != DEFAULT_STRENGTH:
             log.warning("--temporal-strength has no effect without --temporal")

@@ -26,9 +26,10 @@ from engines.errors import InputError
 from engines.progress import bars_enabled, tqdm_disable
 from engines.models import StyleCode
 from engines.stylizer import Stylizer, resize_back, resize_short_side, short_side_shape
-from streamer.fileutil import AtomicOutput
+from streamer.fileutil import AtomicOutput, check_overwrite
 from streamer.pipeline import ThreadedPipeline, run_in_thread
 from streamer.signals import exit_code, signal_number, stopped_by
+from streamer.temporal import add_temporal_options, make_temporal
 from streamer.videoio import (CONTAINERS, DEFAULT_PRESET, PRESET_NAMES, VideoInfo, VideoWriter, check_output,
                               open_video, video_stream)
 
@@ -76,10 +77,7 @@ def add_video_options(p: argparse.ArgumentParser) -> None:
     add_encoder_options(g)
     g.add_argument("--max-frames", type=int, default=None, metavar="N",
                    help="stop after the first N frames (for previews and scripts)")
-    if "--temporal" not in p._option_string_actions:  # noqa: SLF001 - unless render.py already added them
-        from streamer.temporal import add_temporal_options
-
-        add_temporal_options(p)
+    add_temporal_options(p)
 
 
 @dataclass
@@ -295,8 +293,7 @@ def check_video_job(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any
         raise InputError("--max-frames must be a positive number of frames")
     if dst.exists() and dst.resolve() == src.resolve():
         raise InputError("the output would replace the input video; choose another output name")
-    if dst.exists() and not args.overwrite:
-        raise InputError(f"output exists: {dst} (use --overwrite to replace it)")
+    check_overwrite(dst, args.overwrite)
     encoder = encoder_options(args, dst)
     container, info = open_video(src)  # fail on a broken input before loading any model
     container.close()
@@ -311,7 +308,7 @@ def render_video(args: argparse.Namespace) -> int:
     src, dst, encoder, info = check_video_job(args)
     style_paths = expand_style_paths(args.style, args.style_size)
     check_style_weights(args.style_weights, len(style_paths))
-    temporal = _temporal_filter(args)
+    temporal = make_temporal(args)
     output = AtomicOutput(dst, overwrite=args.overwrite)  # read-only folder, or another run on it: fail now
     try:
         args.size = fit_short_side(args.size, info.height, info.width, "the video")
@@ -353,10 +350,3 @@ def missing_frames(written: int, info: VideoInfo, max_frames: int | None) -> int
     expected = info.frames if max_frames is None else min(max_frames, info.frames)
     slack = 0 if info.frames_exact else max(2, round(ESTIMATE_SLACK * expected))
     return expected - written if expected - written > slack else 0
-
-
-def _temporal_filter(args: argparse.Namespace):
-    """The temporal-stability filter ``--temporal`` asks for, or None."""
-    from streamer.temporal import make_temporal
-
-    return make_temporal(args)

@@ -8,8 +8,8 @@ when the container accepts the codec, and re-encoded (AAC, or Opus for WebM) whe
 Odd frame sizes: H.264 in 4:2:0 (``yuv420p``, the default and the only format every player
 supports) needs even width and height. For such formats an odd-sized frame is padded by one pixel
 (the last row/column repeated, so nothing shows) and the file is one pixel larger on that side.
-Formats without chroma subsampling (``--pix-fmt yuv444p``, ``libx264rgb``, ``ffv1``) keep the
-exact size.
+A caller passing a format without chroma subsampling (``VideoWriter(..., pix_fmt="yuv444p")``) keeps
+the exact size; the command line has no pixel-format flag and always encodes ``yuv420p``.
 """
 from __future__ import annotations
 

@@ -64,3 +64,31 @@ def adain_r31(weights_dir: Path):
     from engines.models import load_model
 
     return load_model("adain-r31", weights_dir, download=False)
+
+
+def cli_runner(weights_dir: Path, capsys: pytest.CaptureFixture, *flags: str):
+    """The CLI in-process with ``flags`` first and ``--weights-dir`` last: ``run(*argv) -> (exit code, stderr)``."""
+    from streamer.cli import main
+
+    def _run(*argv) -> tuple[int, str]:
+        code = main([*flags, *map(str, argv), "--weights-dir", str(weights_dir)])
+        return code, capsys.readouterr().err
+
+    return _run
+
+
+@pytest.fixture()
+def run(weights_dir: Path, capsys):
+    """The CLI in-process, quiet; (exit code, stderr)."""
+    return cli_runner(weights_dir, capsys, "-q")
+
+
+@pytest.fixture()
+def fake_model():
+    """Commands use an InvertingStylizer (tests.fakes) instead of loading a network."""
+    from streamer.options import stand_in_model
+    from tests.fakes import InvertingStylizer
+
+    fake = InvertingStylizer()
+    with stand_in_model(fake):
+        yield fake

@@ -164,9 +164,9 @@ def test_live_at_half_alpha_is_a_picture(weights_dir, media, capsys) -> None:
 
 
 def test_live_stdin_alpha_out_of_range_says_so(tmp_path, capsys) -> None:
-    from streamer.capture import PatternSource
-    from streamer.hotkeys import LiveState
-    from streamer.live import LiveSession
+    from streamer.live.capture import PatternSource
+    from streamer.live.hotkeys import LiveState
+    from streamer.live.session import LiveSession
     from tests.test_live import Collector, FakeStylizer, fake_styles
 
     out = Collector()

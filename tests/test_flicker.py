@@ -134,3 +134,51 @@ def test_cli_reads_video_files(pan, tmp_path, capsys):
     assert main(["eval", "flicker", str(path), str(path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["frames"] == 10 and data["warping_error"] == pytest.approx(data["source_warping_error"])
+
+
+def video_with_cover_art_first(path, frames: list[np.ndarray]) -> None:
+    """An .mp4 whose first video stream is a cover picture (as iTunes-style taggers write it), then ``frames``."""
+    import struct
+
+    import av
+
+    with av.open(str(path), "w") as out:
+        art = out.add_stream("mjpeg", rate=1)
+        art.width, art.height, art.pix_fmt = 32, 32, "yuvj420p"
+        art.disposition = av.stream.Disposition.attached_pic
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        cover = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 250, np.uint8), format="rgb24")
+        for packet in [*art.encode(cover.reformat(format="yuvj420p")), *art.encode()]:
+            out.mux(packet)
+        for t, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts = t
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+    # FFmpeg writes the cover ('udta') after the track; taggers put it first, so it becomes stream 0
+    data = bytearray(path.read_bytes())
+    i = 0
+    while i < len(data):
+        size, kind = struct.unpack(">I4s", data[i:i + 8])
+        if kind == b"moov":
+            kids, j = [], i + 8
+            while j < i + size:
+                n = struct.unpack(">I", data[j:j + 4])[0]
+                kids.append(bytes(data[j:j + n]))
+                j += n
+            kids.sort(key=lambda box: (box[4:8] != b"mvhd", box[4:8] != b"udta"))  # same size: offsets hold
+            data[i + 8:i + size] = b"".join(kids)
+        i += size
+    path.write_bytes(data)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].disposition & av.stream.Disposition.attached_pic  # the case under test
+
+
+def test_cli_reads_the_video_stream_not_the_cover_art(pan, tmp_path, capsys):
+    src = tmp_path / "covered.mp4"
+    video_with_cover_art_first(src, pan)
+    code = main(["eval", "flicker", str(src), str(src), "--json"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert report["frames"] == len(pan)  # the old reader decoded the one cover picture: "no pairs"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.hotkeys import HELP, Action, LiveState, handle_command, handle_key, normalise_key
+from streamer.live.hotkeys import HELP, Action, LiveState, handle_command, handle_key, normalise_key
 
 NAMES = ["la_muse", "mondrian", "sketch"]
 

@@ -15,14 +15,14 @@ import av
 import numpy as np
 import pytest
 
-import streamer.capture as capture
-import streamer.live as live
+import streamer.live.capture as capture
 from engines.errors import InputError
-from streamer.capture import LatestSlot, PatternSource
 from streamer.cli import main
-from streamer.hotkeys import LiveState
-from streamer.live import LiveSession
-from streamer.options import Style
+from streamer.live.capture import PatternSource
+from streamer.live.hotkeys import LiveState
+from streamer.live.session import LiveSession
+from streamer.live.slot import LatestSlot
+from streamer.options import Style, stand_in_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,13 +80,11 @@ def fake_styles(*fills) -> list[Style]:
 
 
 @pytest.fixture
-def fake_model(monkeypatch):
+def fake_model():
     """`streamer live` with the FakeStylizer and two styles: pass-through and grey 128."""
     stylizer = FakeStylizer()
-    monkeypatch.setattr(live, "build_stylizer", lambda args, shape_hint=None: stylizer)
-    monkeypatch.setattr(live, "expand_style_paths", lambda items, *a, **k: [Path(i) for i in items])
-    monkeypatch.setattr(live, "load_styles", lambda paths, *a, **k: fake_styles(None, 128)[:max(1, len(paths))])
-    return stylizer
+    with stand_in_model(stylizer, lambda paths: fake_styles(None, 128)[:max(1, len(paths))], any_style_path=True):
+        yield stylizer
 
 
 @pytest.fixture(autouse=True)
@@ -286,7 +284,7 @@ def test_recording_is_vfr_at_capture_times_while_the_vcam_keeps_a_steady_rate(tm
     """What a 60-frame CPU recording got wrong (6 distinct frames, each repeated at 1/fps): with an engine
     slower than the output rate, the steady output still gets every tick, the recording each stylized frame
     once, stamped with its capture time to the millisecond."""
-    from streamer.outputs import Recording
+    from streamer.live.outputs import Recording
 
     captured: dict[int, float] = {}
     session = LiveSession(GraySource(), FakeStylizer(delay=0.15), fake_styles(None), LiveState(1),
@@ -536,7 +534,7 @@ def test_real_window_under_xvfb(xvfb, weights_dir, style_image):
 
 def test_live_temporal_option_builds_a_stabilizer() -> None:
     from streamer.cli import build_parser
-    from streamer.live import temporal_filter
+    from streamer.temporal import make_temporal as temporal_filter
     from streamer.temporal import TemporalStabilizer
 
     parser = build_parser()

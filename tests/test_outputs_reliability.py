@@ -28,12 +28,11 @@ from PIL import Image
 
 from engines.errors import InputError
 from streamer import options, video
-from streamer import render as render_cmd
-from streamer.cli import main
 from streamer.fileutil import AtomicOutput, FolderLock, part_path
 from streamer.pipeline import run_in_thread
 from streamer.signals import Interrupted, stop_signals_interrupt
 from streamer.videoio import VideoInfo
+from tests.fakes import InvertingStylizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 180  # seconds any one subprocess step may take on a loaded 2-core machine
@@ -108,45 +107,6 @@ def one_error(code: int, err: str, *words: str) -> str:
     for w in words:
         assert w in lines[0], err
     return lines[0]
-
-
-@pytest.fixture()
-def run(weights_dir: Path, capsys):
-    """The CLI in-process, quiet; (exit code, stderr)."""
-
-    def _run(*argv) -> tuple[int, str]:
-        code = main(["-q", *map(str, argv), "--weights-dir", str(weights_dir)])
-        return code, capsys.readouterr().err
-
-    return _run
-
-
-class FakeStylizer:
-    """Inverts colours; raises ``stop`` (an interrupt) on call ``stop_at``."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.stop_at: int | None = None
-        self.stop: BaseException = KeyboardInterrupt()
-
-    def stylize(self, frame, code, alpha=1.0, keep_color=False):
-        self.calls += 1
-        if self.stop_at is not None and self.calls >= self.stop_at:
-            raise self.stop
-        return 255 - frame
-
-
-@pytest.fixture()
-def fake_model(monkeypatch):
-    fake = FakeStylizer()
-    for module in (options, render_cmd):
-        monkeypatch.setattr(module, "build_stylizer", lambda args, shape_hint=None: fake)
-        monkeypatch.setattr(module, "load_styles",
-                            lambda paths, *a, **k: [options.Style(p.stem, p, {}) for p in paths])
-        monkeypatch.setattr(module, "mixed_code", lambda styles, weights: {})
-    return fake
 
 
 @pytest.fixture(scope="module")
@@ -374,11 +334,13 @@ def test_second_render_to_the_same_output_refuses(run, fake_model, clip, style, 
     assert count_frames(out) == n and parts(tmp_path) == []
 
 
-def test_second_live_recording_to_the_same_file_refuses_before_the_model(run, monkeypatch, style, tmp_path) -> None:
+def test_second_live_recording_to_the_same_file_refuses_before_the_model(run, style, tmp_path) -> None:
     rec = tmp_path / "rec.mp4"
     held = AtomicOutput(rec)  # as another streamer process recording there holds it
-    monkeypatch.setattr(sys.modules["streamer.live"], "build_stylizer", lambda *a, **k: pytest.fail("model built"))
-    code, err = run("live", "--source", "test", "--record", rec, "--no-stdin", "--max-frames", "2", "--style", style)
+    with options.stand_in_model(InvertingStylizer()) as stand_in:
+        code, err = run("live", "--source", "test", "--record", rec, "--no-stdin", "--max-frames", "2", "--style",
+                        style)
+    assert stand_in.built == 0, "model built"
     one_error(code, err, f"{rec} is being written by another streamer process")
     held.discard()
     assert list(tmp_path.iterdir()) == []

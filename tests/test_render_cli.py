@@ -9,17 +9,13 @@ import pytest
 from PIL import Image
 
 from streamer.cli import main
+from tests.conftest import cli_runner
 
 
 @pytest.fixture()
 def run(weights_dir: Path, capsys):
-    """Run the CLI in-process; return (exit code, stderr)."""
-
-    def _run(*argv: str) -> tuple[int, str]:
-        code = main([*map(str, argv), "--weights-dir", str(weights_dir)])
-        return code, capsys.readouterr().err
-
-    return _run
+    """Run the CLI in-process, not quiet (info lines are checked); return (exit code, stderr)."""
+    return cli_runner(weights_dir, capsys)
 
 
 @pytest.fixture(scope="module")

@@ -12,29 +12,14 @@ import av
 import numpy as np
 import pytest
 
-from streamer import options, video
+from streamer import video
 from streamer.cli import main
 from streamer.video import render_video_file
 from streamer.videoio import VideoWriter
+from tests.fakes import InvertingStylizer
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-class FakeStylizer:
-    """Inverts colours instantly; raises KeyboardInterrupt on call ``interrupt_at`` (like a user's Ctrl-C)."""
-
-    name = "fake"
-
-    def __init__(self, interrupt_at: int | None = None) -> None:
-        self.calls = 0
-        self.interrupt_at = interrupt_at
-
-    def stylize(self, frame, code, alpha=1.0, keep_color=False):
-        self.calls += 1
-        if self.interrupt_at is not None and self.calls >= self.interrupt_at:
-            raise KeyboardInterrupt
-        return 255 - frame
-
-
 def make_video(path: Path, pts: list[int], time_base: fractions.Fraction, size: tuple[int, int] = (96, 64),
                codec: str = "libx264", pix_fmt: str = "yuv420p", rate: int = 24, noise: bool = False,
                rotation: int = 0) -> Path:
@@ -73,27 +58,6 @@ def count_frames(path: Path) -> int:
 
 def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.endswith(".part")]
-
-
-@pytest.fixture()
-def run(weights_dir: Path, capsys):
-    """Run the CLI in-process; return (exit code, stderr)."""
-
-    def _run(*argv: str) -> tuple[int, str]:
-        code = main(["-q", *map(str, argv), "--weights-dir", str(weights_dir)])
-        return code, capsys.readouterr().err
-
-    return _run
-
-
-@pytest.fixture()
-def fake_model(monkeypatch):
-    """Make `streamer render` use a FakeStylizer instead of loading a network."""
-    fake = FakeStylizer()
-    monkeypatch.setattr(options, "build_stylizer", lambda args, shape_hint=None: fake)
-    monkeypatch.setattr(options, "load_styles", lambda paths, *a, **k: [options.Style(p.stem, p, {}) for p in paths])
-    monkeypatch.setattr(options, "mixed_code", lambda styles, weights: {})
-    return fake
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +112,7 @@ def test_variable_frame_rate_keeps_each_timestamp(tmp_path: Path) -> None:
     pts = [0, 40, 80, 200, 233, 500, 510, 520, 1000, 1400]
     src = make_video(tmp_path / "vfr.mkv", pts, tb)
     for dst in (tmp_path / "out.mp4", tmp_path / "out.mkv"):
-        stats = render_video_file(src, dst, FakeStylizer(), {}, progress=False)
+        stats = render_video_file(src, dst, InvertingStylizer(), {}, progress=False)
         assert stats.frames == 10 and not stats.interrupted
         assert frame_times(dst) == [p * tb for p in pts]
 
@@ -158,7 +122,7 @@ def test_odd_size_is_padded_by_one_pixel(tmp_path: Path) -> None:
     src = make_video(tmp_path / "odd.mkv", list(range(6)), fractions.Fraction(1, 24), size=(97, 63),
                      pix_fmt="yuv444p")
     dst = tmp_path / "odd.mp4"
-    assert render_video_file(src, dst, FakeStylizer(), {}, progress=False).frames == 6
+    assert render_video_file(src, dst, InvertingStylizer(), {}, progress=False).frames == 6
     with av.open(str(dst)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 6 and frames[0].shape == (64, 98, 3)
@@ -184,7 +148,7 @@ def test_temporal_filter_sees_every_frame_in_order(tmp_path: Path) -> None:
 
     src = make_video(tmp_path / "in.mkv", list(range(8)), fractions.Fraction(1, 24), codec="ffv1", pix_fmt="bgr0")
     rec = Recorder()
-    render_video_file(src, tmp_path / "out.mkv", FakeStylizer(), {}, progress=False, temporal=rec)
+    render_video_file(src, tmp_path / "out.mkv", InvertingStylizer(), {}, progress=False, temporal=rec)
     assert rec.log == ["reset", *range(8)]
     with av.open(str(tmp_path / "out.mkv")) as c:
         assert all(f.to_ndarray(format="rgb24").max() <= 2 for f in c.decode(video=0))
@@ -200,7 +164,7 @@ def test_temporal_option_renders(run, fake_model, clip: Path, style: Path, tmp_p
 def test_phone_rotation_is_kept(tmp_path: Path) -> None:
     src = make_video(tmp_path / "phone.mp4", list(range(4)), fractions.Fraction(1, 24), rotation=90)
     dst = tmp_path / "out.mp4"
-    render_video_file(src, dst, FakeStylizer(), {}, progress=False)
+    render_video_file(src, dst, InvertingStylizer(), {}, progress=False)
     with av.open(str(dst)) as c:
         assert next(c.decode(video=0)).rotation == 90
 
@@ -216,7 +180,7 @@ def test_webm_gets_vp9_and_audio_reencoded_to_opus(run, fake_model, clip: Path, 
 
 
 def test_ctrl_c_leaves_a_playable_partial_file(run, fake_model, clip: Path, style: Path, tmp_path: Path) -> None:
-    fake_model.interrupt_at = 31
+    fake_model.stop_at = 31
     out = tmp_path / "partial.mp4"
     code, err = run("render", clip, out, "--style", style)
     assert code == 130
@@ -299,7 +263,7 @@ def test_disk_full_removes_the_temp_file(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(av.container.OutputContainer, "mux", full_disk)
     dst = tmp_path / "out.mp4"
     with pytest.raises(video.InputError, match="disk full"):
-        render_video_file(src, dst, FakeStylizer(), {}, progress=False)
+        render_video_file(src, dst, InvertingStylizer(), {}, progress=False)
     assert not dst.exists() and not leftovers(tmp_path)
 
 
@@ -313,7 +277,7 @@ def test_real_disk_full_on_a_tiny_filesystem(tmp_path: Path) -> None:
         src = make_video(tmp_path / "in.mkv", list(range(24)), fractions.Fraction(1, 24), size=(160, 120),
                          noise=True)
         with pytest.raises(video.InputError, match="disk full"):
-            render_video_file(src, mnt / "out.mp4", FakeStylizer(), {}, progress=False, crf=0)
+            render_video_file(src, mnt / "out.mp4", InvertingStylizer(), {}, progress=False, crf=0)
         assert list(mnt.iterdir()) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=False)

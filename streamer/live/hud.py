@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from streamer.hotkeys import HELP, LiveState
+from streamer.live.hotkeys import HELP, LiveState
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 

@@ -18,12 +18,13 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import cv2
 import numpy as np
 
 from engines.errors import DeviceError, InputError
+from engines.stylizer import resize_to
 
 if TYPE_CHECKING:
     from streamer.fileutil import AtomicOutput
@@ -34,12 +35,44 @@ WINDOW_TITLE = "streamer"
 VCAM_ENV = "STREAMER_VCAM_BACKEND"
 
 
-def resize_to(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """Scale to exactly ``size`` (W, H); the caller picks a size with the right aspect."""
-    if size is None or frame.shape[1::-1] == tuple(size):
-        return frame
-    shrink = size[0] < frame.shape[1]
-    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+# -- what the session talks to -----------------------------------------------------------------
+class Output(Protocol):
+    """A place live frames go besides the window: a new kind of output implements this.
+
+    ``timestamped`` False (a virtual camera): ``send(frame)`` every output tick at ``--fps``, the newest
+    frame repeated when no new one is ready. True (a recording): ``send(frame, t_capture)`` once per new
+    frame, with its capture time. ``close()`` finishes it at the end of a session; ``abort()`` drops it
+    when the session never started (a recording leaves no file).
+    """
+
+    timestamped: ClassVar[bool]
+
+    def send(self, frame_rgb: np.ndarray, *t_capture: float) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def timestamped(out: Output) -> bool:
+    """Whether ``out`` takes each new frame once with its capture time (False when it does not say)."""
+    return getattr(out, "timestamped", False)
+
+
+class Window(Protocol):
+    """The preview window, driven from the main thread: frames in, keys out."""
+
+    toolkit: ClassVar[str]
+    closed: bool
+
+    def show(self, frame_rgb: np.ndarray) -> None: ...
+
+    def wait(self, seconds: float) -> list[str]:
+        """Process window events for about ``seconds``; the keys pressed meanwhile (normalised names)."""
+
+    def set_fullscreen(self, on: bool) -> None: ...
+
+    def close(self) -> None: ...
 
 
 # -- window ------------------------------------------------------------------------------------
@@ -68,7 +101,7 @@ def _opencv_window_hangs() -> bool:
     return sys.platform.startswith("linux") and "av" in sys.modules
 
 
-def open_window(toolkit: str = "auto", title: str = WINDOW_TITLE):
+def open_window(toolkit: str = "auto", title: str = WINDOW_TITLE) -> Window:
     """A window of ``toolkit`` (auto, tk, opencv) or one clear DeviceError saying what to do.
 
     auto = Tk (in the standard library, works with opencv-python-headless and beside PyAV), else
@@ -109,7 +142,6 @@ class CvWindow:
         self.title = title
         cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
         self._shown = False
-        self._keys: list[str] = []
         self.closed = False
 
     def show(self, frame_rgb: np.ndarray) -> None:
@@ -120,7 +152,7 @@ class CvWindow:
 
     def wait(self, seconds: float) -> list[str]:
         """Process window events for about ``seconds``; the keys pressed meanwhile (normalised names)."""
-        from streamer.hotkeys import normalise_key
+        from streamer.live.hotkeys import normalise_key
 
         code = cv2.waitKeyEx(max(1, int(seconds * 1000)))
         keys = []
@@ -176,7 +208,7 @@ class TkWindow:
         self.closed = True
 
     def _on_key(self, event) -> None:
-        from streamer.hotkeys import normalise_key
+        from streamer.live.hotkeys import normalise_key
 
         key = normalise_key(event.char) if event.char and event.char.isprintable() else normalise_key(event.keysym)
         if key:
@@ -260,7 +292,9 @@ def register_vcam_backend(spec: str | None) -> str | None:
 
 
 class VirtualCamera:
-    """pyvirtualcam at a fixed size and rate; frames in RGB."""
+    """pyvirtualcam at a fixed size and rate; frames in RGB. An :class:`Output` fed at a steady rate."""
+
+    timestamped = False
 
     def __init__(self, width: int, height: int, fps: float, backend: str | None = None,
                  device: str | None = None) -> None:
@@ -287,6 +321,9 @@ class VirtualCamera:
 
     def close(self) -> None:
         self.cam.close()
+
+    def abort(self) -> None:
+        self.cam.close()  # nothing to undo: a virtual camera keeps no frames
 
 
 # -- recording ---------------------------------------------------------------------------------

@@ -5,8 +5,11 @@ Sources: a camera index (``0``), a video file, a URL/stream (anything OpenCV's F
 hands out RGB uint8 frames. Cameras are opened at the requested size and rate, asking for MJPG
 first: raw YUYV over USB 2 caps most webcams at a few fps at 1080p.
 
-Latest frame wins: the capture thread overwrites a one-item :class:`LatestSlot`, so nothing ever
-queues up behind a slow engine; overwritten frames are counted as dropped.
+Latest frame wins: the capture thread overwrites a one-item :class:`~streamer.live.slot.LatestSlot`,
+so nothing ever queues up behind a slow engine; overwritten frames are counted as dropped.
+
+A new kind of source: a class with the :class:`Source` protocol's attributes and methods, and a
+branch in :func:`open_source` that recognises its ``--source`` text.
 """
 from __future__ import annotations
 
@@ -17,13 +20,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
 
 from engines.errors import DeviceError, InputError
 from streamer.imageio import check_pixels
+from streamer.live.slot import LatestSlot
 
 log = logging.getLogger(__name__)
 
@@ -32,61 +36,6 @@ RETRIES = 3
 RETRY_DELAY = 1.0
 #: a read that fails this many times in a row counts as "stopped delivering"
 READ_FAILURES = 5
-
-
-class SourceEnded(Exception):
-    """A file source reached its end (not an error: the session stops normally)."""
-
-
-# -- the slot ----------------------------------------------------------------------------------
-class LatestSlot:
-    """Holds at most one item; ``put`` replaces an unread one (counted in ``dropped``), ``take`` waits for a new one.
-
-    ``close(exc)`` ends the stream: waiting takers wake, and once the last item is read they get
-    ``exc`` raised (``None`` -> :class:`SourceEnded`).
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: Any = None
-        self._fresh = False
-        self._closed = False
-        self._error: BaseException | None = None
-        self.put_count = 0
-        self.dropped = 0
-
-    def put(self, item: Any) -> None:
-        with self._cond:
-            if self._fresh:
-                self.dropped += 1
-            self._item, self._fresh = item, True
-            self.put_count += 1
-            self._cond.notify_all()
-
-    def take(self, timeout: float | None = None) -> Any:
-        """The newest unread item; ``None`` after ``timeout`` seconds without one."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._fresh or self._closed, timeout):
-                return None
-            if self._fresh:
-                self._fresh = False
-                return self._item
-            raise self._error if self._error is not None else SourceEnded()
-
-    def poll(self) -> Any:
-        """The newest unread item or ``None``, without waiting (raises like :meth:`take` once closed and empty)."""
-        return self.take(timeout=0)
-
-    @property
-    def pending(self) -> int:
-        """Unread items: 0 or 1, never more, however slow the reader."""
-        return int(self._fresh)
-
-    def close(self, error: BaseException | None = None) -> None:
-        with self._cond:
-            if not self._closed:
-                self._closed, self._error = True, error
-            self._cond.notify_all()
 
 
 @dataclass

@@ -1,101 +1,38 @@
-"""`streamer live`: a camera (or file, stream, test pattern) stylized in real time.
-
-Three threads, joined by one-item "latest frame wins" slots, so no queue can grow:
+"""One live session: the rate meter, the engine thread and the loop that feeds the outputs.
 
     capture thread --slot--> engine thread --slot--> output loop (main thread)
 
-The capture thread reads the source as fast as it delivers (files and the test pattern are paced at
-their frame rate) and overwrites its slot; frames the engine had no time for are dropped and
-counted. The engine thread stylizes the newest frame with the current style, so latency stays at
+The engine thread stylizes the newest captured frame with the current style, so latency stays at
 about one engine step. The output loop runs at ``--fps`` in the main thread (GUI toolkits and
 Ctrl-C both want it): it shows/sends the newest stylized frame, repeating it when the engine is
 slower than the display, and handles keys (window) or typed commands (stdin).
-
-All style codes are computed before the first frame, so a style switch shows on the next frame.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import logging
-import os
-import queue
-import select
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from engines.errors import DeviceError, InputError
-from engines.stylizer import Stylizer, short_side_shape
-from streamer.capture import CaptureThread, Frame, LatestSlot, Source, SourceEnded, open_source, parse_size
-from streamer.fileutil import AtomicOutput
-from streamer.hotkeys import Action, LiveState, handle_command, handle_key, status_line
-from streamer.hud import draw_overlays
-from streamer.options import (Style, add_model_options, add_style_options, alpha_value, build_stylizer,
-                              check_short_side, expand_style_paths, fit_short_side, load_styles, pick_device)
-from streamer.outputs import Recording, VirtualCamera, display_problem, open_window, resize_to
-from streamer.video import add_encoder_options, encoder_options
+from engines.errors import InputError
+from engines.stylizer import Stylizer, resize_to, short_side_shape
+from streamer.live.capture import CaptureThread, Frame, Source
+from streamer.live.hotkeys import Action, LiveState, handle_command, handle_key, status_line
+from streamer.live.hud import draw_overlays
+from streamer.live.outputs import Output, Window, timestamped
+from streamer.live.slot import LatestSlot, SourceEnded
+from streamer.live.stdin import StdinCommands
+from streamer.options import Style
+from streamer.temporal import Temporal
 
 log = logging.getLogger(__name__)
 
-CPU_SIZE = 360  # default working short side on a CPU: microast runs near real time there
 JOIN_TIMEOUT = 30.0  # seconds; an engine step on a slow device can take a while
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "live", help="stylize a camera (or file, stream, test pattern) live: window, virtual camera, recording",
-        description="Stylize a live source in real time. Outputs, any combination: --window (the default when "
-                    "no other output is named), --vcam, --record FILE. Keys in the window: n/p next/previous "
-                    "style, 1-9 pick, +/- alpha, c colours, space bypass, s snapshot, i HUD, h help, f fullscreen, "
-                    "q/Esc quit. Without a window, type the same keys (and 'help') on stdin.")
-    p.add_argument("--source", default="0",
-                   help="camera number (default 0), video file, URL/stream, or 'test' for a moving test pattern")
-    p.add_argument("--capture-size", default=None, metavar="WxH",
-                   help="camera: size to ask for (default 1280x720); files/streams: scale down to fit; "
-                        "test: pattern size (default 640x360)")
-    p.add_argument("--fps", type=float, default=30.0,
-                   help="camera rate to ask for, test pattern rate, and output rate (default 30)")
-    p.add_argument("--size", type=int, default=None,
-                   help="stylize with the short side at N px, shown at the capture size (0 = capture size; "
-                        f"default: 0 on a GPU, {CPU_SIZE} on a CPU; smaller is faster)")
-    p.add_argument("--loop", action="store_true", help="file source: start again at the end instead of stopping")
-    add_style_options(p, several_means="switched live with n/p or 1..9 (all precomputed before the first frame)")
-    o = p.add_argument_group("outputs")
-    o.add_argument("--window", action="store_true",
-                   help="preview window (the default when neither --vcam nor --record is given)")
-    o.add_argument("--vcam", action="store_true",
-                   help="send to a virtual camera (v4l2loopback on Linux, OBS on Windows/macOS) at --fps (default 30)")
-    o.add_argument("--record", default=None, metavar="FILE",
-                   help="record the output to a video file (.mp4, .mkv, .webm, ...): each stylized frame once, at "
-                        "its capture time (variable frame rate), encoded with --codec/--crf/--preset")
-    o.add_argument("--out-size", default=None, metavar="WxH",
-                   help="size of the virtual camera and recording (default: the capture size)")
-    o.add_argument("--vcam-backend", default=None, metavar="NAME|module:Class",
-                   help="pyvirtualcam backend: a name (v4l2loopback, obs, unitycapture) or a class to register; "
-                        "also STREAMER_VCAM_BACKEND")
-    o.add_argument("--vcam-device", default=None, help="virtual camera device, e.g. /dev/video10")
-    o.add_argument("--window-toolkit", default="auto", choices=("auto", "opencv", "tk"),
-                   help="auto: Tk (default), else OpenCV's window where that works (needs opencv-python)")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing --record file")
-    add_encoder_options(p.add_argument_group("recording (--record)"))
-    c = p.add_argument_group("control")
-    c.add_argument("--hud", action="store_true", help="start with the HUD on (key i toggles it)")
-    c.add_argument("--snapshot-dir", default=".", help="where s saves PNG snapshots (default: current folder)")
-    c.add_argument("--max-frames", type=int, default=0,
-                   help="stop after N output frames (with --record alone: N recorded frames; 0 = until q/Ctrl-C)")
-    c.add_argument("--no-stdin", action="store_true", help="do not read commands from stdin")
-    add_model_options(p)
-    from streamer.temporal import add_temporal_options
-
-    add_temporal_options(p)
-    p.set_defaults(run=run)
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -144,12 +81,6 @@ class Summary:
     latency_ms: float = 0.0
     seconds: float = 0.0
     stop_reason: str = ""
-
-
-class Temporal(Protocol):
-    def process(self, source_rgb: np.ndarray, stylized_rgb: np.ndarray) -> np.ndarray: ...
-
-    def reset(self) -> None: ...
 
 
 # -- engine thread -----------------------------------------------------------------------------
@@ -213,64 +144,17 @@ class EngineThread(threading.Thread):
             self.out_slot.close(error)
 
 
-# -- stdin commands ----------------------------------------------------------------------------
-class StdinCommands(threading.Thread):
-    """Lines typed on stdin, for switching styles without a window (``--vcam``/``--record`` only).
-
-    POSIX: select() with a timeout, so the thread stops when asked, and nothing is read while the
-    process is a background job (reading the terminal then would stop the whole process).
-    """
-
-    def __init__(self, stop: threading.Event) -> None:
-        super().__init__(name="stdin", daemon=True)
-        self.stop_event = stop
-        self.lines: queue.Queue[str] = queue.Queue()
-
-    def run(self) -> None:
-        try:
-            stream = sys.stdin
-            if stream is None or stream.closed:
-                return
-            fd = stream.fileno()
-        except (OSError, ValueError, AttributeError):  # pytest's captured stdin, a detached service
-            return
-        posix = os.name == "posix"
-        while not self.stop_event.is_set():
-            try:
-                if posix:
-                    if os.isatty(fd) and os.tcgetpgrp(fd) != os.getpgrp():
-                        self.stop_event.wait(0.5)  # background job: leave the terminal alone
-                        continue
-                    ready, _, _ = select.select([fd], [], [], 0.2)
-                    if not ready:
-                        continue
-                line = stream.readline()
-            except (OSError, ValueError):
-                return
-            if not line:
-                return  # end of input: keep running, just no more commands
-            self.lines.put(line)
-
-    def drain(self) -> list[str]:
-        out = []
-        while True:
-            try:
-                out.append(self.lines.get_nowait())
-            except queue.Empty:
-                return out
-
-
 # -- the session -------------------------------------------------------------------------------
 class LiveSession:
     """Runs capture, engine and outputs until quit, ``max_frames``, the source's end, an error or Ctrl-C.
 
-    ``window`` / ``outputs``: objects with ``show``+``wait``+``set_fullscreen``+``close`` and
-    ``send``+``close``. Whatever happens, the threads are joined, the source is released and every
+    ``window``: a :class:`~streamer.live.outputs.Window`; ``outputs``: :class:`~streamer.live.outputs.Output`
+    sinks (a virtual camera, a recording). Whatever happens, the threads are joined, the source is released and every
     output is closed (a recording is finalised) before :meth:`run` returns or raises.
     """
 
     def __init__(self, source: Source, stylizer: Stylizer, styles: list[Style], state: LiveState, *,
-                 window: Any = None, outputs: list[Any] | None = None, fps: float = 30.0, size: int = 0,
+                 window: Window | None = None, outputs: list[Output] | None = None, fps: float = 30.0, size: int = 0,
                  max_frames: int = 0, temporal: Temporal | None = None, snapshot_dir: Path = Path("."),
                  stdin: bool = False) -> None:
         self.source, self.stylizer, self.styles = source, stylizer, styles
@@ -365,7 +249,7 @@ class LiveSession:
         """Every tick to the window and steady-rate outputs (a repeat when no new frame came); a new frame
         once, with its capture time, to timestamped ones (a recording)."""
         for out in self.outputs:
-            if not getattr(out, "timestamped", False):
+            if not timestamped(out):
                 out.send(result.image)
             elif fresh:
                 out.send(result.image, result.t_capture)
@@ -396,7 +280,7 @@ class LiveSession:
     def steady(self) -> bool:
         """Whether something wants frames at a steady ``--fps`` (a window, a virtual camera); a recording
         alone takes each new frame when it comes, so then ``--max-frames`` counts recorded frames."""
-        return self.window is not None or any(not getattr(o, "timestamped", False) for o in self.outputs)
+        return self.window is not None or any(not timestamped(o) for o in self.outputs)
 
     def _loop(self) -> str:
         first = self._first_result()
@@ -461,122 +345,3 @@ class LiveSession:
             if raise_errors:
                 raise error
             log.warning("while stopping: %s", error)
-
-
-# -- command -----------------------------------------------------------------------------------
-def temporal_filter(args: argparse.Namespace) -> Temporal | None:
-    """The temporal-stability filter ``--temporal`` asks for, or None."""
-    from streamer.temporal import make_temporal
-
-    return make_temporal(args)
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    args.alpha = alpha_value(args.alpha)
-    if args.size is not None and args.size < 0:
-        raise InputError("--size must be 0 (capture size) or a positive number of pixels")
-    if args.size is not None:
-        check_short_side(args.size, "--size")
-    if args.max_frames < 0:
-        raise InputError("--max-frames must be 0 (no limit) or positive")
-    if not args.fps > 0:
-        raise InputError(f"--fps must be greater than 0, not {args.fps:g}")
-    if args.fps > 240:
-        raise InputError(f"--fps must be at most 240, not {args.fps:g}")
-    if args.style_weights:
-        raise InputError("--style-weights mixes styles for render; in live, several styles are switched with n/p/1-9")
-    if args.record:
-        rec = Path(args.record)
-        if rec.exists() and not args.overwrite:
-            raise InputError(f"output exists: {rec} (use --overwrite to replace it)")
-        if not rec.parent.is_dir():
-            raise InputError(f"output folder does not exist: {rec.parent}")
-        args.encoder = encoder_options(args, rec)  # container, codec and crf checked before the model loads
-    if not Path(args.snapshot_dir).is_dir():
-        raise InputError(f"--snapshot-dir is not a folder: {args.snapshot_dir}")
-
-
-def processing_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """(H, W) the engine works at for ``--size`` (short side; 0 = as captured)."""
-    if not size or min(width, height) == size:
-        return height, width
-    scale = size / min(width, height)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def run(args: argparse.Namespace) -> int:
-    _check_args(args)
-    want_window = args.window or not (args.vcam or args.record)
-    if want_window:
-        problem = display_problem()  # before the camera and the model: fail in a second, not after loading
-        if problem:
-            raise DeviceError(problem)
-    capture_size = parse_size(args.capture_size, "--capture-size")
-    out_size = parse_size(args.out_size, "--out-size")
-    style_paths = expand_style_paths(args.style, args.style_size)
-    temporal = temporal_filter(args)
-    # the recording's file (and its lock) first: a read-only folder or another run on it fails before the model
-    record_output = AtomicOutput(args.record, overwrite=args.overwrite) if args.record else None
-    try:
-        source = open_source(args.source, capture_size, args.fps, loop=args.loop)
-    except BaseException:
-        if record_output is not None:
-            record_output.discard()
-        raise
-    outputs: list[Any] = []
-    window = None
-    try:
-        log.info("source: %s", source.describe())
-        w, h = source.width, source.height
-        if args.size is None:
-            small = min(w, h) <= CPU_SIZE
-            args.size = 0 if small or pick_device(args.device).type == "cuda" else CPU_SIZE  # never upscale
-        args.size = fit_short_side(args.size, h, w, "the source")
-        out_w, out_h = out_size or (w, h)
-        if args.vcam:  # before the model: a missing driver fails in a second
-            outputs.append(VirtualCamera(out_w, out_h, args.fps, args.vcam_backend, args.vcam_device))
-        work_h, work_w = processing_size(w, h, args.size)
-        if (work_w, work_h) != (w, h):
-            log.info("stylizing at %dx%d, shown at %dx%d (--size %d)", work_w, work_h, w, h, args.size)
-        stylizer = build_stylizer(args, shape_hint=(work_h, work_w))
-        t0 = time.perf_counter()
-        if len(style_paths) > 1:
-            log.info("encoding %d styles (cached after the first time)...", len(style_paths))
-        styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
-        log.info("%d style%s ready in %.1f s%s", len(styles), "s" if len(styles) > 1 else "", time.perf_counter() - t0,
-                 "; 1-9 pick the first nine, n/p go through all" if len(styles) > 9 else "")
-        state = LiveState(n_styles=len(styles), alpha=args.alpha, keep_color=args.preserve_color, hud=args.hud)
-        with torch.inference_mode():  # warm-up: the first run allocates and picks kernels
-            stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, args.size, None)
-        if args.record:
-            outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite, output=record_output,
-                                     **args.encoder))
-        if want_window:
-            window = open_window(args.window_toolkit)
-        session = LiveSession(source, stylizer, styles, state, window=window, outputs=outputs, fps=args.fps,
-                              size=args.size, max_frames=args.max_frames, temporal=temporal,
-                              snapshot_dir=Path(args.snapshot_dir), stdin=not args.no_stdin)
-    except BaseException:
-        source.release()
-        if record_output is not None:
-            record_output.discard()  # a no-op once the recording owns it (its abort removes it)
-        for out in [*outputs, window]:
-            if out is not None:
-                (out.abort if hasattr(out, "abort") else out.close)()
-        raise
-    if window is not None:
-        log.info("window open (%s): h for keys, q or Esc to quit", window.toolkit)
-    elif not args.no_stdin and _stdin_is_terminal():
-        log.info("no window: type n, p, 1-9, +, -, c, space, s or q then Enter ('help' for more)")
-    summary = session.run()  # SIGTERM/SIGHUP arrive as Ctrl-C (streamer.signals, installed by the CLI)
-    log.info("%d frames out in %.1f s; engine %.1f fps (%.0f ms a frame); captured %d, dropped %d; "
-             "latency %.0f ms; stopped: %s", summary.frames_out, summary.seconds, summary.engine_fps,
-             summary.step_ms, summary.frames_captured, summary.dropped, summary.latency_ms, summary.stop_reason)
-    return 0
-
-
-def _stdin_is_terminal() -> bool:
-    try:
-        return sys.stdin is not None and sys.stdin.isatty()
-    except (OSError, ValueError, AttributeError):
-        return False

@@ -1,0 +1,188 @@
+"""`streamer live`: the command. Its flags, their checks before anything loads, and the wiring of a source,
+a model, styles and outputs into a :class:`~streamer.live.session.LiveSession`.
+
+Three threads, joined by one-item "latest frame wins" slots, so no queue can grow:
+
+    capture thread --slot--> engine thread --slot--> output loop (main thread)
+
+The capture thread reads the source as fast as it delivers (files and the test pattern are paced at
+their frame rate) and overwrites its slot; frames the engine had no time for are dropped and
+counted. All style codes are computed before the first frame, so a style switch shows on the next frame.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.errors import DeviceError, InputError
+from engines.stylizer import short_side_shape
+from streamer.fileutil import AtomicOutput, check_overwrite
+from streamer.live.capture import open_source, parse_size
+from streamer.live.hotkeys import LiveState
+from streamer.live.outputs import Output, Recording, VirtualCamera, Window, display_problem, open_window
+from streamer.live.session import LiveSession, stylize_frame
+from streamer.options import (add_model_options, add_style_options, alpha_value, build_stylizer, check_short_side,
+                              expand_style_paths, fit_short_side, load_styles, pick_device)
+from streamer.temporal import add_temporal_options, make_temporal
+from streamer.video import add_encoder_options, encoder_options
+
+log = logging.getLogger(__name__)
+
+CPU_SIZE = 360  # default working short side on a CPU: microast runs near real time there
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "live", help="stylize a camera (or file, stream, test pattern) live: window, virtual camera, recording",
+        description="Stylize a live source in real time. Outputs, any combination: --window (the default when "
+                    "no other output is named), --vcam, --record FILE. Keys in the window: n/p next/previous "
+                    "style, 1-9 pick, +/- alpha, c colours, space bypass, s snapshot, i HUD, h help, f fullscreen, "
+                    "q/Esc quit. Without a window, type the same keys (and 'help') on stdin.")
+    p.add_argument("--source", default="0",
+                   help="camera number (default 0), video file, URL/stream, or 'test' for a moving test pattern")
+    p.add_argument("--capture-size", default=None, metavar="WxH",
+                   help="camera: size to ask for (default 1280x720); files/streams: scale down to fit; "
+                        "test: pattern size (default 640x360)")
+    p.add_argument("--fps", type=float, default=30.0,
+                   help="camera rate to ask for, test pattern rate, and output rate (default 30)")
+    p.add_argument("--size", type=int, default=None,
+                   help="stylize with the short side at N px, shown at the capture size (0 = capture size; "
+                        f"default: 0 on a GPU, {CPU_SIZE} on a CPU; smaller is faster)")
+    p.add_argument("--loop", action="store_true", help="file source: start again at the end instead of stopping")
+    add_style_options(p, several_means="switched live with n/p or 1..9 (all precomputed before the first frame)")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--window", action="store_true",
+                   help="preview window (the default when neither --vcam nor --record is given)")
+    o.add_argument("--vcam", action="store_true",
+                   help="send to a virtual camera (v4l2loopback on Linux, OBS on Windows/macOS) at --fps (default 30)")
+    o.add_argument("--record", default=None, metavar="FILE",
+                   help="record the output to a video file (.mp4, .mkv, .webm, ...): each stylized frame once, at "
+                        "its capture time (variable frame rate), encoded with --codec/--crf/--preset")
+    o.add_argument("--out-size", default=None, metavar="WxH",
+                   help="size of the virtual camera and recording (default: the capture size)")
+    o.add_argument("--vcam-backend", default=None, metavar="NAME|module:Class",
+                   help="pyvirtualcam backend: a name (v4l2loopback, obs, unitycapture) or a class to register; "
+                        "also STREAMER_VCAM_BACKEND")
+    o.add_argument("--vcam-device", default=None, help="virtual camera device, e.g. /dev/video10")
+    o.add_argument("--window-toolkit", default="auto", choices=("auto", "opencv", "tk"),
+                   help="auto: Tk (default), else OpenCV's window where that works (needs opencv-python)")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing --record file")
+    add_encoder_options(p.add_argument_group("recording (--record)"))
+    c = p.add_argument_group("control")
+    c.add_argument("--hud", action="store_true", help="start with the HUD on (key i toggles it)")
+    c.add_argument("--snapshot-dir", default=".", help="where s saves PNG snapshots (default: current folder)")
+    c.add_argument("--max-frames", type=int, default=0,
+                   help="stop after N output frames (with --record alone: N recorded frames; 0 = until q/Ctrl-C)")
+    c.add_argument("--no-stdin", action="store_true", help="do not read commands from stdin")
+    add_model_options(p)
+    add_temporal_options(p)
+    p.set_defaults(run=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    args.alpha = alpha_value(args.alpha)
+    if args.size is not None and args.size < 0:
+        raise InputError("--size must be 0 (capture size) or a positive number of pixels")
+    if args.size is not None:
+        check_short_side(args.size, "--size")
+    if args.max_frames < 0:
+        raise InputError("--max-frames must be 0 (no limit) or positive")
+    if not args.fps > 0:
+        raise InputError(f"--fps must be greater than 0, not {args.fps:g}")
+    if args.fps > 240:
+        raise InputError(f"--fps must be at most 240, not {args.fps:g}")
+    if args.style_weights:
+        raise InputError("--style-weights mixes styles for render; in live, several styles are switched with n/p/1-9")
+    if args.record:
+        rec = Path(args.record)
+        check_overwrite(rec, args.overwrite)
+        if not rec.parent.is_dir():
+            raise InputError(f"output folder does not exist: {rec.parent}")
+        args.encoder = encoder_options(args, rec)  # container, codec and crf checked before the model loads
+    if not Path(args.snapshot_dir).is_dir():
+        raise InputError(f"--snapshot-dir is not a folder: {args.snapshot_dir}")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    want_window = args.window or not (args.vcam or args.record)
+    if want_window:
+        problem = display_problem()  # before the camera and the model: fail in a second, not after loading
+        if problem:
+            raise DeviceError(problem)
+    capture_size = parse_size(args.capture_size, "--capture-size")
+    out_size = parse_size(args.out_size, "--out-size")
+    style_paths = expand_style_paths(args.style, args.style_size)
+    temporal = make_temporal(args)
+    # the recording's file (and its lock) first: a read-only folder or another run on it fails before the model
+    record_output = AtomicOutput(args.record, overwrite=args.overwrite) if args.record else None
+    try:
+        source = open_source(args.source, capture_size, args.fps, loop=args.loop)
+    except BaseException:
+        if record_output is not None:
+            record_output.discard()
+        raise
+    outputs: list[Output] = []
+    window: Window | None = None
+    try:
+        log.info("source: %s", source.describe())
+        w, h = source.width, source.height
+        if args.size is None:
+            small = min(w, h) <= CPU_SIZE
+            args.size = 0 if small or pick_device(args.device).type == "cuda" else CPU_SIZE  # never upscale
+        args.size = fit_short_side(args.size, h, w, "the source")
+        out_w, out_h = out_size or (w, h)
+        if args.vcam:  # before the model: a missing driver fails in a second
+            outputs.append(VirtualCamera(out_w, out_h, args.fps, args.vcam_backend, args.vcam_device))
+        work_h, work_w = short_side_shape(h, w, args.size)
+        if (work_w, work_h) != (w, h):
+            log.info("stylizing at %dx%d, shown at %dx%d (--size %d)", work_w, work_h, w, h, args.size)
+        stylizer = build_stylizer(args, shape_hint=(work_h, work_w))
+        t0 = time.perf_counter()
+        if len(style_paths) > 1:
+            log.info("encoding %d styles (cached after the first time)...", len(style_paths))
+        styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
+        log.info("%d style%s ready in %.1f s%s", len(styles), "s" if len(styles) > 1 else "", time.perf_counter() - t0,
+                 "; 1-9 pick the first nine, n/p go through all" if len(styles) > 9 else "")
+        state = LiveState(n_styles=len(styles), alpha=args.alpha, keep_color=args.preserve_color, hud=args.hud)
+        with torch.inference_mode():  # warm-up: the first run allocates and picks kernels
+            stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, args.size, None)
+        if args.record:
+            outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite, output=record_output,
+                                     **args.encoder))
+        if want_window:
+            window = open_window(args.window_toolkit)
+        session = LiveSession(source, stylizer, styles, state, window=window, outputs=outputs, fps=args.fps,
+                              size=args.size, max_frames=args.max_frames, temporal=temporal,
+                              snapshot_dir=Path(args.snapshot_dir), stdin=not args.no_stdin)
+    except BaseException:
+        source.release()
+        if record_output is not None:
+            record_output.discard()  # a no-op once the recording owns it (its abort removes it)
+        for out in outputs:
+            out.abort()  # nothing was sent yet: a recording leaves no file
+        if window is not None:
+            window.close()
+        raise
+    if window is not None:
+        log.info("window open (%s): h for keys, q or Esc to quit", window.toolkit)
+    elif not args.no_stdin and _stdin_is_terminal():
+        log.info("no window: type n, p, 1-9, +, -, c, space, s or q then Enter ('help' for more)")
+    summary = session.run()  # SIGTERM/SIGHUP arrive as Ctrl-C (streamer.signals, installed by the CLI)
+    log.info("%d frames out in %.1f s; engine %.1f fps (%.0f ms a frame); captured %d, dropped %d; "
+             "latency %.0f ms; stopped: %s", summary.frames_out, summary.seconds, summary.engine_fps,
+             summary.step_ms, summary.frames_captured, summary.dropped, summary.latency_ms, summary.stop_reason)
+    return 0
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (OSError, ValueError, AttributeError):
+        return False
