@@ -371,3 +371,25 @@ def test_stale_part_of_the_same_name_is_replaced(tmp_path) -> None:
 
     save_image(target, np.full((8, 8, 3), 100, np.uint8))
     assert np.asarray(Image.open(target)).mean() == 100 and parts(tmp_path) == []
+
+
+def test_a_signal_inside_a_recording_write_still_leaves_a_playable_recording(tmp_path) -> None:
+    """SIGTERM/Ctrl-C can land while a frame is being encoded; the frames before it must still be saved."""
+    from streamer.live.outputs import Recording
+
+    out = tmp_path / "rec.mp4"
+    rec = Recording(out, 64, 48, 30.0)
+    frame = np.full((48, 64, 3), 120, np.uint8)
+    rec.send(frame, 0.0)
+    real_write = rec.writer.write
+
+    def interrupted_write(*args, **kwargs):
+        real_write(*args, **kwargs)
+        raise KeyboardInterrupt  # what the signal handler raises, here just after the encoder call
+
+    rec.writer.write = interrupted_write
+    with pytest.raises(KeyboardInterrupt):
+        rec.send(frame, 0.1)
+    rec.close()
+    assert out.exists() and count_frames(out) >= 1
+    assert parts(tmp_path) == []

@@ -370,9 +370,10 @@ class Recording:
         try:
             self.writer.write(np.ascontiguousarray(resize_to(frame_rgb, self.size)),
                               pts=round((t_capture - self._t0) / self.TIME_BASE))
-        except BaseException:
+        except Exception:
             self.failed = True  # the writer has removed its temp file (e.g. disk full); nothing to finalise
             raise
+        # a Ctrl-C/SIGTERM landing inside the write is not a failure: close() still finalises what was written
         self.frames += 1
 
     def close(self) -> None:
