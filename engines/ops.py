@@ -5,6 +5,7 @@ std = sqrt(unbiased variance + eps) with eps = 1e-5 inside the square root.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -93,3 +94,9 @@ def mix_codes(codes: Sequence[dict[str, Tensor]], weights: Sequence[float]) -> d
     if not 0 < total < float("inf"):  # also nan, which no comparison would stop
         raise ValueError("style weights must be finite and sum to more than zero")
     return {key: sum(w / total * code[key] for w, code in zip(weights, codes)) for key in codes[0]}
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of two images in [0, 1] (inf when equal): how engines are compared."""
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return float("inf") if mse == 0 else -10.0 * math.log10(mse)

@@ -28,6 +28,7 @@ from engines.backends.graph import content_flops
 from engines.backends.machine import describe_machine, measure_peak_gflops
 from engines.errors import InputError, StreamerError, WeightsError
 from engines.models import MODEL_NAMES, StyleModel, load_model, random_weights_model, weights_fingerprint
+from engines.ops import psnr
 from engines.stylizer import encode_style
 from streamer.shared import IMAGE_SUFFIXES, VIDEO_SUFFIXES, first_media, shared_weights
 
@@ -55,11 +56,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if w < 16 or h < 16 or w > 8192 or h > 8192:
         raise argparse.ArgumentTypeError(f"size {text} is out of range (16..8192)")
     return w, h
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return float("inf") if mse == 0 else 10.0 * float(np.log10(1.0 / mse))
 
 
 def median_ms(times: list[float]) -> float:

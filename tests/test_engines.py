@@ -15,6 +15,7 @@ from engines.backends.cache import EngineCache, graph_weights_id
 from engines.backends.cpu_rewrites import cpu_graph
 from engines.backends.graph import example_inputs, export_program, padded_shape
 from engines.errors import DeviceError
+from engines.ops import psnr
 from engines.stylizer import Stylizer, pad_to_multiple, to_tensor
 from streamer.imageio import load_image
 
@@ -28,11 +29,6 @@ def _available(kind: str, precision: str = "fp32", device: torch.device = CPU) -
 
 FAST_CPU_ENGINES = [pytest.param(k, marks=pytest.mark.skipif(not _available(k), reason=f"{k} not installed"))
                     for k in ("onnxruntime", "openvino")]
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * float(np.log10(1.0 / mse))
 
 
 def _frame(media: Path, name: str, height: int, width: int) -> torch.Tensor:

@@ -20,17 +20,13 @@ from engines.backends import auto_order, create_engine
 from engines.backends.cache import EngineCache
 from engines.backends.graph import gpu_graph
 from engines.errors import DeviceError
+from engines.ops import psnr
 from engines.stylizer import (Stylizer, frames_to_input, output_to_frames, pad_to_multiple, resize_short_side,
                               resize_tensor, to_tensor, to_uint8)
 from streamer.imageio import load_image
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * float(np.log10(1.0 / mse))
 
 
 def _rgb(media: Path, name: str, height: int, width: int) -> np.ndarray:

@@ -10,6 +10,7 @@ import torch
 
 from engines.backends import create_engine, engine_class
 from engines.errors import InputError
+from engines.ops import psnr
 from engines.stylizer import Stylizer, pad_to_multiple, to_tensor
 from streamer.cli import main
 from streamer.imageio import load_image
@@ -18,10 +19,6 @@ CPU = torch.device("cpu")
 pytestmark = pytest.mark.skipif(engine_class("openvino").unavailable_reason(CPU, "int8") is not None,
                                 reason="OpenVINO int8 is not available here")
 pytest.importorskip("nncf", reason="int8 calibration needs nncf")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return 10 * float(np.log10(1.0 / float(((a - b) ** 2).mean())))
 
 
 def _frame(media: Path, name: str, height: int, width: int) -> torch.Tensor:

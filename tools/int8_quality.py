@@ -20,6 +20,7 @@ from PIL import Image
 
 from engines.backends import create_engine
 from engines.models import load_model
+from engines.ops import psnr
 from engines.stylizer import Stylizer, to_tensor
 from streamer.imageio import load_image
 from streamer.shared import shared_dir
@@ -32,10 +33,6 @@ def centre_crop(path: Path, height: int, width: int) -> torch.Tensor:
                    Image.Resampling.LANCZOS)
     left, top = (im.width - width) // 2, (im.height - height) // 2
     return to_tensor(np.asarray(im.crop((left, top, left + width, top + height))))
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return 10 * float(np.log10(1.0 / float(((a - b) ** 2).mean())))
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from engines.backends.cache import EngineCache, build_progress, graph_weights_id
 from engines.backends.graph import RECIPE_VERSION, gpu_example_inputs, gpu_graph, graph_code_id, padded_shape
 from engines.errors import DeviceError
 from engines.models.base import StyleModel
+from engines.ops import psnr
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ def torch_cuda_cache_key(model: str, weights_id: str, shape: tuple[int, int, int
 
 
 def psnr_db(out: Tensor, ref: Tensor) -> float:
-    mse = float((out.float() - ref.float()).pow(2).mean())
-    return 199.0 if mse == 0.0 else min(199.0, 10.0 * torch.log10(torch.tensor(1.0 / mse)).item())
+    """:func:`engines.ops.psnr`, capped at 199 dB so the cached verdict stays finite JSON."""
+    return min(199.0, psnr(out, ref))
 
 
 def check_build(precision: str, out: Tensor, ref: Tensor) -> str | None:
