@@ -27,6 +27,7 @@ from streamer.live.capture import open_source, parse_size
 from streamer.live.hotkeys import LiveState
 from streamer.live.outputs import Output, Recording, VirtualCamera, Window, display_problem, open_window
 from streamer.live.session import LiveSession, stylize_frame
+from streamer.live.sizing import Sizing, ladder, start
 from streamer.options import (add_model_options, add_style_options, alpha_value, build_stylizer, check_short_side,
                               expand_style_paths, fit_short_side, load_styles, pick_device)
 from streamer.temporal import add_temporal_options, make_temporal
@@ -34,7 +35,9 @@ from streamer.video import add_encoder_options, encoder_options
 
 log = logging.getLogger(__name__)
 
-CPU_SIZE = 360  # default working short side on a CPU: microast runs near real time there
+CPU_SIZE = 360  # where --size auto starts on a CPU: microast runs near real time there
+AUTO_MIN_SOURCE = 160  # default --size on a CPU: auto, except for sources this small (stylized as they are)
+CPU_TARGET_FPS = 12.0  # --size auto's default on a CPU: smooth enough to watch, reachable at ~300 px by microast
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,9 +54,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "test: pattern size (default 640x360)")
     p.add_argument("--fps", type=float, default=30.0,
                    help="camera rate to ask for, test pattern rate, and output rate (default 30)")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", default=None, metavar="N|auto",
                    help="stylize with the short side at N px, shown at the capture size (0 = capture size; "
-                        f"default: 0 on a GPU, {CPU_SIZE} on a CPU; smaller is faster)")
+                        "smaller is faster); auto: picked and adjusted while running to hold --target-fps, from "
+                        "a short ladder of sizes all built before the first frame ([ and ] or 'size N' pin one). "
+                        f"Default: 0 on a GPU; auto on a CPU (sources up to {AUTO_MIN_SOURCE} px: their own size)")
+    p.add_argument("--target-fps", type=float, default=None,
+                   help=f"the engine rate --size auto holds (default: {CPU_TARGET_FPS:g} on a CPU, what it "
+                        "can reach at a watchable size; --fps on a GPU, as fast as the output shows)")
     p.add_argument("--loop", action="store_true", help="file source: start again at the end instead of stopping")
     add_style_options(p, several_means="switched live with n/p or 1..9 (all precomputed before the first frame)")
     o = p.add_argument_group("outputs")
@@ -87,10 +95,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     args.alpha = alpha_value(args.alpha)
-    if args.size is not None and args.size < 0:
-        raise InputError("--size must be 0 (capture size) or a positive number of pixels")
-    if args.size is not None:
+    if args.size is not None and str(args.size).lower() == "auto":
+        args.size = "auto"
+    elif args.size is not None:
+        try:
+            args.size = int(args.size)
+        except ValueError:
+            raise InputError(f"--size must be auto or a number of pixels, not '{args.size}'") from None
+        if args.size < 0:
+            raise InputError("--size must be 0 (capture size) or a positive number of pixels")
         check_short_side(args.size, "--size")
+    if args.target_fps is not None and not 0 < args.target_fps <= 240:
+        raise InputError(f"--target-fps must be greater than 0 and at most 240, not {args.target_fps:g}")
     if args.max_frames < 0:
         raise InputError("--max-frames must be 0 (no limit) or positive")
     if not args.fps > 0:
@@ -133,26 +149,41 @@ def run(args: argparse.Namespace) -> int:
     try:
         log.info("source: %s", source.describe())
         w, h = source.width, source.height
+        gpu = pick_device(args.device).type == "cuda"
         if args.size is None:
-            small = min(w, h) <= CPU_SIZE
-            args.size = 0 if small or pick_device(args.device).type == "cuda" else CPU_SIZE  # never upscale
+            args.size = 0 if gpu or min(w, h) <= AUTO_MIN_SOURCE else "auto"  # never upscale
+        auto = args.size == "auto"
+        target_fps = args.target_fps or (args.fps if gpu else CPU_TARGET_FPS)
+        if args.target_fps and not auto:
+            log.warning("--target-fps only steers --size auto: the size stays at --size %d", args.size)
+        if auto:
+            args.size = min(w, h) if gpu else min(w, h, CPU_SIZE)  # where it starts
         args.size = fit_short_side(args.size, h, w, "the source")
         out_w, out_h = out_size or (w, h)
         if args.vcam:  # before the model: a missing driver fails in a second
             outputs.append(VirtualCamera(out_w, out_h, args.fps, args.vcam_backend, args.vcam_device))
         work_h, work_w = short_side_shape(h, w, args.size)
-        if (work_w, work_h) != (w, h):
+        if (work_w, work_h) != (w, h) and not auto:
             log.info("stylizing at %dx%d, shown at %dx%d (--size %d)", work_w, work_h, w, h, args.size)
         stylizer = build_stylizer(args, shape_hint=(work_h, work_w))
+        sizing: Sizing | None = None
+        if auto:
+            factor = getattr(getattr(stylizer, "model", None), "factor", 1)  # test stand-ins have no model
+            sizing = start(ladder(factor, min(w, h), args.size), args.size)
+            args.size = sizing.size
+            log.info("--size auto: working sizes %s, starting at %d, holding the engine at %g fps",
+                     ", ".join(map(str, sizing.sizes)), sizing.size, target_fps)
         t0 = time.perf_counter()
         if len(style_paths) > 1:
             log.info("encoding %d styles (cached after the first time)...", len(style_paths))
         styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
         log.info("%d style%s ready in %.1f s%s", len(styles), "s" if len(styles) > 1 else "", time.perf_counter() - t0,
                  "; 1-9 pick the first nine, n/p go through all" if len(styles) > 9 else "")
-        state = LiveState(n_styles=len(styles), alpha=args.alpha, keep_color=args.preserve_color, hud=args.hud)
-        with torch.inference_mode():  # warm-up: the first run allocates and picks kernels
-            stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, args.size, None)
+        state = LiveState(n_styles=len(styles), alpha=args.alpha, keep_color=args.preserve_color, hud=args.hud,
+                          sizes=sizing.sizes if sizing else (), size=args.size)
+        with torch.inference_mode():  # warm-up: the first run allocates and picks kernels; auto builds every size
+            for size in sizing.sizes if sizing else (args.size,):
+                stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, size, None)
         if args.record:
             outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite, output=record_output,
                                      **args.encoder))
@@ -160,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
             window = open_window(args.window_toolkit)
         session = LiveSession(source, stylizer, styles, state, window=window, outputs=outputs, fps=args.fps,
                               size=args.size, max_frames=args.max_frames, temporal=temporal,
-                              snapshot_dir=Path(args.snapshot_dir), stdin=not args.no_stdin)
+                              snapshot_dir=Path(args.snapshot_dir), stdin=not args.no_stdin, sizing=sizing,
+                              target_fps=target_fps)
     except BaseException:
         source.release()
         if record_output is not None:
@@ -176,8 +208,9 @@ def run(args: argparse.Namespace) -> int:
         log.info("no window: type n, p, 1-9, +, -, c, space, s or q then Enter ('help' for more)")
     summary = session.run()  # SIGTERM/SIGHUP arrive as Ctrl-C (streamer.signals, installed by the CLI)
     log.info("%d frames out in %.1f s; engine %.1f fps (%.0f ms a frame); captured %d, dropped %d; "
-             "latency %.0f ms; stopped: %s", summary.frames_out, summary.seconds, summary.engine_fps,
-             summary.step_ms, summary.frames_captured, summary.dropped, summary.latency_ms, summary.stop_reason)
+             "latency %.0f ms; working size %s; stopped: %s", summary.frames_out, summary.seconds, summary.engine_fps,
+             summary.step_ms, summary.frames_captured, summary.dropped, summary.latency_ms, summary.sizes_text(),
+             summary.stop_reason)
     return 0
 
 

@@ -22,6 +22,8 @@ class Action(enum.Enum):
     FULLSCREEN = "fullscreen"
     STYLE_CHANGED = "style changed"  # temporal filters reset, the log says which style
     BYPASS_CHANGED = "bypass changed"  # temporal filters reset too: the previous output is not comparable
+    SIZE_CHANGED = "size changed"  # the working size was picked (pinned) or given back to --size auto
+    SIZE_FIXED = "size fixed"  # [ or ] with a fixed --size: nothing to step, the log says how
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class LiveState:
     hud: bool = False
     help: bool = False
     fullscreen: bool = False
+    sizes: tuple[int, ...] = ()  # --size auto's ladder (smallest first); empty: the size is fixed by --size
+    size: int = 0  # the working short side now (0 = the capture size)
+    size_pinned: bool = False  # picked by hand ([, ], size N): --size auto holds it until 'size auto'
 
 
 #: key -> what it does, for the help overlay, ``help`` on stdin, and the README
@@ -45,6 +50,7 @@ HELP: tuple[tuple[str, str], ...] = (
     ("+ / -", "more / less style (alpha)"),
     ("c", "keep the camera's colours on/off"),
     ("space", "bypass: show the raw camera"),
+    ("[ / ]", "smaller / larger working size (pins it)"),
     ("s", "snapshot (PNG)"),
     ("i", "HUD: style, alpha, fps, drops, latency"),
     ("h", "this help"),
@@ -56,7 +62,8 @@ HELP: tuple[tuple[str, str], ...] = (
 def normalise_key(name: str) -> str | None:
     """A toolkit's key name or character -> our key name (``None`` for keys we ignore)."""
     aliases = {" ": "space", "\x1b": "esc", "escape": "esc", "plus": "+", "minus": "-", "equal": "=",
-               "kp_add": "+", "kp_subtract": "-", "underscore": "_", "return": None, "\r": None, "\n": None}
+               "kp_add": "+", "kp_subtract": "-", "underscore": "_",
+               "bracketleft": "[", "bracketright": "]", "return": None, "\r": None, "\n": None}
     if not name:
         return None
     lowered = name.lower()
@@ -80,6 +87,15 @@ def select_style(state: LiveState, index: int) -> tuple[LiveState, list[Action]]
     return replace(state, style_index=index), [Action.STYLE_CHANGED]
 
 
+def step_size(state: LiveState, step: int) -> tuple[LiveState, list[Action]]:
+    """One rung of the size ladder down (-1) or up (+1) from the size in use, pinned there."""
+    if not state.sizes:
+        return state, [Action.SIZE_FIXED]
+    here = min(range(len(state.sizes)), key=lambda i: abs(state.sizes[i] - state.size))
+    index = min(len(state.sizes) - 1, max(0, here + step))
+    return replace(state, size=state.sizes[index], size_pinned=True), [Action.SIZE_CHANGED]
+
+
 def handle_key(key: str | None, state: LiveState) -> tuple[LiveState, list[Action]]:
     """The new state and the side effects of pressing ``key`` (a :func:`normalise_key` name)."""
     if key is None:
@@ -101,6 +117,8 @@ def handle_key(key: str | None, state: LiveState) -> tuple[LiveState, list[Actio
         return replace(state, keep_color=not state.keep_color), []
     if key == "space":
         return replace(state, bypass=not state.bypass), [Action.BYPASS_CHANGED]
+    if key in ("[", "]"):
+        return step_size(state, -1 if key == "[" else 1)
     if key == "s":
         return state, [Action.SNAPSHOT]
     if key == "i":
@@ -120,12 +138,14 @@ def status_line(state: LiveState, style_names: list[str]) -> str:
         parts.append("colours kept")
     if state.bypass:
         parts.append("BYPASS (raw camera)")
+    if state.sizes:
+        parts.append(f"size {state.size} {'pinned' if state.size_pinned else 'auto'}")
     return ", ".join(parts)
 
 
 COMMAND_HELP = (
     "commands (one per line, then Enter): n, p, 1..9, +, -, c, space or bypass, s or snapshot, "
-    "q or quit, alpha 0.6, style NAME_OR_NUMBER, styles, help"
+    "[, ], q or quit, alpha 0.6, style NAME_OR_NUMBER, size N or size auto, styles, help"
 )
 
 
@@ -161,6 +181,8 @@ def handle_command(line: str, state: LiveState, style_names: list[str]) -> tuple
         if not 0.0 <= value <= 1.0:  # said, not silent: 'alpha 7' would otherwise look like it took 7
             return new, [], f"alpha {value:g} is outside 0..1: using {new.alpha:.2f}; {status_line(new, style_names)}"
         return new, [], None
+    if cmd == "size":
+        return _size_command(rest, state)
     if cmd == "style":
         if rest.isdigit():
             index = int(rest) - 1
@@ -182,3 +204,19 @@ def handle_command(line: str, state: LiveState, style_names: list[str]) -> tuple
     if new == state and not actions and key not in ("n", "p"):
         return state, [], f"unknown command '{line.strip()}'; type 'help'"
     return new, actions, None
+
+
+def _size_command(rest: str, state: LiveState) -> tuple[LiveState, list[Action], str | None]:
+    """``size N``: pin the ladder's size nearest N (one already built); ``size auto``: let go of it."""
+    if not state.sizes:
+        return state, [], f"the working size is fixed ({state.size or 'the capture size'}): start with --size auto"
+    listing = ", ".join(map(str, state.sizes))
+    if rest.lower() == "auto":
+        return replace(state, size_pinned=False), [Action.SIZE_CHANGED], None
+    if not rest.isdigit():
+        return state, [], f"size needs a number of pixels ({listing}) or 'auto', not '{rest}'"
+    wanted = int(rest)
+    size = min(state.sizes, key=lambda s: (abs(s - wanted), s))
+    new = replace(state, size=size, size_pinned=True)
+    note = f"size {wanted} is not one of the built sizes ({listing}): using {size}, pinned" if size != wanted else None
+    return new, [Action.SIZE_CHANGED], note

@@ -1,4 +1,4 @@
-"""On-screen text for the preview window: the HUD (style, alpha, fps, drops, latency) and the key help.
+"""On-screen text for the preview window: the HUD (style, alpha, working size, fps, drops, latency) and the key help.
 
 Drawn on a copy of the window's frame only: the virtual camera and the recording stay clean.
 """
@@ -55,7 +55,9 @@ def _scale(frame: np.ndarray) -> float:
 def hud_lines(state: LiveState, style_name: str, engine_fps: float, dropped: int, latency_ms: float) -> list[str]:
     mode = "BYPASS (raw camera)" if state.bypass else f"style {state.style_index + 1}/{state.n_styles}: {style_name}"
     colour = "  colours kept" if state.keep_color else ""
-    return [mode, f"alpha {state.alpha:.2f}{colour}",
+    how = (" pinned" if state.size_pinned else " auto") if state.sizes else ""
+    size = f"size {state.size}{how}" if state.size else "capture size"
+    return [mode, f"alpha {state.alpha:.2f}{colour}   {size}",
             f"engine {engine_fps:4.1f} fps   dropped {dropped}   latency {latency_ms:3.0f} ms"]
 
 

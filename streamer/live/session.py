@@ -13,7 +13,7 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from streamer.live.capture import CaptureThread, Frame, Source
 from streamer.live.hotkeys import Action, LiveState, handle_command, handle_key, status_line
 from streamer.live.hud import draw_overlays
 from streamer.live.outputs import Output, Window, timestamped
+from streamer.live.sizing import Sizing, next_size, pin, unpin
 from streamer.live.slot import LatestSlot, SourceEnded
 from streamer.live.stdin import StdinCommands
 from streamer.options import Style
@@ -81,6 +82,11 @@ class Summary:
     latency_ms: float = 0.0
     seconds: float = 0.0
     stop_reason: str = ""
+    sizes: dict[int, int] = field(default_factory=dict)  # working short side -> frames stylized at it
+
+    def sizes_text(self) -> str:
+        """``360 x40, 288 x160``: the working sizes used, with their frame counts (0 = the capture size)."""
+        return ", ".join(f"{s or 'capture'} x{n}" for s, n in sorted(self.sizes.items(), reverse=True)) or "none"
 
 
 # -- engine thread -----------------------------------------------------------------------------
@@ -100,17 +106,41 @@ class EngineThread(threading.Thread):
     """Stylizes the newest captured frame with the current state; owns torch's threads."""
 
     def __init__(self, stylizer: Stylizer, codes: list, get_state, in_slot: LatestSlot, out_slot: LatestSlot,
-                 stop: threading.Event, temporal: Temporal | None = None, size: int = 0) -> None:
+                 stop: threading.Event, temporal: Temporal | None = None, size: int = 0,
+                 sizing: Sizing | None = None, target_fps: float = 0.0) -> None:
         super().__init__(name="engine", daemon=True)
         self.stylizer, self.codes, self.get_state = stylizer, codes, get_state
         self.in_slot, self.out_slot, self.stop_event = in_slot, out_slot, stop
         self.temporal, self.size = temporal, size
+        self.sizing, self.target_fps = sizing, target_fps  # --size auto: the controller picks self.size
+        if sizing is not None:
+            self.size = sizing.size
         self.meter = RateMeter()
         self.step_avg = 0.0
+        self.sizes: dict[int, int] = {}  # working size -> frames stylized at it
+
+    def _pick_size(self, state: LiveState) -> int:
+        """--size auto: the hand-pinned size, or the controller's."""
+        if self.sizing is not None:
+            self.sizing = pin(self.sizing, state.size) if state.size_pinned else unpin(self.sizing)
+            self.size = self.sizing.size
+        return self.size
+
+    def _measured(self, step: float) -> None:
+        if self.sizing is None:
+            return
+        before = self.sizing.size
+        self.sizing = next_size(self.sizing, step, self.target_fps)
+        if self.sizing.size != before:
+            measured = self.sizing.seen[self.sizing.sizes.index(before)]
+            log.info("working size %d -> %d (engine %.1f fps there, target %g)", before, self.sizing.size,
+                     1.0 / max(1e-9, measured), self.target_fps)
+            self.size = self.sizing.size
 
     def run(self) -> None:
         error: BaseException | None = None
         last: tuple[int, bool] | None = None
+        last_size: int | None = None
         try:
             if self.temporal is not None:
                 self.temporal.reset()
@@ -126,15 +156,21 @@ class EngineThread(threading.Thread):
                     if self.temporal is not None and last is not None and last != (state.style_index, state.bypass):
                         self.temporal.reset()  # the previous output belongs to another style
                     last = (state.style_index, state.bypass)
+                    size = self._pick_size(state)
+                    if self.temporal is not None and last_size is not None and size != last_size:
+                        self.temporal.reset()  # the previous output has another size
+                    last_size = size
                     t0 = time.perf_counter()
                     if state.bypass:
                         image = frame.image
                     else:
                         image = stylize_frame(self.stylizer, frame.image, self.codes[state.style_index], state,
-                                              self.size, self.temporal)
+                                              size, self.temporal)
                     step = time.perf_counter() - t0
                     if not state.bypass:  # the stylize time, not the pass-through's
                         self.step_avg = step if self.step_avg == 0 else 0.9 * self.step_avg + 0.1 * step
+                        self.sizes[size] = self.sizes.get(size, 0) + 1
+                        self._measured(step)
                     self.meter.tick()
                     self.out_slot.put(Result(image, frame.t_capture, frame.index, state.style_index, state.bypass,
                                              step))
@@ -156,7 +192,7 @@ class LiveSession:
     def __init__(self, source: Source, stylizer: Stylizer, styles: list[Style], state: LiveState, *,
                  window: Window | None = None, outputs: list[Output] | None = None, fps: float = 30.0, size: int = 0,
                  max_frames: int = 0, temporal: Temporal | None = None, snapshot_dir: Path = Path("."),
-                 stdin: bool = False) -> None:
+                 stdin: bool = False, sizing: Sizing | None = None, target_fps: float = 0.0) -> None:
         self.source, self.stylizer, self.styles = source, stylizer, styles
         self.state = state
         self.window, self.outputs = window, list(outputs or [])
@@ -166,7 +202,7 @@ class LiveSession:
         self.in_slot, self.out_slot = LatestSlot(), LatestSlot()
         self.capture = CaptureThread(source, self.in_slot, self.stop)
         self.engine = EngineThread(stylizer, [s.code for s in styles], lambda: self.state, self.in_slot,
-                                   self.out_slot, self.stop, temporal, size)
+                                   self.out_slot, self.stop, temporal, size, sizing, target_fps)
         self.stdin = StdinCommands(self.stop) if stdin else None
         self.summary = Summary()
         self.latency = 0.0
@@ -184,6 +220,11 @@ class LiveSession:
                 log.info("style %d/%d: %s", new.style_index + 1, new.n_styles, self.styles[new.style_index].name)
             elif action is Action.BYPASS_CHANGED:
                 log.info("bypass %s", "on (raw camera)" if new.bypass else "off")
+            elif action is Action.SIZE_CHANGED:
+                log.info("working size %s", f"{new.size} (pinned; 'size auto' lets go)" if new.size_pinned
+                         else "auto again")
+            elif action is Action.SIZE_FIXED:
+                log.info("the working size is fixed by --size: start with --size auto to step it with [ and ]")
             elif action is Action.SNAPSHOT:
                 self.snapshot()
             elif action is Action.FULLSCREEN and self.window is not None:
@@ -245,6 +286,11 @@ class LiveSession:
             if self.window is not None and self.window.closed:
                 return None
 
+    def _follow_size(self) -> None:
+        """--size auto: the state shows the size the controller picked (unless one is pinned by hand)."""
+        if self.state.sizes and not self.state.size_pinned and self.state.size != self.engine.size:
+            self.state = replace(self.state, size=self.engine.size)
+
     def _emit(self, result: Result, fresh: bool) -> None:
         """Every tick to the window and steady-rate outputs (a repeat when no new frame came); a new frame
         once, with its capture time, to timestamped ones (a recording)."""
@@ -294,6 +340,7 @@ class LiveSession:
             if fresh is not None:
                 self.latency = (time.perf_counter() - fresh.t_capture) if self.latency == 0 else \
                     0.9 * self.latency + 0.1 * (time.perf_counter() - fresh.t_capture)
+            self._follow_size()
             if fresh is not None or self.steady:
                 self._emit(self.current, fresh is not None)
                 self.summary.frames_out += 1
@@ -341,6 +388,7 @@ class LiveSession:
         s.engine_fps = self.engine.meter.total / max(1e-9, s.seconds)
         s.step_ms = self.engine.step_avg * 1000
         s.latency_ms = self.latency * 1000
+        s.sizes = dict(self.engine.sizes)
         if error is not None:
             if raise_errors:
                 raise error
