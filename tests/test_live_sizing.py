@@ -135,3 +135,35 @@ def test_bad_size_is_one_line(bad, capsys):
     assert main(["live", "--no-stdin", "--source", "test", "--record", "x.mp4", "--size", bad, "--style", "x.png"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("streamer: error: --size must be ") and err.count("\n") == 1
+
+
+def test_engine_holds_a_pinned_size_and_steps_down_once_let_go():
+    """The engine thread: pinned by hand (state.size_pinned), every frame is stylized at that size however slow;
+    after 'size auto' the controller takes over and steps down."""
+    import threading
+
+    from streamer.live.capture import Frame
+    from streamer.live.session import EngineThread
+    from streamer.live.slot import LatestSlot
+
+    in_slot, out_slot, pinned_for = LatestSlot(), LatestSlot(), 12  # past the cool-down and N slow steps
+    states = [LiveState(n_styles=1, sizes=SIZES, size=360, size_pinned=True)] * pinned_for
+    states += [LiveState(n_styles=1, sizes=SIZES, size=360)] * 10
+    shapes: list[tuple[int, int]] = []
+
+    class Slow:
+        def stylize(self, frame, code, alpha=1.0, keep_color=False):
+            shapes.append(frame.shape[:2])
+            time.sleep(0.12 if frame.shape[0] == 360 else 0.0)  # 8 fps at 360, instant below
+            if len(shapes) < len(states):
+                in_slot.put(Frame(np.zeros((360, 640, 3), np.uint8), len(shapes), 0.0))
+            else:
+                in_slot.close()
+            return frame
+
+    engine = EngineThread(Slow(), [{}], lambda: states[min(len(shapes), len(states) - 1)], in_slot, out_slot,
+                          threading.Event(), sizing=start(SIZES, 360), target_fps=12.0)
+    in_slot.put(Frame(np.zeros((360, 640, 3), np.uint8), 0, 0.0))
+    engine.run()
+    assert shapes[:pinned_for] == [(360, 640)] * pinned_for
+    assert shapes[-1][0] < 360 and engine.sizes[360] >= pinned_for
