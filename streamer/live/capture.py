@@ -345,6 +345,7 @@ class CaptureThread(threading.Thread):
         super().__init__(name="capture", daemon=True)
         self.source, self.slot, self.stop_event = source, slot, stop
         self.count = 0
+        self.latest: Frame | None = None  # the newest frame read, for whoever wants it now (--motion)
 
     def run(self) -> None:
         error: BaseException | None = None
@@ -365,7 +366,9 @@ class CaptureThread(threading.Thread):
                 if image is None:
                     log.info("source ended after %d frames", self.count)
                     break
-                self.slot.put(Frame(image, self.count, time.perf_counter()))
+                frame = Frame(image, self.count, time.perf_counter())
+                self.latest = frame  # one reference assignment: readers see the old frame or the new one
+                self.slot.put(frame)
                 self.count += 1
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised in the main thread
             error = exc

@@ -62,6 +62,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-fps", type=float, default=None,
                    help=f"the engine rate --size auto holds (default: {CPU_TARGET_FPS:g} on a CPU, what it "
                         "can reach at a watchable size; --fps on a GPU, as fast as the output shows)")
+    p.add_argument("--motion", default="auto", choices=("auto", "on", "off"),
+                   help="between two engine frames, show the last stylized frame carried along the optical flow to "
+                        "the newest captured frame, so motion shows at --fps and matches where things are now "
+                        "(key m switches it). auto (default): on with a CPU engine, which is slower than the output; "
+                        "off on a GPU. Acts on the window and the virtual camera; a recording keeps each stylized frame once")
     p.add_argument("--loop", action="store_true", help="file source: start again at the end instead of stopping")
     add_style_options(p, several_means="switched live with n/p or 1..9 (all precomputed before the first frame)")
     o = p.add_argument_group("outputs")
@@ -179,8 +184,9 @@ def run(args: argparse.Namespace) -> int:
         styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
         log.info("%d style%s ready in %.1f s%s", len(styles), "s" if len(styles) > 1 else "", time.perf_counter() - t0,
                  "; 1-9 pick the first nine, n/p go through all" if len(styles) > 9 else "")
+        motion = _motion_on(args.motion, gpu, steady=want_window or args.vcam)
         state = LiveState(n_styles=len(styles), alpha=args.alpha, keep_color=args.preserve_color, hud=args.hud,
-                          sizes=sizing.sizes if sizing else (), size=args.size)
+                          sizes=sizing.sizes if sizing else (), size=args.size, motion=motion)
         with torch.inference_mode():  # warm-up: the first run allocates and picks kernels; auto builds every size
             for size in sizing.sizes if sizing else (args.size,):
                 stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, size, None)
@@ -208,10 +214,22 @@ def run(args: argparse.Namespace) -> int:
         log.info("no window: type n, p, 1-9, +, -, c, space, s or q then Enter ('help' for more)")
     summary = session.run()  # SIGTERM/SIGHUP arrive as Ctrl-C (streamer.signals, installed by the CLI)
     log.info("%d frames out in %.1f s; engine %.1f fps (%.0f ms a frame); captured %d, dropped %d; "
-             "latency %.0f ms; working size %s; stopped: %s", summary.frames_out, summary.seconds, summary.engine_fps,
-             summary.step_ms, summary.frames_captured, summary.dropped, summary.latency_ms, summary.sizes_text(),
-             summary.stop_reason)
+             "latency %.0f ms; working size %s; %s; stopped: %s", summary.frames_out, summary.seconds,
+             summary.engine_fps, summary.step_ms, summary.frames_captured, summary.dropped, summary.latency_ms,
+             summary.sizes_text(), summary.motion_text(), summary.stop_reason)
     return 0
+
+
+def _motion_on(choice: str, gpu: bool, steady: bool) -> bool:
+    """``--motion``: auto is on where it pays (a CPU engine, slower than the output; see streamer.live.motion),
+    and only where frames are shown at a steady rate: a recording alone takes each stylized frame once."""
+    if choice == "on" and not steady:
+        log.warning("--motion acts on the window and the virtual camera: a recording keeps each stylized frame "
+                    "once, at its capture time")
+    on = choice == "on" or (choice == "auto" and not gpu)
+    if on and steady:
+        log.info("motion between engine frames: on (m switches it)")
+    return on and steady
 
 
 def _stdin_is_terminal() -> bool:

@@ -24,6 +24,7 @@ class Action(enum.Enum):
     BYPASS_CHANGED = "bypass changed"  # temporal filters reset too: the previous output is not comparable
     SIZE_CHANGED = "size changed"  # the working size was picked (pinned) or given back to --size auto
     SIZE_FIXED = "size fixed"  # [ or ] with a fixed --size: nothing to step, the log says how
+    MOTION_CHANGED = "motion changed"  # --motion switched (key m): the log says so
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class LiveState:
     sizes: tuple[int, ...] = ()  # --size auto's ladder (smallest first); empty: the size is fixed by --size
     size: int = 0  # the working short side now (0 = the capture size)
     size_pinned: bool = False  # picked by hand ([, ], size N): --size auto holds it until 'size auto'
+    motion: bool = False  # --motion: frames between engine frames follow the scene (key m)
 
 
 #: key -> what it does, for the help overlay, ``help`` on stdin, and the README
@@ -51,6 +53,7 @@ HELP: tuple[tuple[str, str], ...] = (
     ("c", "keep the camera's colours on/off"),
     ("space", "bypass: show the raw camera"),
     ("[ / ]", "smaller / larger working size (pins it)"),
+    ("m", "motion between engine frames on/off"),
     ("s", "snapshot (PNG)"),
     ("i", "HUD: style, alpha, fps, drops, latency"),
     ("h", "this help"),
@@ -119,6 +122,8 @@ def handle_key(key: str | None, state: LiveState) -> tuple[LiveState, list[Actio
         return replace(state, bypass=not state.bypass), [Action.BYPASS_CHANGED]
     if key in ("[", "]"):
         return step_size(state, -1 if key == "[" else 1)
+    if key == "m":
+        return replace(state, motion=not state.motion), [Action.MOTION_CHANGED]
     if key == "s":
         return state, [Action.SNAPSHOT]
     if key == "i":
@@ -140,12 +145,13 @@ def status_line(state: LiveState, style_names: list[str]) -> str:
         parts.append("BYPASS (raw camera)")
     if state.sizes:
         parts.append(f"size {state.size} {'pinned' if state.size_pinned else 'auto'}")
+    parts.append(f"motion {'on' if state.motion else 'off'}")
     return ", ".join(parts)
 
 
 COMMAND_HELP = (
     "commands (one per line, then Enter): n, p, 1..9, +, -, c, space or bypass, s or snapshot, "
-    "[, ], q or quit, alpha 0.6, style NAME_OR_NUMBER, size N or size auto, styles, help"
+    "[, ], m, q or quit, alpha 0.6, style NAME_OR_NUMBER, size N or size auto, motion on|off, styles, help"
 )
 
 
@@ -183,6 +189,11 @@ def handle_command(line: str, state: LiveState, style_names: list[str]) -> tuple
         return new, [], None
     if cmd == "size":
         return _size_command(rest, state)
+    if cmd == "motion":
+        if rest.lower() not in ("on", "off"):
+            return state, [], f"motion needs on or off, not '{rest}'"
+        on = rest.lower() == "on"
+        return (replace(state, motion=on), [Action.MOTION_CHANGED] if on != state.motion else [], None)
     if cmd == "style":
         if rest.isdigit():
             index = int(rest) - 1

@@ -57,7 +57,8 @@ def hud_lines(state: LiveState, style_name: str, engine_fps: float, dropped: int
     colour = "  colours kept" if state.keep_color else ""
     how = (" pinned" if state.size_pinned else " auto") if state.sizes else ""
     size = f"size {state.size}{how}" if state.size else "capture size"
-    return [mode, f"alpha {state.alpha:.2f}{colour}   {size}",
+    motion = "   motion" if state.motion and not state.bypass else ""
+    return [mode, f"alpha {state.alpha:.2f}{colour}   {size}{motion}",
             f"engine {engine_fps:4.1f} fps   dropped {dropped}   latency {latency_ms:3.0f} ms"]
 
 

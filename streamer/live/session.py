@@ -5,7 +5,8 @@
 The engine thread stylizes the newest captured frame with the current style, so latency stays at
 about one engine step. The output loop runs at ``--fps`` in the main thread (GUI toolkits and
 Ctrl-C both want it): it shows/sends the newest stylized frame, repeating it when the engine is
-slower than the display, and handles keys (window) or typed commands (stdin).
+slower than the display, or, with ``--motion``, carrying it along the optical flow to the newest captured
+frame (:mod:`streamer.live.motion`), and handles keys (window) or typed commands (stdin).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from engines.stylizer import Stylizer, resize_to, short_side_shape
 from streamer.live.capture import CaptureThread, Frame, Source
 from streamer.live.hotkeys import Action, LiveState, handle_command, handle_key, status_line
 from streamer.live.hud import draw_overlays
+from streamer.live.motion import Carried, MotionCarrier
 from streamer.live.outputs import Output, Window, timestamped
 from streamer.live.sizing import Sizing, next_size, pin, unpin
 from streamer.live.slot import LatestSlot, SourceEnded
@@ -67,6 +69,7 @@ class Result:
     style_index: int
     bypass: bool
     step: float  # seconds the engine spent on it
+    source: np.ndarray | None = None  # the captured frame it was made from (for --motion)
 
 
 @dataclass
@@ -74,6 +77,9 @@ class Summary:
     """What a session did; logged at the end and checked by tests."""
 
     frames_out: int = 0
+    frames_new: int = 0  # output frames that differ from the one before (a repeat does not count)
+    frames_carried: int = 0  # new output frames carried along the flow (--motion)
+    trusted: float = 0.0  # mean share of pixels the flow moved, over the carried frames
     frames_captured: int = 0
     frames_stylized: int = 0
     dropped: int = 0
@@ -83,6 +89,13 @@ class Summary:
     seconds: float = 0.0
     stop_reason: str = ""
     sizes: dict[int, int] = field(default_factory=dict)  # working short side -> frames stylized at it
+
+    def motion_text(self) -> str:
+        """``motion: 410 of 600 new frames carried (91% of pixels)``, or ``motion off``."""
+        if not self.frames_carried:
+            return "motion off" if not self.frames_new else f"{self.frames_new} new frames, none carried"
+        return (f"{self.frames_new} new frames, {self.frames_carried} carried along the motion "
+                f"({100 * self.trusted:.0f}% of pixels)")
 
     def sizes_text(self) -> str:
         """``360 x40, 288 x160``: the working sizes used, with their frame counts (0 = the capture size)."""
@@ -173,7 +186,7 @@ class EngineThread(threading.Thread):
                         self._measured(step)
                     self.meter.tick()
                     self.out_slot.put(Result(image, frame.t_capture, frame.index, state.style_index, state.bypass,
-                                             step))
+                                             step, frame.image))
         except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
             error = exc
         finally:
@@ -193,6 +206,7 @@ class LiveSession:
                  window: Window | None = None, outputs: list[Output] | None = None, fps: float = 30.0, size: int = 0,
                  max_frames: int = 0, temporal: Temporal | None = None, snapshot_dir: Path = Path("."),
                  stdin: bool = False, sizing: Sizing | None = None, target_fps: float = 0.0) -> None:
+        """``state.motion`` switches ``--motion`` (key m); it acts where frames are shown at a steady rate."""
         self.source, self.stylizer, self.styles = source, stylizer, styles
         self.state = state
         self.window, self.outputs = window, list(outputs or [])
@@ -207,6 +221,8 @@ class LiveSession:
         self.summary = Summary()
         self.latency = 0.0
         self.current: Result | None = None
+        self.shown: Carried | None = None  # what the outputs got last (the current result, maybe carried)
+        self.carrier = MotionCarrier()
         self._snapshots = 0
 
     # state changes ----------------------------------------------------------------------------
@@ -225,6 +241,8 @@ class LiveSession:
                          else "auto again")
             elif action is Action.SIZE_FIXED:
                 log.info("the working size is fixed by --size: start with --size auto to step it with [ and ]")
+            elif action is Action.MOTION_CHANGED:
+                log.info("motion between engine frames %s", "on" if new.motion else "off")
             elif action is Action.SNAPSHOT:
                 self.snapshot()
             elif action is Action.FULLSCREEN and self.window is not None:
@@ -232,7 +250,7 @@ class LiveSession:
         return True
 
     def snapshot(self) -> Path | None:
-        if self.current is None:
+        if self.shown is None:
             return None
         from streamer.imageio import save_image
 
@@ -240,7 +258,7 @@ class LiveSession:
         name = time.strftime("streamer-%Y%m%d-%H%M%S") + f"-{self._snapshots:03d}.png"
         path = self.snapshot_dir / name
         try:
-            save_image(path, self.current.image)
+            save_image(path, self.shown.image)
         except InputError as exc:
             log.warning("snapshot failed: %s", exc)
             return None
@@ -291,19 +309,43 @@ class LiveSession:
         if self.state.sizes and not self.state.size_pinned and self.state.size != self.engine.size:
             self.state = replace(self.state, size=self.engine.size)
 
-    def _emit(self, result: Result, fresh: bool) -> None:
-        """Every tick to the window and steady-rate outputs (a repeat when no new frame came); a new frame
-        once, with its capture time, to timestamped ones (a recording)."""
+    def _present(self, result: Result) -> Carried:
+        """What this tick shows: the result as it is, or (--motion, steady outputs) carried to the newest
+        captured frame; in bypass, with motion, simply the newest captured frame."""
+        as_is = Carried(result.image, result.index, result.t_capture, 0.0)
+        newest = self.capture.latest
+        if not (self.state.motion and self.steady) or newest is None or newest.index <= result.index \
+                or result.source is None:
+            return as_is
+        if result.bypass:
+            return Carried(newest.image, newest.index, newest.t_capture, 0.0)
+        return self.carrier.carry(result.image, result.index, result.source, result.t_capture,
+                                  newest.index, newest.image, newest.t_capture)
+
+    def _emit(self, shown: Carried, result: Result, fresh: bool) -> None:
+        """Every tick to the window and steady-rate outputs (a repeat when nothing new came); each stylized
+        frame once, with its capture time, to timestamped ones (a recording: never the frames --motion carries,
+        which would double the encoder's work on a CPU that is already the bottleneck)."""
         for out in self.outputs:
             if not timestamped(out):
-                out.send(result.image)
+                out.send(shown.image)
             elif fresh:
                 out.send(result.image, result.t_capture)
         if self.window is not None:
             style = self.styles[result.style_index].name
-            shown = draw_overlays(result.image, self.state, style, self.engine.meter.rate,
+            image = draw_overlays(shown.image, self.state, style, self.engine.meter.rate,
                                   self.in_slot.dropped, self.latency * 1000)
-            self.window.show(shown)
+            self.window.show(image)
+
+    def _count_new(self, shown: Carried) -> None:
+        """A new picture went out: its latency (the age of what it shows) and the motion counts."""
+        age = time.perf_counter() - shown.t_capture
+        self.latency = age if self.latency == 0 else 0.9 * self.latency + 0.1 * age
+        s = self.summary
+        s.frames_new += 1
+        if shown.trusted > 0:
+            s.trusted = (s.trusted * s.frames_carried + shown.trusted) / (s.frames_carried + 1)
+            s.frames_carried += 1
 
     def run(self) -> Summary:
         t_start = time.perf_counter()
@@ -337,12 +379,14 @@ class LiveSession:
         self.current = first
         fresh: Result | None = first
         while True:
-            if fresh is not None:
-                self.latency = (time.perf_counter() - fresh.t_capture) if self.latency == 0 else \
-                    0.9 * self.latency + 0.1 * (time.perf_counter() - fresh.t_capture)
+            shown = self._present(self.current)
+            new = self.shown is None or shown.image is not self.shown.image
+            if new:
+                self._count_new(shown)
+            self.shown = shown
             self._follow_size()
             if fresh is not None or self.steady:
-                self._emit(self.current, fresh is not None)
+                self._emit(shown, self.current, fresh is not None)
                 self.summary.frames_out += 1
                 if self.summary.frames_out == 1:  # every output (a recording too) has a frame from here on
                     log.info("first frame out (%.0f ms after its capture)", 1000 * (time.perf_counter() - first.t_capture))
