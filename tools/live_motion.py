@@ -16,11 +16,17 @@ on the real clip. For every run:
   the source's own score is the floor;
 * the recording: frames, distinct frames, duration.
 
+``--carry-check`` measures instead how well each rule for *where* to carry predicts the newest frame: every
+few frames of the test pattern and of the real clip, the source frame 2 or 4 frames back is carried to the
+current one (the flow of ``--motion``) and compared with it (mean absolute error, 0-255): not moved at all,
+moved where ``--temporal``'s forward-backward check trusts the flow, moved everywhere, and ``--motion``'s rule.
+
 It also writes, per source, a strip of consecutive virtual-camera frames, off above on, cropped on the
 region that moves most, and everything as JSON.
 
     python tools/live_motion.py --seconds 12 --rounds 2 --out /tmp/live_motion
     python tools/live_motion.py --sources test --size 288 --rounds 1   # a quick look
+    python tools/live_motion.py --carry-check
 """
 from __future__ import annotations
 
@@ -202,6 +208,45 @@ def strip(runs: dict[str, list[np.ndarray]], path: Path, start: int, count: int,
     cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
 
 
+def source_frames(source: str, count: int) -> list[np.ndarray]:
+    """The first ``count`` frames of the test pattern or the real clip, RGB, as live captures them."""
+    from streamer.live.capture import PatternSource, open_source
+
+    opened = PatternSource() if source == "test" else open_source(str(CLIP), None, 30.0)
+    frames = [opened.read() for _ in range(count)]
+    opened.release()
+    return [f for f in frames if f is not None]
+
+
+def carry_check() -> None:
+    from streamer import flow as fl
+    from streamer.live import motion
+    from streamer.temporal import CONSISTENCY_PX2, confidence
+
+    estimator = fl.FlowEstimator("dis", motion.FLOW_PRESET)
+    for source in ("test", "clip"):
+        frames = source_frames(source, 240)
+        scale = motion.flow_scale(*frames[0].shape[:2])
+        for lag in (2, 4):
+            errors: dict[str, list[float]] = {}
+            for k in range(lag + 10, len(frames), 3):
+                before, now = frames[k - lag], frames[k]
+                g_new, g_src = fl.gray(now, scale), fl.gray(before, scale)
+                backward = estimator(g_new, g_src)
+                moved = fl.warp(g_src, backward)
+                residual = cv2.absdiff(g_new, moved).astype(np.float32)
+                if fl.is_cut(g_new, g_src, residual):
+                    continue
+                valid = fl.consistent(backward, estimator(g_src, g_new), abs_px=CONSISTENCY_PX2 * scale ** 2)
+                weights = {"unmoved": np.zeros_like(residual), "forward-backward": confidence(valid, residual),
+                           "everywhere": np.ones_like(residual), "--motion": motion.carry_weight(g_new, g_src, moved)}
+                for name, weight in weights.items():
+                    carried = motion.carry(before, backward, weight)
+                    errors.setdefault(name, []).append(float(cv2.absdiff(carried, now).mean()))
+            print(f"{source:5} {lag} frames ahead ({len(errors['unmoved'])} pairs): " +
+                  ", ".join(f"{name} {statistics.fmean(v):.2f}" for name, v in errors.items()), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sources", default="test,clip", help="comma list of: test (the pattern), clip (the real clip)")
@@ -215,7 +260,11 @@ def main() -> None:
     p.add_argument("--weights-dir", type=Path, default=SHARED / "weights")
     p.add_argument("--out", type=Path, default=Path("live_motion"))
     p.add_argument("--strip", type=int, default=8, help="frames in each strip")
+    p.add_argument("--carry-check", action="store_true", help="only compare the rules for where to carry (above)")
     args = p.parse_args()
+    if args.carry_check:
+        carry_check()
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     results: list[Run] = []
     with tempfile.TemporaryDirectory() as tmp:

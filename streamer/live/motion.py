@@ -11,8 +11,8 @@ frames, per pixel: moving the source frame along the flow must explain the newes
 it (:func:`carry_weight`). The forward-backward occlusion check of ``--temporal`` was the first choice and is
 wrong here: it rejects every disoccluded pixel, where the unmoved pixel is the occluder's old place, so a moving
 object left a ghost of itself behind. Carrying each source frame 2/4 frames ahead and comparing it with the real
-one (mean abs error, 0-255; test pattern / real clip, 4 frames ahead): unmoved 12.2 / 3.18, forward-backward
-confidence 9.6 / 2.34, the flow everywhere 7.6 / 2.01, this rule 6.0 / 1.84 (``tools/live_motion.py
+one (mean abs error, 0-255; test pattern / real clip, 4 frames ahead): unmoved 12.2 / 3.03, forward-backward
+confidence 9.5 / 2.27, the flow everywhere 7.6 / 1.95, this rule 6.0 / 1.80 (``tools/live_motion.py
 --carry-check``).
 
 The flow is ``--temporal``'s code (:mod:`streamer.flow`: DIS, warp, residual, cut test), here one direction
