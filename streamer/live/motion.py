@@ -21,16 +21,23 @@ most of it the full-size warp and blend (``tools/live_motion.py`` measures what 
 """
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
 from streamer import flow as fl
+from streamer.live.slot import LatestSlot
 
 #: short side (px) of the grey frames the flow runs on: large motions need no finer flow to look right at 30 fps
 FLOW_SIDE = 180
 FLOW_PRESET = "fast"
+#: how often (s) the motion thread looks for a newer captured frame or stylized frame
+POLL = 0.004
 #: grey copies kept, by captured frame index: the stylized frame's source and the last few newest frames
 GRAYS_KEPT = 4
 #: a pixel stays put when moving it leaves the newest frame this many grey levels worse explained than not
@@ -113,3 +120,50 @@ class MotionCarrier:
             result = Carried(carry(stylized, backward, weight), newest_index, t_newest, float(weight.mean()))
         self._last = (key, result)
         return result
+
+
+@dataclass(frozen=True)
+class CarriedFrom:
+    """A carried frame and the engine result it was made from (its style, its bypass)."""
+
+    result: Any
+    shown: Carried
+
+
+class MotionThread(threading.Thread):
+    """Carries the newest stylized frame to each newer captured frame, into a latest-wins slot.
+
+    Its own thread, so the output loop is never late because of it: on a CPU already busy with the engine a
+    carry may take longer than a tick, and then the loop simply sends the newest carried frame it has. Reads
+    the session's newest result and the capture's newest frame through ``get_result``/``get_newest``
+    (single references: no lock); carries only while ``enabled()`` (key m), and at most once an ``interval``
+    (the output's: a 60 fps camera into a 30 fps output needs no more). An error stops it and is kept in
+    ``error`` for the output loop to raise.
+    """
+
+    def __init__(self, get_result: Callable[[], Any], get_newest: Callable[[], Any], enabled: Callable[[], bool],
+                 stop: threading.Event, interval: float = 0.0) -> None:
+        super().__init__(name="motion", daemon=True)
+        self.get_result, self.get_newest, self.enabled, self.stop_event = get_result, get_newest, enabled, stop
+        self.interval = interval
+        self.slot = LatestSlot()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        carrier = MotionCarrier()
+        done: tuple[int, int] | None = None
+        started = -float("inf")
+        try:
+            while not self.stop_event.is_set():
+                result, newest = self.get_result(), self.get_newest()
+                if result is None or newest is None or result.bypass or not self.enabled() \
+                        or newest.index <= result.index or (result.index, newest.index) == done \
+                        or time.perf_counter() - started < self.interval:
+                    self.stop_event.wait(POLL)
+                    continue
+                done, started = (result.index, newest.index), time.perf_counter()
+                shown = carrier.carry(result.image, result.index, result.source, result.t_capture,
+                                      newest.index, newest.image, newest.t_capture)
+                self.slot.put(CarriedFrom(result, shown))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
+            self.error = exc

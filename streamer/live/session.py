@@ -5,8 +5,9 @@
 The engine thread stylizes the newest captured frame with the current style, so latency stays at
 about one engine step. The output loop runs at ``--fps`` in the main thread (GUI toolkits and
 Ctrl-C both want it): it shows/sends the newest stylized frame, repeating it when the engine is
-slower than the display, or, with ``--motion``, carrying it along the optical flow to the newest captured
-frame (:mod:`streamer.live.motion`), and handles keys (window) or typed commands (stdin).
+slower than the display, or, with ``--motion``, the newest frame a fourth thread made by carrying it along the
+optical flow to the newest captured frame (:mod:`streamer.live.motion`), and handles keys (window) or typed
+commands (stdin).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from engines.stylizer import Stylizer, resize_to, short_side_shape
 from streamer.live.capture import CaptureThread, Frame, Source
 from streamer.live.hotkeys import Action, LiveState, handle_command, handle_key, status_line
 from streamer.live.hud import draw_overlays
-from streamer.live.motion import Carried, MotionCarrier
+from streamer.live.motion import Carried, CarriedFrom, MotionThread
 from streamer.live.outputs import Output, Window, timestamped
 from streamer.live.sizing import Sizing, next_size, pin, unpin
 from streamer.live.slot import LatestSlot, SourceEnded
@@ -91,7 +92,7 @@ class Summary:
     sizes: dict[int, int] = field(default_factory=dict)  # working short side -> frames stylized at it
 
     def motion_text(self) -> str:
-        """``motion: 410 of 600 new frames carried (91% of pixels)``, or ``motion off``."""
+        """``600 new frames, 410 carried along the motion (91% of pixels)``, or ``motion off``."""
         if not self.frames_carried:
             return "motion off" if not self.frames_new else f"{self.frames_new} new frames, none carried"
         return (f"{self.frames_new} new frames, {self.frames_carried} carried along the motion "
@@ -222,7 +223,9 @@ class LiveSession:
         self.latency = 0.0
         self.current: Result | None = None
         self.shown: Carried | None = None  # what the outputs got last (the current result, maybe carried)
-        self.carrier = MotionCarrier()
+        self.motion = MotionThread(lambda: self.current, lambda: self.capture.latest,
+                                   lambda: self.state.motion, self.stop, 0.9 / fps)
+        self._carried: CarriedFrom | None = None
         self._snapshots = 0
 
     # state changes ----------------------------------------------------------------------------
@@ -310,17 +313,20 @@ class LiveSession:
             self.state = replace(self.state, size=self.engine.size)
 
     def _present(self, result: Result) -> Carried:
-        """What this tick shows: the result as it is, or (--motion, steady outputs) carried to the newest
-        captured frame; in bypass, with motion, simply the newest captured frame."""
+        """What this tick shows: the result as it is, or (--motion) the motion thread's newest carry when that
+        shows a newer captured frame in the same style. Never a frame older than the one shown before: a
+        carry that failed (a scene cut, a motion too large for the flow) leaves the last good one up."""
+        if self.motion.error is not None:
+            raise self.motion.error
+        item = self.motion.slot.poll()
+        if item is not None and item.shown.index > item.result.index:
+            self._carried = item
         as_is = Carried(result.image, result.index, result.t_capture, 0.0)
-        newest = self.capture.latest
-        if not (self.state.motion and self.steady) or newest is None or newest.index <= result.index \
-                or result.source is None:
-            return as_is
-        if result.bypass:
-            return Carried(newest.image, newest.index, newest.t_capture, 0.0)
-        return self.carrier.carry(result.image, result.index, result.source, result.t_capture,
-                                  newest.index, newest.image, newest.t_capture)
+        carried = self._carried
+        if self.state.motion and carried is not None and carried.shown.index > result.index \
+                and (carried.result.style_index, carried.result.bypass) == (result.style_index, result.bypass):
+            return carried.shown
+        return as_is
 
     def _emit(self, shown: Carried, result: Result, fresh: bool) -> None:
         """Every tick to the window and steady-rate outputs (a repeat when nothing new came); each stylized
@@ -351,6 +357,8 @@ class LiveSession:
         t_start = time.perf_counter()
         self.capture.start()
         self.engine.start()
+        if self.steady:  # a recording alone takes each stylized frame once: nothing to carry
+            self.motion.start()
         if self.stdin is not None:
             self.stdin.start()
         try:
@@ -411,7 +419,9 @@ class LiveSession:
         """Stop and join the threads, release the source, close every output; the first error wins."""
         self.stop.set()
         self.in_slot.close()
-        for thread, timeout in ((self.capture, 5.0), (self.engine, JOIN_TIMEOUT)):
+        for thread, timeout in ((self.capture, 5.0), (self.engine, JOIN_TIMEOUT), (self.motion, 5.0)):
+            if thread.ident is None:
+                continue  # never started
             thread.join(timeout)
             if thread.is_alive():
                 log.warning("%s thread did not stop in time", thread.name)
