@@ -195,3 +195,35 @@ def test_motion_on_with_a_recording_alone_says_it_does_nothing(caplog):
     with caplog.at_level(logging.WARNING):
         assert _motion_on("on", False, steady=False) is False
     assert "recording keeps each stylized frame once" in caplog.text
+
+
+def test_a_frame_the_flow_cannot_take_stops_motion_with_one_warning_not_the_session(monkeypatch, caplog):
+    import streamer.live.motion as motion
+
+    def refuse(*args, **kwargs):
+        raise cv2.error("OpenCV(5.0.0) resize.cpp:4220: error: (-215:Assertion failed) inv_scale_x > 0")
+
+    monkeypatch.setattr(motion.MotionCarrier, "carry", refuse)
+    vcam = Collector()
+    session = LiveSession(ScrollingSource(), SlowInverting(), fake_styles(None), LiveState(1, motion=True),
+                          outputs=[vcam], fps=30, max_frames=20)
+    with caplog.at_level(logging.WARNING):
+        summary = session.run()
+    assert summary.frames_out == 20 and summary.stop_reason == "20 frames done" and summary.frames_carried == 0
+    warnings = [r.getMessage() for r in caplog.records if "motion between engine frames stopped" in r.getMessage()]
+    assert len(warnings) == 1 and "inv_scale_x > 0" in warnings[0]
+
+
+def test_the_measurement_tool_runs_and_reports_both_settings(tmp_path, weights_dir, media):
+    """tools/live_motion.py (the README's figures) on a short run: it must keep working."""
+    import json
+
+    from tools import live_motion
+
+    live_motion.main(["--sources", "test", "--seconds", "1.5", "--rounds", "1", "--size", "96", "--out",
+                      str(tmp_path), "--weights-dir", str(weights_dir), "--strip", "3",
+                      "--style", str(media / "style" / "la_muse.jpg")])
+    runs = json.loads((tmp_path / "live_motion.json").read_text())
+    assert [r["motion"] for r in runs] == ["off", "on"] and all(r["vcam_frames"] == 45 for r in runs)
+    assert runs[0]["carried"] == 0 and runs[1]["carried"] > 0 and runs[1]["record_frames"] > 0
+    assert (tmp_path / "strip_test.png").stat().st_size > 1000

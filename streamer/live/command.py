@@ -45,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "live", help="stylize a camera (or file, stream, test pattern) live: window, virtual camera, recording",
         description="Stylize a live source in real time. Outputs, any combination: --window (the default when "
                     "no other output is named), --vcam, --record FILE. Keys in the window: n/p next/previous "
-                    "style, 1-9 pick, +/- alpha, c colours, space bypass, s snapshot, i HUD, h help, f fullscreen, "
-                    "q/Esc quit. Without a window, type the same keys (and 'help') on stdin.")
+                    "style, 1-9 pick, +/- alpha, c colours, space bypass, [/] size, m motion, s snapshot, i HUD, "
+                    "h help, f fullscreen, q/Esc quit. Without a window, type the same keys (and 'help') on stdin.")
     p.add_argument("--source", default="0",
                    help="camera number (default 0), video file, URL/stream, or 'test' for a moving test pattern")
     p.add_argument("--capture-size", default=None, metavar="WxH",

@@ -21,6 +21,7 @@ most of it the full-size warp and blend (``tools/live_motion.py`` measures what 
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ import numpy as np
 
 from streamer import flow as fl
 from streamer.live.slot import LatestSlot
+
+log = logging.getLogger(__name__)
 
 #: short side (px) of the grey frames the flow runs on: large motions need no finer flow to look right at 30 fps
 FLOW_SIDE = 180
@@ -137,8 +140,9 @@ class MotionThread(threading.Thread):
     carry may take longer than a tick, and then the loop simply sends the newest carried frame it has. Reads
     the session's newest result and the capture's newest frame through ``get_result``/``get_newest``
     (single references: no lock); carries only while ``enabled()`` (key m), and at most once an ``interval``
-    (the output's: a 60 fps camera into a 30 fps output needs no more). An error stops it and is kept in
-    ``error`` for the output loop to raise.
+    (the output's: a 60 fps camera into a 30 fps output needs no more). OpenCV refusing a frame (a shape its
+    flow cannot take, e.g. 4000x16) stops the carrying with one warning, not the session; any other error stops
+    it and is kept in ``error`` for the output loop to raise.
     """
 
     def __init__(self, get_result: Callable[[], Any], get_newest: Callable[[], Any], enabled: Callable[[], bool],
@@ -148,6 +152,8 @@ class MotionThread(threading.Thread):
         self.interval = interval
         self.slot = LatestSlot()
         self.error: BaseException | None = None
+        self.carries = 0
+        self.cpu_s = 0.0  # this thread's CPU time in carries: what --motion costs the engine on a busy CPU
 
     def run(self) -> None:
         carrier = MotionCarrier()
@@ -162,8 +168,17 @@ class MotionThread(threading.Thread):
                     self.stop_event.wait(POLL)
                     continue
                 done, started = (result.index, newest.index), time.perf_counter()
-                shown = carrier.carry(result.image, result.index, result.source, result.t_capture,
-                                      newest.index, newest.image, newest.t_capture)
+                cpu = time.thread_time()
+                try:
+                    shown = carrier.carry(result.image, result.index, result.source, result.t_capture,
+                                          newest.index, newest.image, newest.t_capture)
+                except cv2.error as exc:
+                    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
+                    log.warning("motion between engine frames stopped: the optical flow failed on %dx%d frames "
+                                "(%s)", newest.image.shape[1], newest.image.shape[0], reason)
+                    return
+                self.carries += 1
+                self.cpu_s += time.thread_time() - cpu
                 self.slot.put(CarriedFrom(result, shown))
         except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
             self.error = exc
