@@ -74,9 +74,8 @@ def test_a_moving_disc_is_shown_where_it_is_now_over_a_still_background():
 def test_nothing_is_carried_across_a_cut_to_an_older_or_a_differently_sized_frame():
     source, other = texture(W, H, seed=2), texture(W, H, seed=3)
     stylized = 255 - source
-    carrier = MotionCarrier()
     for index, newest in ((5, other), (2, source), (1, source), (5, cv2.resize(source, (W // 2, H // 2)))):
-        shown = carrier.carry(stylized, 2, source, 0.5, index, newest, 0.9)
+        shown = MotionCarrier().carry(stylized, 2, source, 0.5, index, newest, 0.9)  # fresh: no cached answer
         assert shown.image is stylized and shown.index == 2 and shown.t_capture == 0.5 and shown.trusted == 0
 
 
@@ -145,17 +144,16 @@ def test_with_motion_the_virtual_camera_moves_between_engine_frames(tmp_path):
     assert summary.frames_out == len(shown) == 36
     assert 2 <= summary.frames_stylized <= 12  # the engine really was slower than the output
     # the picture moves on ticks with no new engine frame: far more distinct frames than stylized ones
-    assert distinct(shown) >= 2 * summary.frames_stylized, (distinct(shown), summary.frames_stylized)
+    assert distinct(shown) >= 1.5 * summary.frames_stylized, (distinct(shown), summary.frames_stylized)
     assert summary.frames_carried > 0 and summary.trusted > 0.8 and summary.frames_new == distinct(shown) + 1
     # it moves the right way: each frame is (the inverse of) a captured frame, newer and newer, never back
     scroll = ScrollingSource()
-    inverted = [255 - scroll.read() for _ in range(len(shown) * 3)]
+    inverted = [255 - scroll.read() for _ in range(summary.frames_captured + 5)]
     matches = [depicted(f, inverted) for f in shown]
-    exact = sum(error < 1.5 for _, error in matches)  # the rest: a flow partly wrong, some pixels left behind
-    assert exact >= 0.8 * len(matches), matches
-    indices = [i for i, _ in matches]
+    indices = [i for i, error in matches if error < 1.5]  # the rest: a flow partly wrong, pixels left behind
+    assert len(indices) >= 0.8 * len(matches), matches
     assert all(b >= a for a, b in zip(indices, indices[1:])), indices
-    assert len(set(indices)) >= 2 * summary.frames_stylized, indices
+    assert len(set(indices)) >= 1.5 * summary.frames_stylized, indices
     assert len(recorded) <= summary.frames_stylized  # the recording: each stylized frame once, never a carried one
 
 
@@ -163,7 +161,7 @@ def test_without_motion_the_engine_frame_is_repeated_as_before(tmp_path):
     summary, shown, recorded = run_session(tmp_path, motion=False)
     assert summary.frames_out == len(shown) == 36
     assert distinct(shown) + 1 <= summary.frames_stylized and summary.frames_carried == 0
-    assert summary.motion_text() == "motion off" or "none carried" in summary.motion_text()
+    assert summary.motion_text() == "motion off"
 
 
 # -- the switches ------------------------------------------------------------------------------
@@ -212,6 +210,31 @@ def test_a_frame_the_flow_cannot_take_stops_motion_with_one_warning_not_the_sess
     assert summary.frames_out == 20 and summary.stop_reason == "20 frames done" and summary.frames_carried == 0
     warnings = [r.getMessage() for r in caplog.records if "motion between engine frames stopped" in r.getMessage()]
     assert len(warnings) == 1 and "inv_scale_x > 0" in warnings[0]
+    assert not session.state.motion and summary.motion_text() == "motion off"  # the HUD and replies say so
+
+
+def test_motion_thread_starts_only_when_motion_is_on(tmp_path):
+    session = LiveSession(ScrollingSource(), SlowInverting(), fake_styles(None), LiveState(1), outputs=[Collector()],
+                          fps=30, max_frames=8)
+    session.run()
+    assert session.motion.ident is None  # --motion off: nothing polling in the background
+
+
+def test_motion_on_typed_into_a_recording_only_session_is_refused(tmp_path, caplog):
+    session = LiveSession(ScrollingSource(), SlowInverting(), fake_styles(None), LiveState(1),
+                          outputs=[Recording(tmp_path / "r.mp4", W, H, 30)], fps=30, max_frames=2)
+    with caplog.at_level(logging.INFO):
+        session.apply(*handle_key("m", session.state))
+    assert not session.state.motion and "window or a virtual camera" in caplog.text
+    session.run()
+
+
+def test_big_frames_carry_less_often_rather_than_take_the_engines_cpu():
+    from streamer.live.motion import MAX_BUSY, pause_after
+
+    assert pause_after(0.012, 1 / 30) == pytest.approx(1 / 30)  # 640x360: every tick
+    assert pause_after(0.040, 1 / 30) == pytest.approx(0.040 / MAX_BUSY)  # 1280x720 on a busy CPU
+    assert 0.040 / pause_after(0.040, 1 / 30) <= MAX_BUSY
 
 
 def test_the_measurement_tool_runs_and_reports_both_settings(tmp_path, weights_dir, media):

@@ -24,28 +24,31 @@ moved where ``--temporal``'s forward-backward check trusts the flow, moved every
 It also writes, per source, a strip of consecutive virtual-camera frames, off above on, cropped on the
 region that moves most, and everything as JSON.
 
-    python tools/live_motion.py --seconds 12 --rounds 2 --out /tmp/live_motion
-    python tools/live_motion.py --sources test --size 288 --rounds 1   # a quick look
-    python tools/live_motion.py --carry-check
+    python -m tools.live_motion --seconds 12 --rounds 2 --out /tmp/live_motion
+    python -m tools.live_motion --sources test --size 288 --rounds 1   # a quick look
+    python -m tools.live_motion --carry-check
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/live_motion.py` finds `tools.` too
 
-import streamer.live.command as live_command
-from streamer import cli
-from streamer.evaluate import warping_errors
-from streamer.live.session import LiveSession
-from streamer.shared import shared_dir
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+import streamer.live.command as live_command  # noqa: E402
+from streamer import cli  # noqa: E402
+from streamer.evaluate import warping_errors  # noqa: E402
+from streamer.live.session import LiveSession  # noqa: E402
+from streamer.shared import shared_dir  # noqa: E402
 
 SHARED = shared_dir()
 CLIP = SHARED / "media" / "video" / "cutBunny.mp4"
@@ -241,7 +244,9 @@ def carry_check() -> None:
                     continue
                 valid = fl.consistent(backward, estimator(g_src, g_new), abs_px=CONSISTENCY_PX2 * scale ** 2)
                 weights = {"unmoved": np.zeros_like(residual), "forward-backward": confidence(valid, residual),
-                           "everywhere": np.ones_like(residual), "--motion": motion.carry_weight(g_new, g_src, moved)}
+                           "everywhere": np.ones_like(residual), "--motion": motion.carry_weight(g_new, g_src, moved),
+                           "keep 4-16": motion.carry_weight(g_new, g_src, moved, 4, 16),
+                           "keep 8-32": motion.carry_weight(g_new, g_src, moved, 8, 32)}
                 for name, weight in weights.items():
                     carried = motion.carry(before, backward, weight)
                     errors.setdefault(name, []).append(float(cv2.absdiff(carried, now).mean()))

@@ -10,8 +10,8 @@ Where the flow is unreliable the stylized pixel stays where it was; "unreliable"
 frames, per pixel: moving the source frame along the flow must explain the newest frame no worse than leaving
 it (:func:`carry_weight`). The forward-backward occlusion check of ``--temporal`` was the first choice and is
 wrong here: it rejects every disoccluded pixel, where the unmoved pixel is the occluder's old place, so a moving
-object left a ghost of itself behind. Carrying each source frame 2/4 frames ahead and comparing it with the real
-one (mean abs error, 0-255; test pattern / real clip, 4 frames ahead): unmoved 12.2 / 3.03, forward-backward
+object left a ghost of itself behind. Carrying each source frame 4 frames ahead and comparing it with the real
+one (mean abs error, 0-255; test pattern / real clip): unmoved 12.2 / 3.03, forward-backward
 confidence 9.5 / 2.27, the flow everywhere 7.6 / 1.95, this rule 6.0 / 1.80 (``tools/live_motion.py
 --carry-check``).
 
@@ -43,8 +43,12 @@ FLOW_PRESET = "fast"
 POLL = 0.004
 #: grey copies kept, by captured frame index: the stylized frame's source and the last few newest frames
 GRAYS_KEPT = 4
+#: the most of its time the motion thread spends carrying: on big frames (a carry takes 2.5x as long at 1280x720,
+#: 4.6x at 1920x1080) or a CPU the engine keeps busy, it carries less often rather than take the engine's time
+MAX_BUSY = 0.5
 #: a pixel stays put when moving it leaves the newest frame this many grey levels worse explained than not
-#: moving it (fading in from KEEP_FROM): the best of 2-10, 4-16 and 8-32 by the measurement above
+#: moving it (fading in from KEEP_FROM): the best of 2-10, 4-16 and 8-32 by the measurement above (5.95 / 6.09 /
+#: 6.33 on the test pattern, 1.80 / 1.83 / 1.87 on the clip)
 KEEP_FROM, KEEP_AT = 2.0, 10.0
 
 
@@ -53,11 +57,12 @@ def flow_scale(height: int, width: int) -> float:
     return min(1.0, FLOW_SIDE / max(1, min(height, width)))
 
 
-def carry_weight(newest: np.ndarray, source: np.ndarray, moved: np.ndarray) -> np.ndarray:
+def carry_weight(newest: np.ndarray, source: np.ndarray, moved: np.ndarray, keep_from: float = KEEP_FROM,
+                 keep_at: float = KEEP_AT) -> np.ndarray:
     """Per pixel, how far to carry (0..1, float32): 1 where ``moved`` (the source grey frame warped by the flow)
     explains the ``newest`` grey frame about as well as the unmoved ``source`` or better, 0 where clearly worse."""
     worse = cv2.absdiff(newest, moved).astype(np.float32) - cv2.absdiff(newest, source).astype(np.float32)
-    weight = np.clip((KEEP_AT - worse) * (1.0 / (KEEP_AT - KEEP_FROM)), 0.0, 1.0)
+    weight = np.clip((keep_at - worse) * (1.0 / (keep_at - keep_from)), 0.0, 1.0)
     return cv2.GaussianBlur(weight, (5, 5), 0)  # no speckles, no seams
 
 
@@ -92,13 +97,14 @@ class MotionCarrier:
         self._grays: dict[int, np.ndarray] = {}
         self._last: tuple[tuple[int, int, int], Carried] | None = None
 
-    def _gray(self, index: int, image: np.ndarray) -> np.ndarray:
+    def _gray(self, index: int, image: np.ndarray, keep: int) -> np.ndarray:
+        """The grey copy of captured frame ``index``; the oldest others are forgotten, never ``keep``'s."""
         g = self._grays.get(index)
         if g is None:
             g = fl.gray(image, flow_scale(*image.shape[:2]))
             self._grays[index] = g
             while len(self._grays) > GRAYS_KEPT:
-                del self._grays[min(self._grays)]
+                del self._grays[min(k for k in self._grays if k != keep)]
         return g
 
     def carry(self, stylized: np.ndarray, source_index: int, source: np.ndarray, t_source: float,
@@ -113,7 +119,8 @@ class MotionCarrier:
         unmoved = Carried(stylized, source_index, t_source, 0.0)
         if newest_index <= source_index or newest.shape != source.shape or stylized.shape != source.shape:
             return unmoved
-        g_new, g_src = self._gray(newest_index, newest), self._gray(source_index, source)
+        g_src = self._gray(source_index, source, source_index)
+        g_new = self._gray(newest_index, newest, source_index)
         backward = self._flow(g_new, g_src)
         moved = fl.warp(g_src, backward)
         if fl.is_cut(g_new, g_src, cv2.absdiff(g_new, moved).astype(np.float32)):
@@ -123,6 +130,12 @@ class MotionCarrier:
             result = Carried(carry(stylized, backward, weight), newest_index, t_newest, float(weight.mean()))
         self._last = (key, result)
         return result
+
+
+def pause_after(took_s: float, interval: float) -> float:
+    """Seconds from the start of one carry to the next: the output's ``interval``, or longer when a carry took
+    so long that carrying more often would keep the thread busy over :data:`MAX_BUSY` of the time."""
+    return max(interval, took_s / MAX_BUSY)
 
 
 @dataclass(frozen=True)
@@ -140,7 +153,8 @@ class MotionThread(threading.Thread):
     carry may take longer than a tick, and then the loop simply sends the newest carried frame it has. Reads
     the session's newest result and the capture's newest frame through ``get_result``/``get_newest``
     (single references: no lock); carries only while ``enabled()`` (key m), and at most once an ``interval``
-    (the output's: a 60 fps camera into a 30 fps output needs no more). OpenCV refusing a frame (a shape its
+    (the output's: a 60 fps camera into a 30 fps output needs no more) and no more often than keeps its CPU
+    busy under :data:`MAX_BUSY` of the time (:func:`pause_after`). OpenCV refusing a frame (a shape its
     flow cannot take, e.g. 4000x16) stops the carrying with one warning, not the session; any other error stops
     it and is kept in ``error`` for the output loop to raise.
     """
@@ -154,21 +168,22 @@ class MotionThread(threading.Thread):
         self.error: BaseException | None = None
         self.carries = 0
         self.cpu_s = 0.0  # this thread's CPU time in carries: what --motion costs the engine on a busy CPU
+        self.failed = False  # stopped by a frame OpenCV's flow cannot take: the session turns motion off
 
     def run(self) -> None:
         carrier = MotionCarrier()
         done: tuple[int, int] | None = None
-        started = -float("inf")
+        started, pause = -float("inf"), self.interval
         try:
             while not self.stop_event.is_set():
                 result, newest = self.get_result(), self.get_newest()
                 if result is None or newest is None or result.bypass or not self.enabled() \
                         or newest.index <= result.index or (result.index, newest.index) == done \
-                        or time.perf_counter() - started < self.interval:
+                        or time.perf_counter() - started < pause:
                     self.stop_event.wait(POLL)
                     continue
                 done, started = (result.index, newest.index), time.perf_counter()
-                cpu = time.thread_time()
+                cpu, wall = time.thread_time(), time.perf_counter()
                 try:
                     shown = carrier.carry(result.image, result.index, result.source, result.t_capture,
                                           newest.index, newest.image, newest.t_capture)
@@ -176,9 +191,11 @@ class MotionThread(threading.Thread):
                     reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "OpenCV error"
                     log.warning("motion between engine frames stopped: the optical flow failed on %dx%d frames "
                                 "(%s)", newest.image.shape[1], newest.image.shape[0], reason)
+                    self.failed = True
                     return
                 self.carries += 1
                 self.cpu_s += time.thread_time() - cpu
+                pause = pause_after(time.perf_counter() - wall, self.interval)
                 self.slot.put(CarriedFrom(result, shown))
         except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
             self.error = exc

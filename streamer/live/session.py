@@ -71,6 +71,7 @@ class Result:
     bypass: bool
     step: float  # seconds the engine spent on it
     source: np.ndarray | None = None  # the captured frame it was made from (for --motion)
+    look: tuple = ()  # style, bypass, alpha, colours: a carry of another look is not shown in its place
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Summary:
     frames_new: int = 0  # output frames that differ from the one before (a repeat does not count)
     frames_carried: int = 0  # new output frames carried along the flow (--motion)
     trusted: float = 0.0  # mean share of pixels the flow moved, over the carried frames
+    motion: bool = False  # --motion was on at the end
     frames_captured: int = 0
     frames_stylized: int = 0
     dropped: int = 0
@@ -94,7 +96,7 @@ class Summary:
     def motion_text(self) -> str:
         """``600 new frames, 410 carried along the motion (91% of pixels)``, or ``motion off``."""
         if not self.frames_carried:
-            return "motion off" if not self.frames_new else f"{self.frames_new} new frames, none carried"
+            return "motion off" if not self.motion else f"motion on, none of {self.frames_new} new frames carried"
         return (f"{self.frames_new} new frames, {self.frames_carried} carried along the motion "
                 f"({100 * self.trusted:.0f}% of pixels)")
 
@@ -187,7 +189,8 @@ class EngineThread(threading.Thread):
                         self._measured(step)
                     self.meter.tick()
                     self.out_slot.put(Result(image, frame.t_capture, frame.index, state.style_index, state.bypass,
-                                             step, frame.image))
+                                             step, frame.image,
+                                             (state.style_index, state.bypass, state.alpha, state.keep_color)))
         except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
             error = exc
         finally:
@@ -245,7 +248,11 @@ class LiveSession:
             elif action is Action.SIZE_FIXED:
                 log.info("the working size is fixed by --size: start with --size auto to step it with [ and ]")
             elif action is Action.MOTION_CHANGED:
-                log.info("motion between engine frames %s", "on" if new.motion else "off")
+                if new.motion and not self.steady:
+                    log.info("motion acts on a window or a virtual camera; a recording keeps each stylized frame")
+                    self.state = replace(new, motion=False)
+                else:
+                    log.info("motion between engine frames %s", "on" if new.motion else "off")
             elif action is Action.SNAPSHOT:
                 self.snapshot()
             elif action is Action.FULLSCREEN and self.window is not None:
@@ -253,6 +260,7 @@ class LiveSession:
         return True
 
     def snapshot(self) -> Path | None:
+        """What the outputs show now (with --motion, maybe a carried frame), without the HUD, as a PNG."""
         if self.shown is None:
             return None
         from streamer.imageio import save_image
@@ -314,17 +322,21 @@ class LiveSession:
 
     def _present(self, result: Result) -> Carried:
         """What this tick shows: the result as it is, or (--motion) the motion thread's newest carry when that
-        shows a newer captured frame in the same style. Never a frame older than the one shown before: a
-        carry that failed (a scene cut, a motion too large for the flow) leaves the last good one up."""
+        shows a newer captured frame in the same look (style, alpha, colours). In one look, never a frame older
+        than the one before: a carry that failed (a cut, a motion too large for the flow) leaves the last good one."""
         if self.motion.error is not None:
             raise self.motion.error
+        if self.state.motion and self.motion.ident is None and self.steady:
+            self.motion.start()  # on first use: a session without motion has no thread polling for it
+        if self.motion.failed and self.state.motion:
+            self.state = replace(self.state, motion=False)  # the HUD and 'motion' replies say so too
         item = self.motion.slot.poll()
         if item is not None and item.shown.index > item.result.index:
             self._carried = item
         as_is = Carried(result.image, result.index, result.t_capture, 0.0)
         carried = self._carried
         if self.state.motion and carried is not None and carried.shown.index > result.index \
-                and (carried.result.style_index, carried.result.bypass) == (result.style_index, result.bypass):
+                and carried.result.look == result.look:
             return carried.shown
         return as_is
 
@@ -357,8 +369,6 @@ class LiveSession:
         t_start = time.perf_counter()
         self.capture.start()
         self.engine.start()
-        if self.steady:  # a recording alone takes each stylized frame once: nothing to carry
-            self.motion.start()
         if self.stdin is not None:
             self.stdin.start()
         try:
@@ -443,6 +453,8 @@ class LiveSession:
         s.step_ms = self.engine.step_avg * 1000
         s.latency_ms = self.latency * 1000
         s.sizes = dict(self.engine.sizes)
+        s.motion = self.state.motion
+        error = error or self.motion.error
         if error is not None:
             if raise_errors:
                 raise error
