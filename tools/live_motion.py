@@ -21,8 +21,8 @@ few frames of the test pattern and of the real clip, the source frame 2 or 4 fra
 current one (the flow of ``--motion``) and compared with it (mean absolute error, 0-255): not moved at all,
 moved where ``--temporal``'s forward-backward check trusts the flow, moved everywhere, and ``--motion``'s rule.
 
-It also writes, per source, a strip of consecutive virtual-camera frames, off above on, cropped on the
-region that moves most, and everything as JSON.
+It also writes, per source, a strip of consecutive virtual-camera frames, off above on, each row cropped on
+the region that moves most in it, and everything as JSON.
 
     python -m tools.live_motion --seconds 12 --rounds 2 --out /tmp/live_motion
     python -m tools.live_motion --sources test --size 288 --rounds 1   # a quick look
@@ -199,12 +199,12 @@ def moving_crop(frames: list[np.ndarray], size: int) -> tuple[int, int]:
 
 
 def strip(runs: dict[str, list[np.ndarray]], path: Path, start: int, count: int, size: int) -> None:
-    """Rows of ``count`` consecutive frames (one row per motion setting) cropped on the most moving square."""
-    frames = runs["off"][start:start + count] + runs["on"][start:start + count]
-    y, x = moving_crop(frames, size)
+    """Rows of ``count`` consecutive frames (one row per motion setting, numbered from ``start``), each cropped on
+    the square that moves most in it."""
     rows = []
-    for name in ("off", "on"):
-        crops = [f[y:y + size, x:x + size] for f in runs[name][start:start + count]]
+    for name in ("off", "on"):  # the runs are not in step: each row is cropped on its own moving square
+        y, x = moving_crop(runs[name][:count], size)
+        crops = [f[y:y + size, x:x + size] for f in runs[name][:count]]
         row = np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=255) for c in crops], axis=1)
         label = np.full((22, row.shape[1], 3), 255, np.uint8)
         cv2.putText(label, f"--motion {name}: vcam frames {start}..{start + count - 1}", (4, 16),
@@ -281,9 +281,10 @@ def main(argv: list[str] | None = None) -> None:
                 for motion in ("off", "on"):
                     run, frames = one_run(source, motion, args, Path(tmp))
                     results.append(run)
-                    kept[motion] = frames
+                    start = len(frames) // 2  # only the strip's frames are kept: big lists slow this VM's runs
+                    kept[motion] = frames[start:start + args.strip]
+                    del frames
                     print(json.dumps(asdict(run)), flush=True)
-            start = len(kept["off"]) // 2
             strip(kept, args.out / f"strip_{source}.png", start, args.strip, 160)
     (args.out / "live_motion.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
     print(f"{'source':6} {'motion':6} {'engine fps':>10} {'distinct/s':>10} {'latency ms':>10} "

@@ -43,8 +43,9 @@ FLOW_PRESET = "fast"
 POLL = 0.004
 #: grey copies kept, by captured frame index: the stylized frame's source and the last few newest frames
 GRAYS_KEPT = 4
-#: the most of its time the motion thread spends carrying: on big frames (a carry takes 2.5x as long at 1280x720,
-#: 4.6x at 1920x1080) or a CPU the engine keeps busy, it carries less often rather than take the engine's time
+#: the most CPU the motion thread takes, as a share of one core (its own CPU time: wall time would also count
+#: waiting for cores the engine holds): on big frames (a carry costs 2.5x as much at 1280x720, 4.6x at
+#: 1920x1080) it carries less often rather than take the engine's time; at 640x360 (7-13 ms) it never binds
 MAX_BUSY = 0.5
 #: a pixel stays put when moving it leaves the newest frame this many grey levels worse explained than not
 #: moving it (fading in from KEEP_FROM): the best of 2-10, 4-16 and 8-32 by the measurement above (5.95 / 6.09 /
@@ -132,10 +133,10 @@ class MotionCarrier:
         return result
 
 
-def pause_after(took_s: float, interval: float) -> float:
+def pause_after(cpu_s: float, interval: float) -> float:
     """Seconds from the start of one carry to the next: the output's ``interval``, or longer when a carry took
-    so long that carrying more often would keep the thread busy over :data:`MAX_BUSY` of the time."""
-    return max(interval, took_s / MAX_BUSY)
+    so much CPU that carrying more often would take over :data:`MAX_BUSY` of a core."""
+    return max(interval, cpu_s / MAX_BUSY)
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class MotionThread(threading.Thread):
     the session's newest result and the capture's newest frame through ``get_result``/``get_newest``
     (single references: no lock); carries only while ``enabled()`` (key m), and at most once an ``interval``
     (the output's: a 60 fps camera into a 30 fps output needs no more) and no more often than keeps its CPU
-    busy under :data:`MAX_BUSY` of the time (:func:`pause_after`). OpenCV refusing a frame (a shape its
+    CPU time under :data:`MAX_BUSY` of a core (:func:`pause_after`). OpenCV refusing a frame (a shape its
     flow cannot take, e.g. 4000x16) stops the carrying with one warning, not the session; any other error stops
     it and is kept in ``error`` for the output loop to raise.
     """
@@ -183,7 +184,7 @@ class MotionThread(threading.Thread):
                     self.stop_event.wait(POLL)
                     continue
                 done, started = (result.index, newest.index), time.perf_counter()
-                cpu, wall = time.thread_time(), time.perf_counter()
+                cpu = time.thread_time()
                 try:
                     shown = carrier.carry(result.image, result.index, result.source, result.t_capture,
                                           newest.index, newest.image, newest.t_capture)
@@ -194,8 +195,9 @@ class MotionThread(threading.Thread):
                     self.failed = True
                     return
                 self.carries += 1
-                self.cpu_s += time.thread_time() - cpu
-                pause = pause_after(time.perf_counter() - wall, self.interval)
+                cpu = time.thread_time() - cpu
+                self.cpu_s += cpu
+                pause = pause_after(cpu, self.interval)
                 self.slot.put(CarriedFrom(result, shown))
         except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
             self.error = exc
