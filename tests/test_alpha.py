@@ -167,20 +167,12 @@ def test_live_stdin_alpha_out_of_range_says_so(tmp_path, capsys) -> None:
     from streamer.live.capture import PatternSource
     from streamer.live.hotkeys import LiveState
     from streamer.live.session import LiveSession
-    from tests.test_live import Collector, FakeStylizer, fake_styles
+    from tests.test_live import Collector, FakeStylizer, fake_styles, type_after
 
     out = Collector()
     session = LiveSession(PatternSource(64, 48, fps=60), FakeStylizer(), fake_styles(10), LiveState(1, alpha=0.5),
                           outputs=[out], fps=30, max_frames=8, snapshot_dir=tmp_path, stdin=True)
-    typed: list[str] = []
-
-    def drain():
-        if len(out.frames) >= 2 and not typed:
-            typed.extend(["alpha 7\n", "alpha nan\n"])
-            return typed
-        return []
-
-    session.stdin.drain = drain
+    type_after(session, out, 2, "alpha 7", "alpha nan")
     session.run()
     printed = capsys.readouterr().out
     assert "alpha 7 is outside 0..1: using 1.00" in printed

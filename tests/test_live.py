@@ -317,6 +317,19 @@ def test_record_refuses_to_overwrite(tmp_path, fake_model, capsys):
 
 
 # -- the session ---------------------------------------------------------------------------------
+def type_after(session: LiveSession, out: Collector, frames: int, *lines: str) -> None:
+    """As if ``lines`` were typed on the session's stdin once ``out`` has ``frames`` frames."""
+    typed: list[str] = []
+
+    def drain() -> list[str]:
+        if len(out.frames) >= frames and not typed:
+            typed.extend(line + "\n" for line in lines)
+            return typed
+        return []
+
+    session.stdin.drain = drain
+
+
 class Collector:
     def __init__(self) -> None:
         self.frames: list[np.ndarray] = []
@@ -386,15 +399,7 @@ def test_stdin_commands_switch_style_on_the_next_frame_and_reset_temporal(tmp_pa
     out = Collector()
     session = LiveSession(PatternSource(64, 48, fps=60), stylizer, fake_styles(10, 200), LiveState(2), outputs=[out],
                           fps=30, max_frames=30, temporal=Temporal(), snapshot_dir=tmp_path, stdin=True)
-    typed: list[str] = []
-
-    def drain():  # after six frames, as if typed: switch to style 2, take a snapshot
-        if len(out.frames) >= 6 and not typed:
-            typed.extend(["2\n", "s\n"])
-            return typed
-        return []
-
-    session.stdin.drain = drain
+    type_after(session, out, 6, "2", "s")  # after six frames: switch to style 2, take a snapshot
     session.run()
     fills = [int(f[0, 0, 0]) for f in out.frames]
     assert fills[0] == 10 and fills[-1] == 200

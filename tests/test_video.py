@@ -17,6 +17,7 @@ from streamer.cli import main
 from streamer.video import render_video_file
 from streamer.videoio import VideoWriter
 from tests.fakes import InvertingStylizer
+from tests.test_outputs_reliability import one_error
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -203,13 +204,6 @@ def test_max_frames_and_preserve_color_and_overwrite(run, fake_model, clip: Path
 
 
 # -- errors: one line, an exit code, nothing at the final name ------------------------------------------
-def _one_line_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("streamer: error:"), err
-    for w in words:
-        assert w in lines[0], err
-
 
 def test_corrupt_and_truncated_input(run, fake_model, clip: Path, style: Path, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.mp4"
@@ -219,7 +213,7 @@ def test_corrupt_and_truncated_input(run, fake_model, clip: Path, style: Path, t
     for bad in (garbage, truncated):
         out = tmp_path / f"out_{bad.stem}.mp4"
         code, err = run("render", bad, out, "--style", style)
-        _one_line_error(code, err, "cannot read video")
+        one_error(code, err, "cannot read video")
         assert not out.exists()
     assert not leftovers(tmp_path)
 
@@ -243,7 +237,7 @@ def test_bad_requests_fail_before_any_work(run, fake_model, clip: Path, style: P
     ]
     for (src, dst), extra, words in cases:
         code, err = run("render", src, dst, "--style", style, *extra)
-        _one_line_error(code, err, words)
+        one_error(code, err, words)
     assert fake_model.calls == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audio_only.mp4"]
 
