@@ -87,16 +87,14 @@ class Carried:
 
 
 class MotionCarrier:
-    """Carries stylized frames to newer captured frames, for the output loop (one thread).
+    """Carries stylized frames to newer captured frames, for one thread (DIS keeps state).
 
-    Keeps grey copies by frame index and the last answer, so a tick with nothing new costs nothing, and
-    each captured frame is converted once.
+    Keeps grey copies by frame index, so each captured frame is converted once.
     """
 
     def __init__(self) -> None:
         self._flow = fl.FlowEstimator("dis", FLOW_PRESET)
         self._grays: dict[int, np.ndarray] = {}
-        self._last: tuple[tuple[int, int, int], Carried] | None = None
 
     def _gray(self, index: int, image: np.ndarray, keep: int) -> np.ndarray:
         """The grey copy of captured frame ``index``; the oldest others are forgotten, never ``keep``'s."""
@@ -114,9 +112,6 @@ class MotionCarrier:
 
         Unchanged when the newest frame is not newer, has another size, or a scene cut lies between them.
         """
-        key = (id(stylized), source_index, newest_index)
-        if self._last is not None and self._last[0] == key:
-            return self._last[1]
         unmoved = Carried(stylized, source_index, t_source, 0.0)
         if newest_index <= source_index or newest.shape != source.shape or stylized.shape != source.shape:
             return unmoved
@@ -125,12 +120,9 @@ class MotionCarrier:
         backward = self._flow(g_new, g_src)
         moved = fl.warp(g_src, backward)
         if fl.is_cut(g_new, g_src, cv2.absdiff(g_new, moved).astype(np.float32)):
-            result = unmoved
-        else:
-            weight = carry_weight(g_new, g_src, moved)
-            result = Carried(carry(stylized, backward, weight), newest_index, t_newest, float(weight.mean()))
-        self._last = (key, result)
-        return result
+            return unmoved
+        weight = carry_weight(g_new, g_src, moved)
+        return Carried(carry(stylized, backward, weight), newest_index, t_newest, float(weight.mean()))
 
 
 def pause_after(cpu_s: float, interval: float) -> float:
@@ -141,7 +133,7 @@ def pause_after(cpu_s: float, interval: float) -> float:
 
 @dataclass(frozen=True)
 class CarriedFrom:
-    """A carried frame and the engine result it was made from (its style, its bypass)."""
+    """A carried frame and the engine result it was made from (its look: style, bypass, alpha, colours)."""
 
     result: Any
     shown: Carried
@@ -154,7 +146,7 @@ class MotionThread(threading.Thread):
     carry may take longer than a tick, and then the loop simply sends the newest carried frame it has. Reads
     the session's newest result and the capture's newest frame through ``get_result``/``get_newest``
     (single references: no lock); carries only while ``enabled()`` (key m), and at most once an ``interval``
-    (the output's: a 60 fps camera into a 30 fps output needs no more) and no more often than keeps its CPU
+    (the output's: a 60 fps camera into a 30 fps output needs no more) and no more often than keeps its
     CPU time under :data:`MAX_BUSY` of a core (:func:`pause_after`). OpenCV refusing a frame (a shape its
     flow cannot take, e.g. 4000x16) stops the carrying with one warning, not the session; any other error stops
     it and is kept in ``error`` for the output loop to raise.
