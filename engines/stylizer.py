@@ -16,6 +16,7 @@ from engines.backends.base import Engine
 from engines.color import preserve_color
 from engines.models.base import StyleCode, StyleModel, padded_size
 from engines.ops import mix_codes
+from engines.upscale import UPSCALE_METHODS, guided_upscale_tensor, upscale
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +91,14 @@ def small_copy(image: Tensor, short_side: int) -> Tensor:
     return F.interpolate(image, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
 
 
-def resize_back(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A stylized frame back at its source's (H, W) (bicubic; unchanged if already there)."""
-    if rgb.shape[:2] == (height, width):
-        return rgb
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BICUBIC))
+def back_to_source(stylized: np.ndarray, source: np.ndarray, upscale_method: str = UPSCALE_METHODS[0],
+                   keep_color: bool = False) -> np.ndarray:
+    """The end of every frame's way: a working-size stylization at ``source``'s size (``--upscale``), then,
+    with ``keep_color``, the source's colours at that full size (so they are as sharp as the source's)."""
+    out = upscale(stylized, source, upscale_method)
+    if keep_color:
+        out = to_uint8(preserve_color(to_tensor(out), to_tensor(source)))
+    return out
 
 
 # -- the same steps on tensors, for frames that stay on the GPU ----------------------------------------
@@ -202,21 +204,22 @@ class Stylizer:
 
     @torch.inference_mode()
     def stylize_frames(self, frames: Tensor, code: StyleCode, alpha: float = 1.0, keep_color: bool = False,
-                       size: int = 0) -> Tensor:
+                       size: int = 0, upscale_method: str = UPSCALE_METHODS[0]) -> Tensor:
         """(N, H, W, 3) uint8 RGB -> stylized (N, H, W, 3) uint8, all on the engine's device.
 
         Normalise, resize (``size`` = short side, 0 keeps it), pad, the engine in batches of its
-        ``max_batch``, colour preservation and the resize back all run where the frames are. On the CPU
-        with ``size`` 0 it is :meth:`stylize` within one uint8 level on a few pixels (tested: the same
-        arithmetic, but torch's conv kernels may round differently for another memory layout or batch size).
+        ``max_batch``, the way back to the frames' size (``upscale_method``, as :func:`back_to_source`) and
+        colour preservation all run where the frames are. On the CPU with ``size`` 0 it is :meth:`stylize`
+        within one uint8 level on a few pixels (tested: the same arithmetic, but torch's conv kernels may round
+        differently for another memory layout or batch size).
         For ``alpha_by_code`` models at alpha < 1 each frame mixes in its own code, one engine run a frame.
         """
         frames = frames.to(self.device, non_blocking=True)
         if frames.dim() == 3:
             frames = frames[None]
         h0, w0 = frames.shape[1:3]
-        image = frames_to_input(frames)
-        image = resize_tensor(image, *short_side_shape(h0, w0, size))
+        source = frames_to_input(frames)
+        image = resize_tensor(source, *short_side_shape(h0, w0, size))
         padded, (h, w) = pad_to_multiple(image, self.model.factor)
         if alpha < 1.0 and self.model.alpha_by_code:  # each frame mixes in its own code: one engine run a frame
             outs = []
@@ -230,9 +233,12 @@ class Stylizer:
             step = max(1, self.engine.max_batch)
             outs = [self.engine.run(padded[i:i + step], alpha_t, code_t) for i in range(0, padded.shape[0], step)]
         out = (outs[0] if len(outs) == 1 else torch.cat(outs))[..., :h, :w]
+        if (h, w) != (h0, w0):
+            out = guided_upscale_tensor(out, source) if upscale_method == "guided" and h < h0 else \
+                resize_tensor(out, h0, w0)
         if keep_color:
-            out = preserve_color(out, image)
-        return output_to_frames(resize_tensor(out, h0, w0))
+            out = preserve_color(out, source)
+        return output_to_frames(out)
 
     @torch.inference_mode()
     def stylize_masked(self, frame_rgb: np.ndarray, codes: Sequence[StyleCode], masks: np.ndarray,

@@ -41,6 +41,8 @@ CPU_DEFAULT_MODELS = ("microast", "adain-r31")
 #: would otherwise be billed to whichever engine runs next
 SWITCH_PAUSE_S = 0.05
 RENDER_ROUNDS = 2
+#: working short side per output short side for the way-back timing: --size auto's smallest CPU rung (152 of 360)
+UPSCALE_FROM = 152 / 360
 
 
 # -- small pure helpers -------------------------------------------------------------------------------
@@ -300,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
             r.peak_pct = round(100.0 * r.gflops / peak, 1)
     report = {"machine": machine, "peak_gflops": round(peak, 1),
               "clip": str(clip) if clip else None, "models": model_info,
-              "content": [asdict(r) for r in rows], "render": [asdict(r) for r in renders]}
+              "content": [asdict(r) for r in rows], "render": [asdict(r) for r in renders],
+              "upscale": bench_upscale(sizes, args)}
     if args.json and args.json != "-":
         Path(args.json).write_text(json.dumps(report, indent=1))
     if args.json == "-":
@@ -365,6 +368,24 @@ def _bench_size(name, model, built, base_label, code, w, h, args, info) -> list[
                 row.psnr_db = round(min(psnr(outputs[label], ref), 199.0), 1)
             row.gflops = round(flops / (row.ms / 1000.0) / 1e9, 1)
         rows.append(row)
+    return rows
+
+
+def bench_upscale(sizes, args) -> list[dict]:
+    """ms a frame of each way back to the output size (``--upscale``) from a working size at
+    :data:`UPSCALE_FROM` of it, the ways interleaved; on the CPU (where the frames are for every CPU engine)."""
+    from engines.stylizer import resize_to, short_side_shape, to_uint8
+    from engines.upscale import UPSCALE_METHODS, upscale
+
+    rows = []
+    for w, h in sizes:
+        big = to_uint8(frame_tensor(w, h))
+        sh, sw = short_side_shape(h, w, max(1, round(min(w, h) * UPSCALE_FROM)))
+        small = resize_to(big, (sw, sh))  # a stand-in stylization: the speed does not depend on the picture
+        runs = {m: (lambda m=m: upscale(small, big, m)) for m in UPSCALE_METHODS}
+        times = time_side_by_side(runs, max(5, args.repeats), 2, min(1.0, args.budget))
+        rows.append({"size": f"{w}x{h}", "from": f"{sw}x{sh}",
+                     **{f"{m}_ms": round(median_ms(times[m]), 2) for m in UPSCALE_METHODS}})
     return rows
 
 
@@ -454,4 +475,10 @@ def format_report(report: dict) -> str:
                          f"  {r['note']}")
     elif report["clip"] is None:
         lines += ["", "end-to-end render: n/a (no clip; pass --clip VIDEO)"]
+    if report.get("upscale"):
+        lines += ["", "way back to the output size (--upscale; CPU, ms a frame, median, ways interleaved)",
+                  f"{'size':>9} {'from':>9} {'bicubic':>8} {'guided':>8}"]
+        for r in report["upscale"]:
+            lines.append(f"{r['size']:>9} {r['from']:>9} {_fmt(r.get('bicubic_ms'), '8.1f'):>8} "
+                         f"{_fmt(r.get('guided_ms'), '8.1f'):>8}")
     return "\n".join(lines)

@@ -308,7 +308,7 @@ class ChunkWorker:
         stats = render_video_file(src, out, stylizer, code, self.args.alpha, self.args.preserve_color,
                                   codec=job["codec"], crf=self.args.crf, progress=False,
                                   temporal=make_temporal(self.args), size=self.args.size, preset=self.args.preset,
-                                  window=chunk, on_frames=on_frames)
+                                  window=chunk, on_frames=on_frames, upscale=self.args.upscale)
         result = {"index": chunk.index, "frames": stats.frames, "name": name}
         if shared is None:
             result["bytes"] = out.read_bytes()
@@ -331,7 +331,8 @@ class ChunkWorker:
             video.render_video_file(src, out, stylizer, code, self.args.alpha, self.args.preserve_color,
                                     codec=video.check_output(out, self.args.codec), crf=self.args.crf,
                                     progress=False, temporal=make_temporal(self.args),
-                                    max_frames=self.args.max_frames, size=self.args.size, preset=self.args.preset)
+                                    max_frames=self.args.max_frames, size=self.args.size, preset=self.args.preset,
+                                    upscale=self.args.upscale)
         else:
             rgb, alpha_channel = load_image_with_alpha(src, "input image")
             save_image(out, render.render_image(self._stylizer(None), rgb, code, self.args), alpha_channel)

@@ -54,6 +54,40 @@ def sharpness(rgb: np.ndarray) -> float:
     return float(cv2.Laplacian(fl.gray(rgb).astype(np.float32), cv2.CV_32F).var())
 
 
+def ssim_luma(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5) of two RGB frames' luma, borders left out."""
+    x, y = (fl.gray(im).astype(np.float64) for im in (a, b))
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+    def blur(im: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(im, (11, 11), 1.5)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(s[5:-5, 5:-5].mean()) if min(s.shape) > 10 else float(s.mean())
+
+
+def gradient_magnitude(rgb: np.ndarray) -> np.ndarray:
+    """Edge strength of an RGB frame: Sobel magnitude of its luma after a Gaussian blur (sigma 1, so compression
+    noise and single-pixel texture do not dominate)."""
+    g = cv2.GaussianBlur(fl.gray(rgb).astype(np.float32), (0, 0), 1.0)
+    return cv2.magnitude(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1))
+
+
+def gradient_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two frames' :func:`gradient_magnitude`: 1 when their edges are in the same places."""
+    x, y = gradient_magnitude(a).ravel(), gradient_magnitude(b).ravel()
+    if x.std() == 0 or y.std() == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def mean_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference (0-255, over pixels and channels): how far a stylization moved from its source."""
+    return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
+
+
 @dataclass
 class FlickerReport:
     """Per-pair warping errors: ``source`` is the floor, ``videos[k]`` the k-th stylized sequence.

@@ -16,8 +16,10 @@ from engines.backends import ENGINE_NAMES, PRECISIONS, create_engine
 from engines.errors import DeviceError, InputError
 from engines.models import MODEL_NAMES, StyleCode, check_model_name, default_model, load_model, weights_fingerprint
 from engines.ops import mix_codes
+from engines.precision import BF16_MIN_PSNR_DB, auto_precision, check_bf16
 from engines.style_cache import StyleCache
 from engines.stylizer import Stylizer, short_side_shape
+from engines.upscale import UPSCALE_METHODS
 from streamer.imageio import check_pixels, image_size, is_image_path, list_images, load_image
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="adain/adain-r31: your own decoder (DIR/decoder.pth from `streamer train`)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present")
     g.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS),
-                   help="auto = fp16 on an NVIDIA GPU, fp32 on a CPU (default). int8: OpenVINO, VGG models, "
+                   help="auto = fp16 on an NVIDIA GPU; on a CPU, bf16 for live where the CPU has it natively "
+                        "(checked against fp32 first), else fp32 (default). int8: OpenVINO, VGG models, "
                         "calibrated once (about 1.7x, >= 33 dB)")
     g.add_argument("--engine", default="auto", choices=ENGINE_NAMES,
                    help="inference backend; auto = the fastest available (default)")
@@ -50,6 +53,14 @@ def add_style_options(p: argparse.ArgumentParser, several_means: str = "mixed") 
     g.add_argument("--alpha", type=float, default=1.0, help="content/style trade-off in [0, 1] (default 1)")
     g.add_argument("--preserve-color", action="store_true",
                    help="keep the content's colours (luminance-only transfer)")
+
+
+def add_upscale_option(p: argparse._ActionsContainer) -> None:
+    """--upscale: how a stylization made at a smaller --size returns to the output size (render and live)."""
+    p.add_argument("--upscale", default=UPSCALE_METHODS[0], choices=UPSCALE_METHODS,
+                   help="how a stylization made at a smaller --size returns to the output size: guided (default: "
+                        "edges and detail from the full-size frame, colours and strokes from the stylization) or "
+                        "bicubic (plain scaling: as soft as the working size)")
 
 
 def alpha_value(text: str | float) -> float:
@@ -70,15 +81,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``--precision auto``: fp16 on CUDA (tensor cores; AdaIN statistics stay fp32), fp32 on a CPU."""
-    if name != "auto":
-        return name
-    return "fp16" if device.type == "cuda" else "fp32"
+def resolve_precision(name: str, device: torch.device, use: str = "render") -> str:
+    """``--precision auto`` (engines.precision): fp16 on CUDA; on a CPU bf16 for live where it is native, else fp32."""
+    return name if name != "auto" else auto_precision(device.type, use)[0]
 
 
-def build_stylizer(args: argparse.Namespace, shape_hint: tuple[int, int] | None = None) -> Stylizer:
-    """The model (weights resolved or downloaded) and the engine the options ask for."""
+def build_stylizer(args: argparse.Namespace, shape_hint: tuple[int, int] | None = None, use: str = "render") -> Stylizer:
+    """The model (weights resolved or downloaded) and the engine the options ask for; ``use`` (render, live)
+    steers ``--precision auto`` (engines.precision)."""
     if _stand_in is not None:
         _stand_in.built += 1
         return _stand_in.stylizer
@@ -92,9 +102,48 @@ def build_stylizer(args: argparse.Namespace, shape_hint: tuple[int, int] | None 
     decoder = getattr(args, "decoder", None)
     model = load_model(name, args.weights_dir, decoder=decoder)
     weights_id = weights_fingerprint(name, args.weights_dir, decoder)
-    engine = create_engine(args.engine, model, device, resolve_precision(args.precision, device),
-                           weights_id=weights_id, shape_hint=shape_hint)
+    precision = resolve_precision(args.precision, device, use)
+    if args.precision == "auto" and device.type == "cpu" and precision != "fp32":
+        engine = _native_low_precision(args.engine, model, precision, weights_id, shape_hint)
+        if engine is not None:
+            return Stylizer(model, engine, weights_id)
+        precision = "fp32"
+    engine = create_engine(args.engine, model, device, precision, weights_id=weights_id, shape_hint=shape_hint)
     return Stylizer(model, engine, weights_id)
+
+
+def _native_low_precision(kind: str, model, precision: str, weights_id: str, shape_hint) -> Any:
+    """``--precision auto``'s bf16 on a CPU: only OpenVINO runs it natively; any other case, or a failed build,
+    gives None (fp32), said in one line."""
+    if kind not in ("auto", "openvino"):
+        log.info("precision: fp32 (auto: only the openvino engine runs %s natively on a CPU)", precision)
+        return None
+    try:
+        engine = create_engine("openvino", model, torch.device("cpu"), precision, weights_id=weights_id,
+                               shape_hint=shape_hint)
+    except Exception as exc:  # noqa: BLE001 - the fp32 engines are the fallback
+        log.warning("precision: %s could not be built (%s); using fp32", precision, str(exc).splitlines()[0][:160])
+        return None
+    log.info("precision: %s (auto: %s)", precision, auto_precision("cpu", "live")[1])
+    return engine
+
+
+def check_live_precision(stylizer: Stylizer, args: argparse.Namespace, picture: Callable[[], Any], code,
+                         shape_hint: tuple[int, int] | None = None) -> Stylizer:
+    """Live on a CPU with ``--precision auto`` and bf16: held to fp32 on ``picture()`` (a real RGB picture; once per
+    engine and CPU, cached); under the bar, the same stylizer rebuilt in fp32, with one warning."""
+    engine = getattr(stylizer, "engine", None)
+    if args.precision != "auto" or getattr(engine, "precision", "fp32") != "bf16" or stylizer.device.type != "cpu":
+        return stylizer
+    usable, db = check_bf16(stylizer, picture, code)
+    if usable:
+        log.info("precision: bf16 is %.1f dB from fp32 on the first style picture (needs %.0f)", db, BF16_MIN_PSNR_DB)
+        return stylizer
+    log.warning("precision: bf16 is %.1f dB from fp32 here (needs %.0f): using fp32", db, BF16_MIN_PSNR_DB)
+    engine.close()
+    fp32 = create_engine(args.engine, stylizer.model, stylizer.device, "fp32", weights_id=stylizer.weights_id,
+                         shape_hint=shape_hint)
+    return Stylizer(stylizer.model, fp32, stylizer.weights_id)
 
 
 def check_short_side(size: int, flag: str) -> None:

@@ -13,14 +13,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from engines.errors import InputError
 from engines.progress import tqdm_disable
-from engines.stylizer import Stylizer, resize_back, resize_short_side
+from engines.stylizer import Stylizer, back_to_source, resize_short_side
 from streamer import video
 from streamer.fileutil import AtomicOutput, FolderLock, make_output_folder
 from streamer.imageio import (check_output_path, image_size, is_image_path, list_images, load_image_with_alpha,
                               load_mask, save_image)
-from streamer.options import (Style, add_model_options, add_style_options, alpha_value, build_stylizer,
-                              check_short_side, check_style_weights, expand_style_paths, fit_short_side, load_styles,
-                              mixed_code)
+from streamer.options import (Style, add_model_options, add_style_options, add_upscale_option, alpha_value,
+                              build_stylizer, check_short_side, check_style_weights, expand_style_paths,
+                              fit_short_side, load_styles, mixed_code)
 from streamer.signals import exit_code, signal_number, stopped_by
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=0,
                    help="stylize with the content's short side at N px, then return to the input's size "
                         "(0 = original size; default 0)")
+    add_upscale_option(p)
     p.add_argument("--mask", default=None,
                    help="still images: a binary or label mask; region k (darkest first) gets style k")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -172,24 +173,24 @@ def folder_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
 
 def render_image(stylizer: Stylizer, rgb: np.ndarray, code, args: argparse.Namespace) -> np.ndarray:
     work = resize_short_side(rgb, fit_short_side(args.size, *rgb.shape[:2]))
-    out = stylizer.stylize(work, code, args.alpha, keep_color=args.preserve_color)
-    return resize_back(out, *rgb.shape[:2])
+    out = stylizer.stylize(work, code, args.alpha)
+    return back_to_source(out, rgb, args.upscale, args.preserve_color)
 
 
 def render_masked(stylizer: Stylizer, rgb: np.ndarray, styles: list[Style], regions: np.ndarray,
                   args: argparse.Namespace) -> np.ndarray:
-    """Spatial control. With one style and a two-region mask, the style goes where the mask is light."""
+    """Spatial control. With one style and a two-region mask, the style goes where the mask is light (the rest is
+    the input's own pixels, at its full size)."""
     work = resize_short_side(rgb, fit_short_side(args.size, *rgb.shape[:2]))
     small = regions if work.shape[:2] == rgb.shape[:2] else load_mask(args.mask, work.shape[:2])[0]
     if len(styles) == 1 and len(small) == 2:
-        stylized = stylizer.stylize(work, styles[0].code, args.alpha, keep_color=args.preserve_color)
-        keep = small[0][..., None]
-        out = np.where(keep, work, stylized)
-    elif len(styles) == len(small):
-        out = stylizer.stylize_masked(work, [s.code for s in styles], small, args.alpha, args.preserve_color)
-    else:
+        stylized = back_to_source(stylizer.stylize(work, styles[0].code, args.alpha), rgb, args.upscale,
+                                  args.preserve_color)
+        return np.where(regions[0][..., None], rgb, stylized)
+    if len(styles) != len(small):
         check_regions(len(small), len(styles))
-    return resize_back(out, *rgb.shape[:2])
+    out = stylizer.stylize_masked(work, [s.code for s in styles], small, args.alpha)
+    return back_to_source(out, rgb, args.upscale, args.preserve_color)
 
 
 def check_regions(regions: int, styles: int) -> None:

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from engines.errors import InputError
 from engines.progress import bars_enabled, tqdm_disable
 from engines.models import StyleCode
-from engines.stylizer import Stylizer, resize_back, resize_short_side, short_side_shape
+from engines.stylizer import Stylizer, back_to_source, resize_short_side, short_side_shape
+from engines.upscale import UPSCALE_METHODS
 from streamer.fileutil import AtomicOutput, check_overwrite
 from streamer.pipeline import ThreadedPipeline, run_in_thread
 from streamer.signals import exit_code, signal_number, stopped_by
@@ -104,7 +105,7 @@ class _Decoded:
 
 def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, max_frames: int | None,
             report: _Decoded, batch: int = 0, window=None) -> Iterator[tuple[str, Any, int | None]]:
-    """Demux in file order: ("audio", packet, None) and ("video", rgb at working size, pts).
+    """Demux in file order: ("audio", packet, None) and ("video", (rgb at working size, rgb as decoded), pts).
 
     ``window`` (a :class:`streamer.chunks.Chunk`: one piece of a cluster render): seek to its keyframe, yield
     ("warm", rgb, pts) for its warm-up frames, then its frames, no audio, and stop at its end.
@@ -148,7 +149,7 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
                 continue
             rgb = frame.to_ndarray(format="rgb24")
             if window is not None and pts < window.start_pts:
-                yield "warm", resize_short_side(rgb, size), pts  # not counted, not written
+                yield "warm", (resize_short_side(rgb, size), rgb), pts  # not counted, not written
                 continue
             report.frames += 1
             if batch > 0:
@@ -157,7 +158,7 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
                 if len(held) >= batch:
                     yield from flush()
             else:
-                yield "video", resize_short_side(rgb, size), pts
+                yield "video", (resize_short_side(rgb, size), rgb), pts
             if max_frames is not None and report.frames >= max_frames:
                 yield from flush()
                 return
@@ -170,10 +171,12 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
                       temporal=None, max_frames: int | None = None, *, size: int = 0,
                       preset: str = X264_PRESET, x264_threads: int | None = None,
                       device_frames: bool | None = None, output: AtomicOutput | None = None, window=None,
-                      on_frames: Callable[[int], None] | None = None) -> RenderStats:
+                      on_frames: Callable[[int], None] | None = None,
+                      upscale: str = UPSCALE_METHODS[0]) -> RenderStats:
     """Stylize every frame of ``src`` into ``dst`` (replaced if present), keeping timestamps and audio.
 
-    ``size``: stylize with the short side at ``size`` px and scale back, so ``dst`` has ``src``'s size.
+    ``size``: stylize with the short side at ``size`` px and scale back (``upscale``: guided or bicubic, see
+    engines.upscale), so ``dst`` has ``src``'s size; colours are kept (``keep_color``) at that size.
     ``temporal``: optional filter with ``process(source_rgb, stylized_rgb) -> rgb`` and ``reset()``, called on
     every frame in order, at the working size, between stylize and encode.
     A Ctrl-C (or SIGTERM/SIGHUP, streamer.signals) returns stats with ``interrupted=True`` and a valid ``dst``
@@ -202,14 +205,15 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         kind, data, pts = item
         if kind == "videos":
             dev = mover.upload(np.stack(data))
-            out = stylizer.stylize_frames(dev, code, alpha, keep_color=keep_color, size=size)
+            out = stylizer.stylize_frames(dev, code, alpha, keep_color=keep_color, size=size, upscale_method=upscale)
             return kind, mover.download(out).result(), pts  # back at the source size
         if kind not in ("video", "warm"):
             return item
-        out = stylizer.stylize(data, code, alpha, keep_color=keep_color)
+        work, source = data
+        out = stylizer.stylize(work, code, alpha)
         if temporal is not None:
-            out = temporal.process(data, out)
-        return kind, out, pts
+            out = temporal.process(work, out)
+        return kind, (out, source), pts
 
     def encode(item: tuple[str, Any, int | None]) -> int:
         kind, data, pts = item
@@ -222,7 +226,7 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
             for frame, t in zip(data, pts):
                 writer.write(frame, t - offset)
             return len(pts)
-        writer.write(resize_back(data, info.height, info.width), pts - offset)
+        writer.write(back_to_source(*data, upscale, keep_color), pts - offset)  # in this thread: beside the engine
         return 1
 
     total = info.frames if max_frames is None else min(max_frames, info.frames or max_frames)
@@ -320,7 +324,7 @@ def render_video(args: argparse.Namespace) -> int:
                  f"{float(info.fps):.3g}", info.frames, work[1], work[0], ", ".join(s.name for s in styles))
         stats = render_video_file(src, dst, stylizer, code, args.alpha, args.preserve_color, **encoder,
                                   progress=bars_enabled(), temporal=temporal,
-                                  max_frames=args.max_frames, size=args.size, output=output)
+                                  max_frames=args.max_frames, size=args.size, output=output, upscale=args.upscale)
     finally:
         output.discard()  # a no-op once the writer has renamed it
     if stats.interrupted:

@@ -83,6 +83,9 @@ def test_quick_bench_table_and_json(weights_dir, clip, tmp_path, capsys):
     renders = {r["engine"]: r for r in report["render"]}
     assert set(renders) == {"torch", "onnxruntime"}
     assert all(r["frames"] == 8 and r["fps"] > 0 for r in renders.values()), renders
+    (way_back,) = report["upscale"]  # --upscale's cost at each bench size
+    assert way_back["size"] == "96x64" and way_back["from"] == "40x27"
+    assert way_back["guided_ms"] > 0 and way_back["bicubic_ms"] > 0 and "way back to the output size" in table
     assert format_report(report) == table.rstrip("\n")
 
 

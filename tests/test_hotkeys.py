@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamer.live.hotkeys import HELP, Action, LiveState, handle_command, handle_key, normalise_key
+from streamer.live.hotkeys import HELP, Action, LiveState, handle_command, handle_key, normalise_key, status_line
 
 NAMES = ["la_muse", "mondrian", "sketch"]
 
@@ -104,3 +104,18 @@ def test_commands_for_alpha_quit_bypass_and_help():
     assert "2=mondrian" in handle_command("styles", s, NAMES)[2]
     assert handle_command("   ", s, NAMES) == (s, [], None)
     assert "unknown command" in handle_command("dance", s, NAMES)[2]
+
+
+def test_u_and_upscale_command_switch_the_way_back():
+    s = LiveState(n_styles=1)
+    assert s.upscale == "guided"
+    bicubic, actions = handle_key("u", s)
+    assert bicubic.upscale == "bicubic" and actions == [Action.UPSCALE_CHANGED]
+    assert handle_key("u", bicubic)[0] == s
+    new, actions, reply = handle_command("upscale bicubic", s, NAMES)
+    assert new.upscale == "bicubic" and actions == [Action.UPSCALE_CHANGED] and reply is None
+    assert handle_command("upscale guided", s, NAMES)[:2] == (s, [])  # already: nothing to say it changed
+    same, actions, reply = handle_command("upscale nearest", s, NAMES)
+    assert same == s and not actions and "guided or bicubic" in reply
+    assert "upscale bicubic" in status_line(bicubic, NAMES)
+    assert any(k == "u" for k, _ in HELP)

@@ -28,8 +28,9 @@ from streamer.live.hotkeys import LiveState
 from streamer.live.outputs import Output, Recording, VirtualCamera, Window, display_problem, open_window
 from streamer.live.session import LiveSession, stylize_frame
 from streamer.live.sizing import Sizing, ladder, start
-from streamer.options import (add_model_options, add_style_options, alpha_value, build_stylizer, check_short_side,
-                              expand_style_paths, fit_short_side, load_styles, pick_device)
+from streamer.options import (add_model_options, add_style_options, add_upscale_option, alpha_value, build_stylizer,
+                              check_live_precision, check_short_side, expand_style_paths, fit_short_side, load_styles,
+                              pick_device)
 from streamer.temporal import add_temporal_options, make_temporal
 from streamer.video import add_encoder_options, encoder_options
 
@@ -45,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "live", help="stylize a camera (or file, stream, test pattern) live: window, virtual camera, recording",
         description="Stylize a live source in real time. Outputs, any combination: --window (the default when "
                     "no other output is named), --vcam, --record FILE. Keys in the window: n/p next/previous "
-                    "style, 1-9 pick, +/- alpha, c colours, space bypass, [/] size, m motion, s snapshot, i HUD, "
+                    "style, 1-9 pick, +/- alpha, c colours, space bypass, [/] size, m motion, u upscale, s snapshot, i HUD, "
                     "h help, f fullscreen, q/Esc quit. Without a window, type the same keys (and 'help') on stdin.")
     p.add_argument("--source", default="0",
                    help="camera number (default 0), video file, URL/stream, or 'test' for a moving test pattern")
@@ -59,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "smaller is faster); auto: picked and adjusted while running to hold --target-fps, from "
                         "a short ladder of sizes all built before the first frame ([ and ] or 'size N' pin one). "
                         f"Default: 0 on a GPU; auto on a CPU (sources up to {AUTO_MIN_SOURCE} px: their own size)")
+    add_upscale_option(p)
     p.add_argument("--target-fps", type=float, default=None,
                    help=f"the engine rate --size auto holds (default: {CPU_TARGET_FPS:g} on a CPU, what it "
                         "can reach at a watchable size; --fps on a GPU, as fast as the output shows)")
@@ -170,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         work_h, work_w = short_side_shape(h, w, args.size)
         if (work_w, work_h) != (w, h) and not auto:
             log.info("stylizing at %dx%d, shown at %dx%d (--size %d)", work_w, work_h, w, h, args.size)
-        stylizer = build_stylizer(args, shape_hint=(work_h, work_w))
+        stylizer = build_stylizer(args, shape_hint=(work_h, work_w), use="live")
         sizing: Sizing | None = None
         if auto:
             factor = getattr(getattr(stylizer, "model", None), "factor", 1)  # test stand-ins have no model
@@ -184,9 +186,11 @@ def run(args: argparse.Namespace) -> int:
         styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
         log.info("%d style%s ready in %.1f s%s", len(styles), "s" if len(styles) > 1 else "", time.perf_counter() - t0,
                  "; 1-9 pick the first nine, n/p go through all" if len(styles) > 9 else "")
+        stylizer = check_live_precision(stylizer, args, lambda: _check_picture(style_paths[0], args.size, w, h),
+                                        styles[0].code, (work_h, work_w))
         motion = _motion_on(args.motion, gpu, steady=want_window or args.vcam)
         state = LiveState(n_styles=len(styles), alpha=args.alpha, keep_color=args.preserve_color, hud=args.hud,
-                          sizes=sizing.sizes if sizing else (), size=args.size, motion=motion)
+                          sizes=sizing.sizes if sizing else (), size=args.size, motion=motion, upscale=args.upscale)
         with torch.inference_mode():  # warm-up: the first run allocates and picks kernels; auto builds every size
             for size in sizing.sizes if sizing else (args.size,):
                 stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, size, None)
@@ -214,10 +218,20 @@ def run(args: argparse.Namespace) -> int:
         log.info("no window: type n, p, 1-9, +, -, c, space, s or q then Enter ('help' for more)")
     summary = session.run()  # SIGTERM/SIGHUP arrive as Ctrl-C (streamer.signals, installed by the CLI)
     log.info("%d frames out in %.1f s; engine %.1f fps (%.0f ms a frame); captured %d, dropped %d; "
-             "latency %.0f ms; working size %s; %s; stopped: %s", summary.frames_out, summary.seconds,
+             "latency %.0f ms; working size %s; %s; %s; stopped: %s", summary.frames_out, summary.seconds,
              summary.engine_fps, summary.step_ms, summary.frames_captured, summary.dropped, summary.latency_ms,
-             summary.sizes_text(), summary.motion_text(), summary.stop_reason)
+             summary.sizes_text(), summary.upscale_text(), summary.motion_text(), summary.stop_reason)
     return 0
+
+
+def _check_picture(path: Path, size: int, width: int, height: int) -> np.ndarray:
+    """A real picture at the first working size, for the bf16 check: the first style image, stretched to it (the
+    engine compares numbers, not looks, and a shape it has not built would evict one it has)."""
+    from engines.stylizer import resize_to
+    from streamer.imageio import load_image
+
+    work_h, work_w = short_side_shape(height, width, size)
+    return np.ascontiguousarray(resize_to(load_image(path, "style image"), (work_w, work_h)))
 
 
 def _motion_on(choice: str, gpu: bool, steady: bool) -> bool:

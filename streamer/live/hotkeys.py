@@ -11,6 +11,8 @@ import enum
 import math
 from dataclasses import dataclass, replace
 
+from engines.upscale import UPSCALE_METHODS
+
 ALPHA_STEP = 0.1
 
 
@@ -25,6 +27,7 @@ class Action(enum.Enum):
     SIZE_CHANGED = "size changed"  # the working size was picked (pinned) or given back to --size auto
     SIZE_FIXED = "size fixed"  # [ or ] with a fixed --size: nothing to step, the log says how
     MOTION_CHANGED = "motion changed"  # --motion switched (key m): the log says so
+    UPSCALE_CHANGED = "upscale changed"  # --upscale switched (key u): the log says so
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class LiveState:
     size: int = 0  # the working short side now (0 = the capture size)
     size_pinned: bool = False  # picked by hand ([, ], size N): --size auto holds it until 'size auto'
     motion: bool = False  # --motion: frames between engine frames follow the scene (key m)
+    upscale: str = UPSCALE_METHODS[0]  # --upscale: the way back from the working size (key u)
 
 
 #: key -> what it does, for the help overlay, ``help`` on stdin, and the README
@@ -54,6 +58,7 @@ HELP: tuple[tuple[str, str], ...] = (
     ("space", "bypass: show the raw camera"),
     ("[ / ]", "smaller / larger working size (pins it)"),
     ("m", "motion between engine frames on/off"),
+    ("u", "way back to full size: guided / bicubic"),
     ("s", "snapshot (PNG)"),
     ("i", "HUD: style, alpha, fps, drops, latency"),
     ("h", "this help"),
@@ -124,6 +129,9 @@ def handle_key(key: str | None, state: LiveState) -> tuple[LiveState, list[Actio
         return step_size(state, -1 if key == "[" else 1)
     if key == "m":
         return replace(state, motion=not state.motion), [Action.MOTION_CHANGED]
+    if key == "u":
+        following = UPSCALE_METHODS[(UPSCALE_METHODS.index(state.upscale) + 1) % len(UPSCALE_METHODS)]
+        return replace(state, upscale=following), [Action.UPSCALE_CHANGED]
     if key == "s":
         return state, [Action.SNAPSHOT]
     if key == "i":
@@ -146,12 +154,14 @@ def status_line(state: LiveState, style_names: list[str]) -> str:
     if state.sizes:
         parts.append(f"size {state.size} {'pinned' if state.size_pinned else 'auto'}")
     parts.append(f"motion {'on' if state.motion else 'off'}")
+    parts.append(f"upscale {state.upscale}")
     return ", ".join(parts)
 
 
 COMMAND_HELP = (
     "commands (one per line, then Enter): n, p, 1..9, +, -, c, space or bypass, s or snapshot, "
-    "[, ], m, q or quit, alpha 0.6, style NAME_OR_NUMBER, size N or size auto, motion on|off, styles, help"
+    "[, ], m, u, q or quit, alpha 0.6, style NAME_OR_NUMBER, size N or size auto, motion on|off, "
+    f"upscale {'|'.join(UPSCALE_METHODS)}, styles, help"
 )
 
 
@@ -194,6 +204,11 @@ def handle_command(line: str, state: LiveState, style_names: list[str]) -> tuple
             return state, [], f"motion needs on or off, not '{rest}'"
         on = rest.lower() == "on"
         return (replace(state, motion=on), [Action.MOTION_CHANGED] if on != state.motion else [], None)
+    if cmd == "upscale":
+        if rest.lower() not in UPSCALE_METHODS:
+            return state, [], f"upscale needs {' or '.join(UPSCALE_METHODS)}, not '{rest}'"
+        method = rest.lower()
+        return replace(state, upscale=method), [Action.UPSCALE_CHANGED] if method != state.upscale else [], None
     if cmd == "style":
         if rest.isdigit():
             index = int(rest) - 1

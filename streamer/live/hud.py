@@ -52,18 +52,20 @@ def _scale(frame: np.ndarray) -> float:
     return max(0.42, min(1.2, frame.shape[0] / 800))
 
 
-def hud_lines(state: LiveState, style_name: str, engine_fps: float, dropped: int, latency_ms: float) -> list[str]:
+def hud_lines(state: LiveState, style_name: str, engine_fps: float, dropped: int, latency_ms: float,
+              engine_label: str = "") -> list[str]:
     mode = "BYPASS (raw camera)" if state.bypass else f"style {state.style_index + 1}/{state.n_styles}: {style_name}"
     colour = "  colours kept" if state.keep_color else ""
     how = (" pinned" if state.size_pinned else " auto") if state.sizes else ""
-    size = f"size {state.size}{how}" if state.size else "capture size"
+    size = f"size {state.size}{how} {state.upscale}" if state.size else "capture size"
     motion = "   motion" if state.motion and not state.bypass else ""
     return [mode, f"alpha {state.alpha:.2f}{colour}   {size}{motion}",
-            f"engine {engine_fps:4.1f} fps   dropped {dropped}   latency {latency_ms:3.0f} ms"]
+            f"engine{' ' + engine_label if engine_label else ''} {engine_fps:4.1f} fps   dropped {dropped}   "
+            f"latency {latency_ms:3.0f} ms"]
 
 
 def draw_overlays(frame: np.ndarray, state: LiveState, style_name: str, engine_fps: float, dropped: int,
-                  latency_ms: float) -> np.ndarray:
+                  latency_ms: float, engine_label: str = "") -> np.ndarray:
     """The frame with the HUD and/or help drawn on (a copy), or the frame itself when neither is on."""
     if not (state.hud or state.help):
         return frame
@@ -72,7 +74,8 @@ def draw_overlays(frame: np.ndarray, state: LiveState, style_name: str, engine_f
     margin = max(4, round(10 * scale))
     top = margin
     if state.hud:
-        top = _text_box(out, hud_lines(state, style_name, engine_fps, dropped, latency_ms), (margin, margin), scale)
+        top = _text_box(out, hud_lines(state, style_name, engine_fps, dropped, latency_ms, engine_label),
+                         (margin, margin), scale)
         top += margin
     if state.help:
         lines = ["keys (window focused):"] + [f"{k}\t{what}" for k, what in HELP]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from engines.errors import InputError
-from engines.stylizer import Stylizer, resize_to, short_side_shape
+from engines.stylizer import Stylizer, back_to_source, resize_to, short_side_shape
 from streamer.live.capture import CaptureThread, Frame, Source
 from streamer.live.hotkeys import Action, LiveState, handle_command, handle_key, status_line
 from streamer.live.hud import draw_overlays
@@ -71,7 +71,7 @@ class Result:
     bypass: bool
     step: float  # seconds the engine spent on it
     source: np.ndarray | None = None  # the captured frame it was made from (for --motion)
-    look: tuple = ()  # style, bypass, alpha, colours: a carry of another look is not shown in its place
+    look: tuple = ()  # style, bypass, alpha, colours, upscale: a carry of another look is not shown in its place
 
 
 @dataclass
@@ -92,6 +92,7 @@ class Summary:
     seconds: float = 0.0
     stop_reason: str = ""
     sizes: dict[int, int] = field(default_factory=dict)  # working short side -> frames stylized at it
+    upscales: dict[str, int] = field(default_factory=dict)  # --upscale way -> frames that took it back up
 
     def motion_text(self) -> str:
         """``600 new frames, 410 carried along the motion (91% of pixels)``, or ``motion off``."""
@@ -99,6 +100,12 @@ class Summary:
             return "motion off" if not self.motion else f"motion on, none of {self.frames_new} new frames carried"
         return (f"{self.frames_new} new frames, {self.frames_carried} carried along the motion "
                 f"({100 * self.trusted:.0f}% of pixels)")
+
+    def upscale_text(self) -> str:
+        """``upscale guided x300, bicubic x40`` (frames scaled back up each way), or ``no upscale``."""
+        if not self.upscales:
+            return "no upscale (stylized at the capture size)"
+        return "upscale " + ", ".join(f"{m} x{n}" for m, n in sorted(self.upscales.items(), key=lambda kv: -kv[1]))
 
     def sizes_text(self) -> str:
         """``360 x40, 288 x160``: the working sizes used, with their frame counts (0 = the capture size)."""
@@ -108,14 +115,15 @@ class Summary:
 # -- engine thread -----------------------------------------------------------------------------
 def stylize_frame(stylizer: Stylizer, image: np.ndarray, code, state: LiveState, size: int,
                   temporal: Temporal | None) -> np.ndarray:
-    """One frame: scaled to ``size`` (short side, 0 = as is), stylized, temporally filtered, back to its size."""
+    """One frame: scaled to ``size`` (short side, 0 = as is), stylized, temporally filtered, back to its size
+    (``state.upscale``) with its colours if kept. In the engine thread, so ``--size auto`` counts the way back."""
     h, w = image.shape[:2]
     work_h, work_w = short_side_shape(h, w, size)
     work = resize_to(image, (work_w, work_h))
-    out = stylizer.stylize(work, code, state.alpha, keep_color=state.keep_color)
+    out = stylizer.stylize(work, code, state.alpha)
     if temporal is not None:
         out = temporal.process(work, out)
-    return resize_to(out, (w, h))
+    return back_to_source(out, image, state.upscale, state.keep_color)
 
 
 class EngineThread(threading.Thread):
@@ -134,6 +142,7 @@ class EngineThread(threading.Thread):
         self.meter = RateMeter()
         self.step_avg = 0.0
         self.sizes: dict[int, int] = {}  # working size -> frames stylized at it
+        self.upscales: dict[str, int] = {}  # --upscale way -> frames that took it (frames smaller than captured)
 
     def _pick_size(self, state: LiveState) -> int:
         """--size auto: the hand-pinned size, or the controller's."""
@@ -186,11 +195,14 @@ class EngineThread(threading.Thread):
                     if not state.bypass:  # the stylize time, not the pass-through's
                         self.step_avg = step if self.step_avg == 0 else 0.9 * self.step_avg + 0.1 * step
                         self.sizes[size] = self.sizes.get(size, 0) + 1
+                        if short_side_shape(*frame.image.shape[:2], size) != frame.image.shape[:2]:
+                            self.upscales[state.upscale] = self.upscales.get(state.upscale, 0) + 1
                         self._measured(step)
                     self.meter.tick()
                     self.out_slot.put(Result(image, frame.t_capture, frame.index, state.style_index, state.bypass,
                                              step, frame.image,
-                                             (state.style_index, state.bypass, state.alpha, state.keep_color)))
+                                             (state.style_index, state.bypass, state.alpha, state.keep_color,
+                                              state.upscale)))
         except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
             error = exc
         finally:
@@ -230,6 +242,9 @@ class LiveSession:
                                    lambda: self.state.motion, self.stop, 0.9 / fps)
         self._carried: CarriedFrom | None = None
         self._snapshots = 0
+        engine = getattr(stylizer, "engine", None)  # test stand-ins have none
+        #: the HUD's name for the engine: ``openvino bf16``
+        self.engine_label = f"{engine.name} {engine.precision}" if engine is not None else ""
 
     # state changes ----------------------------------------------------------------------------
     def apply(self, new: LiveState, actions: list[Action]) -> bool:
@@ -247,6 +262,8 @@ class LiveSession:
                          else "auto again")
             elif action is Action.SIZE_FIXED:
                 log.info("the working size is fixed by --size: start with --size auto to step it with [ and ]")
+            elif action is Action.UPSCALE_CHANGED:
+                log.info("way back to full size: %s", new.upscale)
             elif action is Action.MOTION_CHANGED:
                 if new.motion and not self.steady:
                     log.info("motion acts on a window or a virtual camera; a recording keeps each stylized frame")
@@ -352,7 +369,7 @@ class LiveSession:
         if self.window is not None:
             style = self.styles[result.style_index].name
             image = draw_overlays(shown.image, self.state, style, self.engine.meter.rate,
-                                  self.in_slot.dropped, self.latency * 1000)
+                                  self.in_slot.dropped, self.latency * 1000, self.engine_label)
             self.window.show(image)
 
     def _count_new(self, shown: Carried) -> None:
@@ -453,6 +470,7 @@ class LiveSession:
         s.step_ms = self.engine.step_avg * 1000
         s.latency_ms = self.latency * 1000
         s.sizes = dict(self.engine.sizes)
+        s.upscales = dict(self.engine.upscales)
         s.motion = self.state.motion
         error = error or self.motion.error
         if error is not None:
