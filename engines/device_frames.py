@@ -43,16 +43,17 @@ class FrameMover:
         self._up: dict[tuple, deque] = {}
         self._down: dict[tuple, deque] = {}
 
-    def _slot(self, pool: dict[tuple, deque], shape: tuple[int, ...]) -> tuple[Tensor, object | None]:
-        """The oldest pinned buffer of this shape (after its last transfer finished), or a new one."""
+    def _slot(self, pool: dict[tuple, deque], shape: tuple[int, ...]) -> tuple[list, Tensor]:
+        """A host buffer of this shape no transfer in flight uses: a new one until ``depth`` exist (those made
+        so far may all be in flight), then the oldest, once its last transfer has finished. Pinned on a GPU."""
         ring = pool.setdefault(shape, deque())
         if len(ring) < self.depth:
-            buf = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-            ring.append([buf, None])
-        entry = ring[0]
-        ring.rotate(-1)
-        if entry[1] is not None:
-            entry[1].synchronize()
+            entry = [torch.empty(shape, dtype=torch.uint8, pin_memory=self.cuda), None]
+        else:
+            entry = ring.popleft()
+            if entry[1] is not None:
+                entry[1].synchronize()
+        ring.append(entry)  # the newest at the end, the next to reuse at the front
         return entry, entry[0]
 
     def upload(self, frames: np.ndarray | Tensor) -> Tensor:

@@ -110,9 +110,10 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
     ``window`` (a :class:`streamer.chunks.Chunk`: one piece of a cluster render): seek to its keyframe, yield
     ("warm", rgb, pts) for its warm-up frames, then its frames, no audio, and stop at its end.
 
-    ``batch`` > 0 (frames that go to the GPU): ("videos", [rgb at source size, ...], [pts, ...]) of up
-    to ``batch`` consecutive frames instead, flushed before every audio packet so the order is kept;
-    resizing is then the device's job.
+    ``batch`` > 0 (frames that go to the GPU): ("videos", [rgb at source size, ...], [pts, ...]) of
+    ``batch`` consecutive frames instead (fewer only at the end), resizing being the device's job. Audio
+    packets that arrive while a batch fills follow it (a file interleaves audio between most frames:
+    flushing there made batches of one); the muxer orders the output by time.
     """
     vstream = video_stream(container, info)
     vstream.thread_type = "AUTO"
@@ -122,17 +123,23 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
     step = 1 / (info.fps * info.time_base)  # one frame in time-base units, for frames without a pts
     held: list[np.ndarray] = []
     held_pts: list[int] = []
+    held_audio: list[av.Packet] = []
 
     def flush() -> Iterator[tuple[str, Any, Any]]:
         if held:
             yield "videos", list(held), list(held_pts)
             held.clear()
             held_pts.clear()
+        for audio in held_audio:
+            yield "audio", audio, None
+        held_audio.clear()
 
     for packet in container.demux(*streams):
         if packet.stream.type == "audio":
-            yield from flush()
-            yield "audio", packet, None
+            if held:
+                held_audio.append(packet)
+            else:
+                yield "audio", packet, None
             continue
         try:
             frames = packet.decode()
@@ -165,6 +172,13 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
     yield from flush()
 
 
+def full_batch(frames: list[np.ndarray], batch: int) -> np.ndarray:
+    """``frames`` stacked, the last one repeated up to ``batch``: a short last batch (end of the video, of a
+    chunk, of --max-frames) would be one more shape for a compiled engine to build (a 20-40 s compile,
+    and one step nearer its limit); its outputs past ``len(frames)`` are dropped."""
+    return np.stack(frames + [frames[-1]] * max(0, batch - len(frames)))
+
+
 # -- the render ------------------------------------------------------------------------------------
 def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode, alpha: float = 1.0,
                       keep_color: bool = False, codec: str = "libx264", crf: int = 18, progress: bool = True,
@@ -182,8 +196,8 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
     A Ctrl-C (or SIGTERM/SIGHUP, streamer.signals) returns stats with ``interrupted=True`` and a valid ``dst``
     holding the frames done so far. ``output``: ``dst`` taken (locked) by the caller before loading a model.
     ``device_frames`` (default: on a CUDA engine without ``temporal``): frames go to the engine's device
-    as uint8 in batches of up to :data:`DEVICE_BATCH` and every per-pixel step runs there
-    (Stylizer.stylize_frames); the CPU threads only decode and encode.
+    as uint8 in batches of :data:`DEVICE_BATCH` (the last one padded: :func:`full_batch`) and every per-pixel
+    step runs there (Stylizer.stylize_frames); the CPU threads only decode and encode.
     ``window``: render only that chunk (see :func:`_decode`), written without audio and with timestamps
     relative to its first frame (streamer.chunks joins the chunks); ``on_frames(n)``: after each n written.
     """
@@ -204,9 +218,9 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
     def stylize(item: tuple[str, Any, int | None]) -> tuple[str, Any, int | None]:
         kind, data, pts = item
         if kind == "videos":
-            dev = mover.upload(np.stack(data))
+            dev = mover.upload(full_batch(data, batch))
             out = stylizer.stylize_frames(dev, code, alpha, keep_color=keep_color, size=size, upscale_method=upscale)
-            return kind, mover.download(out).result(), pts  # back at the source size
+            return kind, mover.download(out).result()[:len(data)], pts  # back at the source size
         if kind not in ("video", "warm"):
             return item
         work, source = data

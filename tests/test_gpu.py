@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -160,24 +161,48 @@ def test_engine_inputs_are_bound_in_the_dtype_the_engine_reports():
         describe_engine(_FakeTrtEngine([("image", "in", "FP8")]), _FAKE_TRT)
 
 
-def test_a_build_that_came_out_fp32_is_not_labelled_fp16():
+def test_the_precision_check_reads_the_graphs_convolutions_and_the_inspector_not_the_plan_size(monkeypatch):
+    from engines.backends import tensorrt_engine as trt_mod
     from engines.backends.tensorrt_engine import layer_precisions, precision_mismatch
 
-    weights = 7_000_000
-    assert precision_mismatch("fp16", 2 * weights + 500_000, weights) is None
-    problem = precision_mismatch("fp16", 4 * weights + 500_000, weights)
-    assert problem and "fp32" in problem and "\n" not in problem
-    assert precision_mismatch("fp32", 4 * weights, weights) is None
+    fp16 = {"float16": 20}
+    assert precision_mismatch("fp16", fp16) is None
+    problem = precision_mismatch("fp16", {"float16": 18, "float32": 2})
+    assert problem and "2 of 20 convolutions in float32" in problem and "\n" not in problem
+    assert precision_mismatch("bf16", fp16) and precision_mismatch("fp16", {})  # fp16 is not bf16; nothing to go by
+    assert precision_mismatch("fp32", {"float32": 20}) is None
+    # a stand-in engine inspector, as TensorRT gives it with detailed verbosity: most layers must be low too
     info = {"Layers": [{"Name": f"conv{i}", "Outputs": [{"Format/Datatype": "Row major linear FP32"
                                                         if i < 8 else "Channel major FP16 format (Half)"}]}
                        for i in range(10)]}
     info["Layers"][0]["Outputs"][0]["Format/Datatype"] = "Float"
-    counts = layer_precisions(info)
-    assert counts == {"Float": 1, "Half": 2}
-    assert "layers" in precision_mismatch("fp16", 2 * weights, weights, {"Float": 8, "Half": 2})
-    assert precision_mismatch("fp16", 4 * weights, weights, {"Float": 1, "Half": 9}) is None  # layers decide
-    assert precision_mismatch("fp16", 4_000_000, 300_000) is None  # MicroAST: the plan's own code dominates
-    assert layer_precisions({"Layers": ["conv1", "conv2"]}) == {}  # names only: nothing to count
+    inspector = types.SimpleNamespace(get_engine_information=lambda fmt: json.dumps(info) if fmt == "json" else "")
+    runner = object.__new__(trt_mod._Runner)
+    runner.engine = types.SimpleNamespace(create_engine_inspector=lambda: inspector)
+    monkeypatch.setitem(sys.modules, "tensorrt",
+                        types.SimpleNamespace(LayerInformationFormat=types.SimpleNamespace(JSON="json")))
+    assert runner.layers() == layer_precisions(info) == {"Float": 1, "Half": 2}
+    assert "layers" in precision_mismatch("fp16", fp16, {"Float": 8, "Half": 2})
+    assert precision_mismatch("fp16", fp16, {"Float": 1, "Half": 9}) is None
+    assert layer_precisions({"Layers": ["conv1", "conv2"]}) == {}  # names only (2.13's default): nothing to count
+
+
+def _fake_torch_tensorrt(monkeypatch, convert) -> types.SimpleNamespace:
+    fake = types.SimpleNamespace(
+        Input=lambda **kw: kw, dynamo=types.SimpleNamespace(convert_exported_program_to_serialized_trt_engine=convert))
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", fake)
+    return fake
+
+
+def _bare_trt_engine(model, precision: str = "fp16"):
+    """A TensorRTEngine without TensorRT or a GPU: model, device and precision, the inspector giving names only
+    (torch-tensorrt 2.13's default verbosity)."""
+    from engines.backends import tensorrt_engine as trt_mod
+
+    engine = object.__new__(trt_mod.TensorRTEngine)
+    engine.model, engine.device, engine.precision = model, CPU, precision
+    engine._layers = lambda data: {}
+    return engine
 
 
 def test_tensorrt_build_exports_a_half_graph_without_ceil_pools_and_no_precision_flags(adain_r31, monkeypatch,
@@ -191,12 +216,8 @@ def test_tensorrt_build_exports_a_half_graph_without_ceil_pools_and_no_precision
         seen["program"], seen["inputs"], seen["kwargs"] = program, arg_inputs, kwargs
         return b"\0" * (2 * sum(p.numel() for p in adain_r31.parameters()))  # an fp16-sized plan
 
-    fake = types.SimpleNamespace(
-        Input=lambda **kw: kw, dynamo=types.SimpleNamespace(convert_exported_program_to_serialized_trt_engine=convert))
-    monkeypatch.setitem(sys.modules, "torch_tensorrt", fake)
-    engine = object.__new__(trt_mod.TensorRTEngine)
-    engine.model, engine.device, engine.precision = adain_r31, CPU, "fp16"
-    monkeypatch.setattr(engine, "_layers", lambda data: {}, raising=False)
+    _fake_torch_tensorrt(monkeypatch, convert)
+    engine = _bare_trt_engine(adain_r31)
     profile = trt_mod.Profile.around(adain_r31, 64, 96, batch=4)
     engine._build(profile, tmp_path / "plan.engine")
     assert (tmp_path / "plan.engine").stat().st_size > 0
@@ -208,14 +229,107 @@ def test_tensorrt_build_exports_a_half_graph_without_ceil_pools_and_no_precision
         [n.args for n in seen["program"].graph.nodes if "max_pool" in str(n.target)])
     placeholders = [n for n in seen["program"].graph.nodes if n.op == "placeholder" and n.name == "image"]
     assert placeholders and placeholders[0].meta["val"].dtype == torch.float16
-    # a plan of fp32 size is refused, so auto would take the next engine (adain-r31's 1.1 M weights are
-    # under the size check's floor; the VGG-19 adain's 7 M are over it)
-    monkeypatch.setattr(trt_mod, "SIZE_CHECK_MIN_WEIGHTS", 1_000_000)
-    monkeypatch.setattr(fake.dynamo, "convert_exported_program_to_serialized_trt_engine",
-                        lambda program, **kw: b"\0" * (4 * sum(p.numel() for p in adain_r31.parameters())))
-    with pytest.raises(DeviceError, match="came out fp32"):
+    assert set(trt_mod.convolution_dtypes(seen["program"])) == {"float16"}
+    # a graph whose convolutions came out fp32 is refused before the conversion, so auto takes the next engine
+
+    class FloatInside(nn.Module):  # a broken recipe: takes the fp16 image, runs fp32 convolutions
+        def __init__(self, graph: nn.Module) -> None:
+            super().__init__()
+            self.graph = graph
+
+        def forward(self, image, alpha, *code):
+            return self.graph(image.float(), alpha, *code)
+
+    monkeypatch.setattr(trt_mod, "gpu_graph", lambda model, dtype=torch.float32: FloatInside(gpu_graph(model)))
+    seen.clear()
+    with pytest.raises(DeviceError, match="convolutions in float32, not float16"):
         engine._build(trt_mod.Profile.around(adain_r31, 64, 96), tmp_path / "plan2.engine")
-    assert not (tmp_path / "plan2.engine").exists()
+    assert not (tmp_path / "plan2.engine").exists() and not seen
+
+
+def test_a_correct_fp16_adain_plan_bigger_than_3_bytes_a_weight_is_accepted(adain_random, monkeypatch, tmp_path):
+    """adain's 7 M weights in fp16 are 14 MB; kernels and tactics can take the plan past 21 MB, which the old
+    size rule called fp32."""
+    from engines.backends import tensorrt_engine as trt_mod
+
+    weights = sum(p.numel() for p in gpu_graph(adain_random).parameters())
+    assert weights > 6_000_000
+    _fake_torch_tensorrt(monkeypatch, lambda program, **kw: b"\0" * (7 * weights // 2))
+    _bare_trt_engine(adain_random)._build(trt_mod.Profile.around(adain_random, 64, 64), tmp_path / "plan.engine")
+    assert (tmp_path / "plan.engine").stat().st_size == 7 * weights // 2
+
+
+def test_one_tensorrt_profile_serves_prepare_single_frames_and_full_batches(microast, monkeypatch):
+    """prepare (one frame) and a render's batches of max_batch used to build two engines, minutes each."""
+    from engines.backends.graph import padded_shape
+
+    built: list = []
+
+    class Cache:
+        def load(self, stem, key, ext, build, open_):
+            built.append(key)
+            return types.SimpleNamespace(name="runner")
+
+    engine = _bare_trt_engine(microast)
+    engine.cache, engine._runners, engine._lock = Cache(), {}, threading.Lock()
+    engine.cache_key = lambda profile: {"profile": profile}
+    engine.prepare(360, 640)
+    h, w = padded_shape(microast, 360, 640)
+    runners = {id(engine._runner(h, w, n)) for n in (engine.max_batch, 1, 3)}
+    assert len(built) == 1 and len(runners) == 1
+    profile = built[0]["profile"]
+    assert profile.image_shapes() == ((1, 3, *profile.min), (8, 3, h, w), (8, 3, h, w))
+
+
+def test_tensorrt_inputs_stay_alive_until_the_engine_is_queued_and_after(monkeypatch):
+    """The fp16 copy of the image that bind_inputs makes must not be freed (and its memory handed to the
+    output) before execute_async_v3 queues the engine that reads it."""
+    import weakref
+
+    from engines.backends import tensorrt_engine as trt_mod
+
+    made: list = []
+    real_bind = trt_mod.bind_inputs
+
+    def bind(specs, tensors, device):
+        bound = real_bind(specs, tensors, device)
+        made.extend(weakref.ref(t) for _, t in bound)
+        return bound
+
+    class Context:
+        """A stand-in execution context: at queue time, every bound input must still be alive."""
+
+        def __init__(self) -> None:
+            self.addresses: dict[str, int] = {}
+            self.alive_at_execute: list[bool] = []
+
+        def set_input_shape(self, name, shape):
+            if name == "image":
+                self.shape = shape
+
+        def set_tensor_address(self, name, address):
+            self.addresses[name] = address
+
+        def get_tensor_shape(self, name):
+            return self.shape
+
+        def execute_async_v3(self, stream):
+            self.alive_at_execute = [r() is not None for r in made]
+            return True
+
+    monkeypatch.setattr(trt_mod, "bind_inputs", bind)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=0))
+    runner = object.__new__(trt_mod._Runner)
+    runner.context, runner.device = Context(), CPU
+    runner.specs = trt_mod.describe_engine(_FakeTrtEngine([("image", "in", "HALF"), ("alpha", "in", "FLOAT"),
+                                                           ("mean", "in", "FLOAT"), ("stylized", "out", "HALF")]),
+                                           _FAKE_TRT)
+    runner.output = trt_mod.output_spec(runner.specs)
+    out = runner([torch.rand(1, 3, 64, 64), torch.tensor(1.0), torch.rand(1, 4, 1, 1)])
+    assert len(made) == 3 and runner.context.alive_at_execute == [True, True, True]
+    assert all(r() is not None for r in made)  # kept after the call too (until the next one is queued)
+    inputs = {a for n, a in runner.context.addresses.items() if n != "stylized"}
+    assert runner.context.addresses["stylized"] == out.data_ptr() and out.data_ptr() not in inputs
 
 
 # -- 5. auto falls back when a build fails ------------------------------------------------------------
@@ -301,14 +415,11 @@ def test_torch_cuda_engine_options_keys_and_checks():
     assert reason and "\n" not in reason and "cuda" in reason
 
 
-def test_torch_cuda_engine_checks_its_first_build_and_caches_the_verdict(microast, monkeypatch, tmp_path, media):
+def test_torch_cuda_engine_checks_its_first_build_and_caches_the_verdict(cpu_torch_cuda, microast, monkeypatch,
+                                                                       tmp_path, media):
     """Its run and check logic on CPU tensors (compile off): the first engine checks against fp32 and
     records it; a second finds the record; a broken build is refused."""
-    from engines.backends import torch_cuda_engine as tc
-
-    monkeypatch.setattr(tc.TorchCudaEngine, "unavailable_reason", classmethod(lambda cls, d, p: None))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "fake GPU")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    tc = cpu_torch_cuda
     cache = EngineCache(tmp_path)
     engine = tc.TorchCudaEngine(microast, CPU, "bf16", shape_hint=(60, 80), cache=cache, compile=False)
     records = list(tmp_path.glob("*.json.json")) or list(tmp_path.glob("*.json"))
@@ -326,6 +437,143 @@ def test_torch_cuda_engine_checks_its_first_build_and_caches_the_verdict(microas
     monkeypatch.setattr(tc, "check_build", lambda *a: "the compiled bf16 graph is 3.0 dB from fp32 (needs 28)")
     with pytest.raises(DeviceError, match="dB from fp32"):
         tc.TorchCudaEngine(microast, CPU, "bf16", shape_hint=(64, 64), cache=cache, compile=False)
+
+
+@pytest.fixture
+def cpu_torch_cuda(monkeypatch):
+    """engines.backends.torch_cuda_engine with its GPU checks stood in: the engine runs on CPU tensors."""
+    from engines.backends import torch_cuda_engine as tc
+
+    monkeypatch.setattr(tc.TorchCudaEngine, "unavailable_reason", classmethod(lambda cls, d, p: None))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "fake GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    return tc
+
+
+class CountingBackend:
+    """A torch.compile backend that runs the traced graph as it is and counts compilations."""
+
+    def __init__(self) -> None:
+        self.compiles = 0
+
+    def __call__(self, graph_module, example_inputs):
+        self.compiles += 1
+        return graph_module.forward
+
+
+def _inputs(model, code, n: int, h: int, w: int):
+    torch.manual_seed(n * 1000 + h + w)
+    return torch.rand(n, 3, h, w), torch.tensor(1.0), code
+
+
+def test_torch_cuda_engine_runs_every_call_prepare_included_on_one_thread_of_its_own(
+        cpu_torch_cuda, microast, monkeypatch, tmp_path, media):
+    """CUDA graphs belong to the thread that recorded them (torch < 2.13): the engine is warmed in the main
+    thread and then called from the video pipeline's or live's own thread."""
+    tc = cpu_torch_cuda
+    threads: list[int] = []
+    real_call = tc.TorchCudaEngine._call
+    monkeypatch.setattr(tc.TorchCudaEngine, "_call",
+                        lambda self, *a: threads.append(threading.get_ident()) or real_call(self, *a))
+    backend = CountingBackend()
+    engine = tc.TorchCudaEngine(microast, CPU, "fp32", shape_hint=(60, 80), cache=EngineCache(tmp_path),
+                                options={"backend": backend, "fullgraph": True, "dynamic": False})
+    code = microast.code_tensors(_code(microast, media))
+    args = _inputs(microast, code, 1, 60, 80)
+    here = engine.run(*args)
+    there: list = []
+    worker = threading.Thread(target=lambda: there.append(engine.run(*args)))
+    worker.start()
+    worker.join()
+    engine.prepare(48, 64)
+    assert backend.compiles == 2  # the shape hint's and prepare's: the other thread's call compiled nothing
+    assert len(threads) == 4 and len(set(threads)) == 1  # two builds (their check runs), two runs
+    assert threads[0] not in {threading.get_ident(), worker.ident}
+    assert torch.equal(there[0], here)
+    engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.run(*args)
+
+
+def test_owner_thread_gets_the_cudagraph_state_torch_2_11_only_gives_the_importing_thread(monkeypatch):
+    """pytorch issue 123177: before 2.13 inductor's CUDA-graph bookkeeping asserts in any other thread."""
+    from torch._inductor import cudagraph_trees as trees
+
+    from engines.backends.owner import OwnerThread
+    from engines.backends.torch_cuda_engine import adopt_cudagraph_state, release_cudagraphs
+
+    def get_obj_before_2_13(local, attr_name):  # torch 2.11's cudagraph_trees.get_obj
+        if hasattr(local, attr_name):
+            return getattr(local, attr_name)
+        assert torch._C._is_key_in_tls(attr_name)
+        return torch._C._get_obj_in_tls(attr_name)
+
+    monkeypatch.setattr(trees, "get_obj", get_obj_before_2_13)
+    monkeypatch.delattr(trees, "_initialize_tls", raising=False)
+    failures: list = []
+
+    def plain() -> None:
+        try:
+            trees.get_container(0)
+        except AssertionError as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=plain)
+    thread.start()
+    thread.join()
+    assert len(failures) == 1  # what the engine's calls hit in the video or live thread on torch 2.11
+    owner = OwnerThread("owner", setup=adopt_cudagraph_state)
+    mine = owner.call(trees.get_container, 0)
+    assert mine is owner.call(trees.get_container, 0) and mine is not trees.get_container(0)
+    # closing an engine frees its own thread's graphs, not the main thread's
+    shut: list = []
+    mine.tree_manager = types.SimpleNamespace(shutdown=lambda: shut.append("owner"))
+    main = trees.get_container(0)
+    owner.call(release_cudagraphs)
+    assert shut == ["owner"] and trees.get_container(0) is main and owner.call(trees.get_container, 0) is not mine
+    owner.stop()
+
+
+def test_more_than_eight_shapes_compile_with_fullgraph_across_two_engines(cpu_torch_cuda, microast, monkeypatch,
+                                                                          tmp_path, media, caplog):
+    """dynamo's recompile limit (8) counted every engine's shapes together, and fullgraph=True made the
+    ninth an error (FailOnRecompileLimitHit)."""
+    tc = cpu_torch_cuda
+    backend = CountingBackend()
+    options = {"backend": backend, "fullgraph": True, "dynamic": False}
+    a, b = (tc.TorchCudaEngine(microast, CPU, "fp32", cache=EngineCache(tmp_path), options=options) for _ in "ab")
+    code = microast.code_tensors(_code(microast, media))
+    shapes = [(1, 32 + 4 * i, 32) for i in range(9)]
+    for shape in shapes:
+        out = a.run(*_inputs(microast, code, *shape))
+        assert out.shape == (shape[0], 3, *shape[1:])
+    b.run(*_inputs(microast, code, *shapes[0]))
+    assert backend.compiles == 10
+    # past MAX_COMPILED_SHAPES an engine runs the same graph uncompiled, with one warning
+    monkeypatch.setattr(tc, "MAX_COMPILED_SHAPES", 1)
+    args = _inputs(microast, code, 2, 40, 44)
+    with caplog.at_level(logging.WARNING):
+        out = b.run(*args)
+    assert backend.compiles == 10 and "runs uncompiled" in caplog.text
+    assert psnr(out, gpu_graph(microast)(*args[:2], *code)) > 80  # the same graph (channels-last: rounding)
+    a.close()
+    b.close()
+
+
+def test_closing_one_torch_cuda_engine_keeps_the_others_compiled_code(cpu_torch_cuda, microast, tmp_path, media):
+    """close() used to call torch._dynamo.reset(): every other engine compiled again (20-40 s on a GPU)."""
+    tc = cpu_torch_cuda
+    backend = CountingBackend()
+    options = {"backend": backend, "fullgraph": True, "dynamic": False}
+    a, b = (tc.TorchCudaEngine(microast, CPU, "fp32", shape_hint=(32, 32), cache=EngineCache(tmp_path),
+                               options=options) for _ in "ab")
+    code = microast.code_tensors(_code(microast, media))
+    args = _inputs(microast, code, 1, 32, 32)
+    before = b.run(*args)
+    assert backend.compiles == 2
+    a.close()
+    assert torch.equal(b.run(*args), before) and backend.compiles == 2  # nothing compiled again
+    b.close()
 
 
 # -- frames that stay on the device -----------------------------------------------------------------
@@ -384,23 +632,120 @@ def test_frame_mover_round_trips_on_the_cpu():
     assert pending.ready() and np.array_equal(pending.result(), frames)
 
 
+def test_frame_mover_never_hands_out_a_buffer_still_in_flight():
+    """gpu_check's render keeps 3 downloads in flight: while the ring filled, the second download went into
+    the first one's buffer before it was read (buffers used A A B A C ...)."""
+    from collections import deque
+
+    from engines.device_frames import FrameMover, Pending
+
+    mover = FrameMover(CPU, depth=3)
+    pending: deque = deque()
+    got = []
+    for i in range(8):
+        if len(pending) >= mover.depth:
+            got.append(int(pending.popleft().result().max()))
+        _, host = mover._slot(mover._down, (2, 4, 4, 3))  # plain memory on a CPU, pinned on a GPU
+        host.fill_(i)
+        pending.append(Pending(host))
+    got += [int(p.result().max()) for p in pending]
+    assert got == list(range(8))
+
+
+def test_exact_fp32_turns_tf32_off_for_the_reference_and_back_on():
+    from engines.backends.torch_cuda_engine import exact_fp32
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    try:
+        matmul.allow_tf32, cudnn.allow_tf32 = True, True
+        with exact_fp32():
+            assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+        with pytest.raises(ValueError), exact_fp32():
+            raise ValueError
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
+def test_device_frame_render_gives_the_engine_full_batches_only(microast, media, clip, tmp_path):
+    """A short batch is one more shape for a compiled engine (a 20-40 s compile, one step nearer dynamo's
+    limit): the last batch is padded and its extra outputs dropped; audio between frames no longer cuts
+    batches short (the test clip interleaves audio between every two frames: batches of one)."""
+    import av
+
+    from streamer.video import DEVICE_BATCH, render_video_file
+
+    inner = create_engine("torch", microast, CPU)
+    sizes: list[int] = []
+
+    class Recording:
+        """The torch engine, counting the frames of each call."""
+
+        name, max_batch, device, model = inner.name, inner.max_batch, inner.device, inner.model
+
+        def run(self, image, alpha, code):
+            sizes.append(image.shape[0])
+            return inner.run(image, alpha, code)
+
+        def describe(self) -> str:
+            return inner.describe()
+
+    stylizer = Stylizer(microast, Recording())
+    dst = tmp_path / "out.mp4"
+    stats = render_video_file(clip, dst, stylizer, _code(microast, media), progress=False, max_frames=11, size=64,
+                              device_frames=True)
+    assert stats.frames == 11 and sizes == [DEVICE_BATCH, DEVICE_BATCH]
+    with av.open(str(dst)) as c:
+        assert [s.type for s in c.streams] == ["video", "audio"]
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 11
+
+
 # -- tools/gpu_check.py -----------------------------------------------------------------------------
-def test_gpu_check_dry_run_writes_its_json(tmp_path, weights_dir, clip):
+def test_gpu_check_prepares_read_only_weights_and_its_dry_run_writes_every_field(tmp_path, clip):
+    import stat
+
     media = tmp_path / "media.npz"
     out = tmp_path / "check.json"
-    prep = subprocess.run([sys.executable, "tools/gpu_check.py", "--prepare", "--clip", str(clip), "--frames", "6",
-                           "--media", str(media), "--prepare-size", "64x48"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
-    assert prep.returncode == 0, prep.stderr
+    weights = tmp_path / "weights"
+    for attempt in range(2):  # a second --prepare replaces the read-only copies
+        prep = subprocess.run([sys.executable, "tools/gpu_check.py", "--prepare", "--clip", str(clip), "--frames", "6",
+                               "--media", str(media), "--prepare-size", "64x48", "--weights-dir", str(weights)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert prep.returncode == 0, prep.stderr
     assert np.load(media)["frames"].shape == (6, 48, 64, 3)
+    copied = {p.relative_to(weights).parts[0] for p in weights.rglob("*") if p.is_file()}
+    assert copied == {"microast", "adain-r31"}
+    assert all(stat.S_IMODE(p.stat().st_mode) & 0o222 == 0 for p in (weights, *weights.rglob("*")) if p != weights)
     run = subprocess.run([sys.executable, "tools/gpu_check.py", "--dry-run", "--media", str(media), "--json", str(out),
-                          "--weights-dir", str(weights_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          "--weights-dir", str(weights)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     report = json.loads(out.read_text())
     assert report["dry_run"] is True and report["results"]
     row = report["results"][0]
-    assert {"model", "precision", "size", "psnr_db", "engine_ms", "render_fps"} <= set(row)
-    assert row["psnr_db"] > 25 and row["engine_ms"] > 0 and row["render_fps"] > 0
+    assert "error" not in row, row
+    assert row["weights"] == "real"  # loaded from the read-only copies
+    assert {"model", "precision", "size", "psnr_db", "psnr_replay_db", "engine_ms", "render_fps"} <= set(row)
+    assert row["psnr_db"] > 25 and row["psnr_replay_db"] > 25 and row["engine_ms"] > 0 and row["render_fps"] > 0
+    assert row["thread_ok"] is True and row["thread_max_diff"] == 0.0  # the call from a second thread
+
+
+def test_gpu_check_keeps_the_row_when_the_second_thread_call_fails():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+
+    def fails():
+        raise AssertionError("cudagraph_trees.get_obj\n  a long traceback")
+
+    assert gpu_check.second_thread_call(fails, torch.zeros(1)) == {
+        "thread_ok": False, "thread_error": "AssertionError: cudagraph_trees.get_obj"}
+    assert gpu_check.second_thread_call(lambda: torch.ones(2), torch.zeros(2)) == {"thread_ok": True,
+                                                                                   "thread_max_diff": 1.0}
 
 
 # -- 3. install: one index for torch and torch-tensorrt, pinned to the torch minor ---------------------

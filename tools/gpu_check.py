@@ -3,20 +3,26 @@
 Made for a machine with only a CUDA torch (2.11+), Triton and numpy (no PyAV, PIL, TensorRT or network)
 and at most 64 MiB carried in, so its media is one small array made here beforehand:
 
-    # here (PyAV, PIL): 240 real frames of the test clip (320x180), a real photo and painting -> 43 MiB
-    python tools/gpu_check.py --prepare            # writes .gpu_check/media.npz (gitignored)
-    mkdir -p .gpu_check/weights && cp -r ../shared/weights/microast ../shared/weights/adain-r31 .gpu_check/weights/
-    # on the GPU machine: the device tool's run with carry=[".gpu_check"] (50 MiB in all), timeout_s=420:
-    python3 tools/gpu_check.py                     # JSON to $OUT/gpu_check.json, rewritten after every row
+    # here (PyAV, PIL): 240 real frames of the test clip (320x180), a real photo and painting -> 43 MiB,
+    # and read-only copies of the microast and adain-r31 weights (6 MiB): .gpu_check/ (gitignored)
+    python tools/gpu_check.py --prepare
+    # on the GPU machine: the device tool's run with carry=[".gpu_check"] (50 MiB in all), timeout_s=450:
+    timeout 420 python3 tools/gpu_check.py         # JSON to $OUT/gpu_check.json, rewritten after every row
 
 For each model (adain with random weights unless its relu4_1 files are in --weights-dir; adain-r31 and
 microast real), fp16 and bf16, 512x512 and 1280x720, in priority order until --budget-s is spent:
 
-* ``psnr_db``: the torch-cuda engine against the fp32 eager graph on the GPU, on the real photo;
+* ``psnr_db``: the torch-cuda engine against the fp32 eager graph on the GPU (TF32 off), on the real
+  photo, from the first run (the compile); ``psnr_replay_db``: the same from a run after the warm-up
+  (a CUDA graph replay);
+* ``thread_ok``: the engine called from a second thread, as the video pipeline and live do (with
+  ``thread_max_diff`` against the first thread's output, or ``thread_error``);
 * ``engine_ms``: engine-only ms/frame at ``--batch`` frames per call, by CUDA events;
 * ``engine_ms_b1``: the same, one frame per call (the live case);
 * ``render_fps``: end-to-end frames/s of Stylizer.stylize_frames on real clip frames (uint8 in from
   pinned host memory on a copy stream, uint8 out into pinned memory, 3 batches in flight).
+
+A failure in one combination is recorded in its row (``error``), and the next one runs.
 
 ``--dry-run`` runs every step on the CPU at tiny sizes (the suite runs it so the script cannot rot):
 the eager torch engine in fp32 stands in for the compiled one, and times are wall-clock.
@@ -26,8 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import stat
 import sys
 import tempfile
+import threading
 import time
 import types
 from collections import deque
@@ -42,6 +51,8 @@ import torch  # noqa: E402
 from streamer.shared import shared_dir, shared_media  # noqa: E402
 
 DEFAULT_DIR = ROOT / ".gpu_check"
+#: the weight folders --prepare copies (adain's VGG-19 relu4_1 files are not in the shared folder)
+CARRIED_WEIGHTS = ("microast", "adain-r31")
 SIZES = ((512, 512), (1280, 720))
 MODELS = ("adain", "microast", "adain-r31")
 PRECISIONS = ("fp16", "bf16")
@@ -60,6 +71,13 @@ def _shim_missing_modules() -> None:
         shim.user_data_dir = lambda name, *a, **k: str(base / "data" / name)
         shim.user_config_dir = lambda name, *a, **k: str(base / "config" / name)
         sys.modules["platformdirs"] = shim
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error in one line, as engines.backends words it (imported here: after the platformdirs shim)."""
+    from engines.backends import _one_line as one_line
+
+    return one_line(exc)
 
 
 # -- --prepare (runs where PyAV and PIL are) ---------------------------------------------------------
@@ -83,6 +101,25 @@ def prepare(clip: Path, media: Path, frames: int, size: tuple[int, int], shared:
         np.savez(f, frames=np.stack(out), photo=np.asarray(photo.resize((1280, 720), Image.Resampling.LANCZOS)),
                  style=np.asarray(style))
     print(f"gpu_check: {len(out)} frames {w}x{h}, photo, style -> {media} ({media.stat().st_size / 2**20:.1f} MiB)")
+
+
+def copy_weights(source: Path, dest: Path, names: tuple[str, ...] = CARRIED_WEIGHTS) -> list[Path]:
+    """Read-only copies of the weight folders ``names`` under ``dest`` (a copy made before replaced): nothing
+    in the run can change the weights it measures."""
+    copied = []
+    for name in names:
+        src, dst = source / name, dest / name
+        if not src.is_dir():
+            continue
+        if dst.exists():
+            for path in (dst, *dst.rglob("*")):
+                path.chmod(path.stat().st_mode | stat.S_IWUSR)
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst)
+        for path in (*dst.rglob("*"), dst):  # the folder last: its files first
+            path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        copied.append(dst)
+    return copied
 
 
 # -- the check ----------------------------------------------------------------------------------------
@@ -130,17 +167,59 @@ def make_engine(model, precision: str, device: torch.device, cache_dir: Path, dr
     return TorchCudaEngine(model, device, precision, cache=EngineCache(cache_dir))
 
 
+def second_thread_call(fn, expected: torch.Tensor, timeout_s: float = 300.0) -> dict:
+    """``fn()`` from a thread of its own, as the video pipeline and live call the engine: its outcome as row
+    fields (never an exception: the row keeps what was measured before)."""
+    result: dict = {}
+
+    def call() -> None:
+        try:
+            with torch.inference_mode():
+                result["out"] = fn()
+        except BaseException as exc:
+            result["error"] = _one_line(exc)
+
+    thread = threading.Thread(target=call, name="gpu-check-second-thread", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        return {"thread_ok": False, "thread_error": f"no answer in {timeout_s:.0f} s"}
+    if "error" in result:
+        return {"thread_ok": False, "thread_error": result["error"]}
+    diff = float((result["out"].float() - expected.float()).abs().max())
+    return {"thread_ok": True, "thread_max_diff": round(diff, 6)}
+
+
+def psnr_db(out: torch.Tensor, ref: torch.Tensor) -> float:
+    mse = float((out.float() - ref.float()).pow(2).mean())
+    return round(min(199.0, 10 * np.log10(1.0 / max(mse, 1e-20))), 2)
+
+
 def check_one(model, weights: str, precision: str, size: tuple[int, int], media: dict, device: torch.device,
               args, timer: Timer) -> dict:
-    from engines.backends.graph import gpu_graph
-    from engines.device_frames import FrameMover
-    from engines.stylizer import Stylizer, frames_to_input, pad_to_multiple, resize_tensor
-
     w, h = size
     row = {"model": model.name, "weights": weights, "precision": precision, "size": f"{w}x{h}",
            "batch": args.batch}
     t0 = time.perf_counter()
     engine = make_engine(model, precision, device, Path(args.cache), args.dry_run)
+    try:
+        measure(engine, model, precision, size, media, device, args, timer, row, t0)
+    except Exception as exc:  # the row keeps what was measured before
+        row["error"] = _one_line(exc)
+    finally:  # nor may a failed row leave its compiled graphs (or its thread) to the next ones
+        engine.close()
+    return row
+
+
+def measure(engine, model, precision: str, size: tuple[int, int], media: dict, device: torch.device, args,
+            timer: Timer, row: dict, t0: float) -> None:
+    """Fill ``row`` for one engine: quality, engine speed, a call from a second thread, render speed."""
+    from engines.backends.graph import gpu_graph
+    from engines.backends.torch_cuda_engine import exact_fp32
+    from engines.device_frames import FrameMover
+    from engines.stylizer import Stylizer, frames_to_input, pad_to_multiple, resize_tensor
+
+    w, h = size
     row["engine"] = engine.describe()
     stylizer = Stylizer(model, engine)
     code = stylizer.encode_style(media["style"], 512)
@@ -150,13 +229,15 @@ def check_one(model, weights: str, precision: str, size: tuple[int, int], media:
     batch = image.expand(args.batch, -1, -1, -1).contiguous()
     with torch.inference_mode():
         out = engine.run(batch, alpha, code_t)  # compiles and checks (torch-cuda) at this shape
-        ref = gpu_graph(model).to(device)(image, alpha, *code_t)
+        with exact_fp32():
+            ref = gpu_graph(model).to(device)(image, alpha, *code_t)
         row["setup_s"] = round(time.perf_counter() - t0, 1)
-        mse = float((out[:1].float() - ref.float()).pow(2).mean())
-        row["psnr_db"] = round(min(199.0, 10 * np.log10(1.0 / max(mse, 1e-20))), 2)
+        row["psnr_db"] = psnr_db(out[:1], ref)
         row["out_std"] = round(float(out.float().std()), 3)
         for _ in range(args.warmup):
             engine.run(batch, alpha, code_t)
+        row["psnr_replay_db"] = psnr_db(engine.run(batch, alpha, code_t)[:1], ref)
+        row.update(second_thread_call(lambda: engine.run(batch, alpha, code_t), out))
         row["engine_ms"] = round(timer.ms_per_call(lambda: engine.run(batch, alpha, code_t), args.iters)
                                  / args.batch, 3)
         row["engine_fps"] = round(1000.0 / row["engine_ms"], 1)
@@ -190,8 +271,6 @@ def check_one(model, weights: str, precision: str, size: tuple[int, int], media:
     row["render_frames"] = frames
     row["render_fps"] = round(frames / seconds, 1)
     row["render_vs_engine"] = round(row["render_fps"] / row["engine_fps"], 3)
-    engine.close()
-    return row
 
 
 def frames_at(frames: np.ndarray, h: int, w: int, device: torch.device) -> np.ndarray:
@@ -229,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=240, help="--prepare: frames to keep (default 240)")
     p.add_argument("--prepare-size", default="320x180", help="--prepare: WxH of the kept frames (default 320x180)")
     p.add_argument("--media", type=Path, default=DEFAULT_DIR / "media.npz")
-    p.add_argument("--weights-dir", type=Path, default=DEFAULT_DIR / "weights")
+    p.add_argument("--weights-dir", type=Path, default=DEFAULT_DIR / "weights",
+                   help="weight folders (--prepare copies microast and adain-r31 there, read-only)")
     p.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "streamer-gpu-check-engines"))
     p.add_argument("--json", type=Path, default=None, help="write the report here (default: $OUT/gpu_check.json)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -244,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare:
         w, h = map(int, args.prepare_size.lower().split("x"))
         prepare(args.clip, args.media, args.frames, (w, h), args.shared)
+        for folder in copy_weights(args.shared / "weights", args.weights_dir):
+            print(f"gpu_check: weights -> {folder} (read-only)")
         return 0
     _shim_missing_modules()
     started = time.perf_counter()
@@ -285,8 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             row = check_one(model, weights, prec, size, media, device, args, timer)
         except Exception as exc:  # one failing combination must not lose the others
-            row = {"model": name, "precision": prec, "size": f"{size[0]}x{size[1]}",
-                   "error": f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+            row = {"model": name, "precision": prec, "size": f"{size[0]}x{size[1]}", "error": _one_line(exc)}
         report["results"].append(row)
         print("gpu_check:", json.dumps(row), flush=True)
         report["verdicts"] = verdicts(report["results"])

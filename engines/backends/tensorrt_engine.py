@@ -2,7 +2,9 @@
 
 Build: ``torch.export`` of the content graph with dynamic H/W -> torch-tensorrt converts the whole
 program into one serialized TensorRT engine with an optimisation profile (min/opt/max) around the
-capture size: opt = the expected frame, min = half of it, max = the frame itself. Style codes and alpha
+capture size: opt = the expected frame, min = half of it, max = the frame itself, and 1 to
+``max_batch`` frames a call (opt and max at ``max_batch``), so one build serves ``prepare``, live's
+single frames and a render's batches. Style codes and alpha
 are engine inputs, so a new style never rebuilds. The engine bytes go to the engine cache keyed by
 model, weights, profile, precision, GPU (name and compute capability) and the TensorRT / torch-tensorrt /
 torch versions: a cache hit deserialises in seconds; any mismatch builds a new engine (never loads a
@@ -12,13 +14,18 @@ Precision: torch-tensorrt 2.13 (the release for torch 2.13, TensorRT 11) builds 
 networks only, and ``convert_exported_program_to_serialized_trt_engine`` (``py/torch_tensorrt/dynamo/
 _compiler.py``) has no ``enabled_precisions`` any more: its ``**kwargs`` swallow such flags. So the
 precision is the graph's: fp16/bf16 export :func:`graph.gpu_graph` (weights and activations low,
-AdaIN statistics and the final clamp fp32), and a built engine is checked (its size against the
-weights' bytes, and layer precisions where the inspector gives them) before it is cached as fp16.
+AdaIN statistics and the final clamp fp32). So the check before an engine is cached as fp16 reads
+the exported program's convolutions (their output dtypes are the network's, and so the engine's), and
+the layer precisions where the engine inspector lists them (2.13 builds at ``LAYER_NAMES_ONLY``
+verbosity unless its debugger is on, so usually it does not). The engine's size is no evidence: an
+fp16 plan's kernels and tactics can pass 3 bytes a weight.
 
 Run: the TensorRT runtime directly (``execute_async_v3`` on the current torch CUDA stream, tensors
 bound by address), so nothing but TensorRT itself is needed once an engine is cached. Every input and
 output is bound in the dtype the engine reports (``ICudaEngine.get_tensor_dtype``), read once into an
-:class:`IOSpec` list: the binding logic is plain code tested without TensorRT.
+:class:`IOSpec` list: the binding logic is plain code tested without TensorRT. The bound tensors (the
+casts :func:`bind_inputs` makes) are kept until the next call: TensorRT reads them by address when the
+stream runs, and a tensor freed before the work is queued could be handed to the output.
 """
 from __future__ import annotations
 
@@ -141,7 +148,7 @@ def output_spec(specs: list[IOSpec]) -> IOSpec:
 def layer_precisions(info: dict) -> dict[str, int]:
     """Output datatypes of an engine's layers, counted, from ``IEngineInspector.get_engine_information``
     (JSON). Layers are plain names unless the engine was built with detailed profiling verbosity: then
-    nothing is counted and the size check alone decides."""
+    nothing is counted and the exported graph's convolutions alone decide."""
     counts: dict[str, int] = {}
     for layer in info.get("Layers", []):
         if not isinstance(layer, dict):
@@ -155,35 +162,59 @@ def layer_precisions(info: dict) -> dict[str, int]:
     return counts
 
 
-#: below this many weights an engine's own code and tactics (a few MB) hide the weights' bytes
-SIZE_CHECK_MIN_WEIGHTS = 2_000_000
+def convolution_dtypes(program) -> dict[str, int]:
+    """Output dtypes of an exported program's convolutions, counted (``float16``: 12). torch-tensorrt 2.13
+    builds strongly typed networks from the program's dtypes, so these are its convolution layers'."""
+    counts: dict[str, int] = {}
+    for node in program.graph.nodes:
+        if node.op != "call_function" or "conv" not in str(node.target):
+            continue
+        val = node.meta.get("val")
+        name = str(getattr(val, "dtype", "unknown")).removeprefix("torch.")
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
-def precision_mismatch(precision: str, engine_bytes: int, weight_count: int,
-                       layers: dict[str, int] | None = None) -> str | None:
-    """Why a built engine is not the ``precision`` asked for (one line), or None.
+def precision_mismatch(precision: str, convolutions: dict[str, int], layers: dict[str, int] | None = None) -> str | None:
+    """Why a build is not the ``precision`` asked for (one line), or None.
 
-    Where the inspector lists layer precisions (see :func:`layer_precisions`), most layers must output
-    the low dtype. Otherwise the size: an engine holds its weights, an fp16/bf16 one about 2 bytes per
-    weight and an fp32 one 4, so more than 3 bytes per weight means the build fell back to fp32 (only
-    for models big enough that the weights dominate the plan: the VGG models; MicroAST's 0.3 M
-    weights are not).
+    Every convolution of the exported graph must run in the low dtype (see :func:`convolution_dtypes`);
+    where the inspector lists layer precisions (:func:`layer_precisions`), most layers must output it too.
     """
     if precision == "fp32":
         return None
+    want = "bfloat16" if precision == "bf16" else "float16"
+    total = sum(convolutions.values())
+    if total == 0:
+        return f"the TensorRT {precision} build has no convolution to check its precision by"
+    others = sorted(dtype for dtype in convolutions if dtype != want)
+    if others:
+        return (f"the TensorRT {precision} build would run {total - convolutions.get(want, 0)} of {total} "
+                f"convolutions in {', '.join(others)}, not {want}")
     if layers:
         low = layers.get("BFloat16" if precision == "bf16" else "Half", 0)
-        total = sum(layers.values())
-        if low * 2 < total:
-            return f"the TensorRT {precision} build runs {total - low} of {total} layers in other precisions"
-        return None
-    if weight_count < SIZE_CHECK_MIN_WEIGHTS:
-        return None
-    per_weight = engine_bytes / weight_count
-    if per_weight > 3.0:
-        return (f"the TensorRT {precision} build came out fp32 ({engine_bytes / 1e6:.1f} MB for "
-                f"{weight_count / 1e6:.2f} M weights, {per_weight:.1f} bytes each)")
+        count = sum(layers.values())
+        if low * 2 < count:
+            return f"the TensorRT {precision} build runs {count - low} of {count} layers in other precisions"
     return None
+
+
+def enqueue(context, specs: list[IOSpec], output: IOSpec, tensors: list[Tensor], device: torch.device,
+            stream: int) -> tuple[Tensor, list[Tensor]]:
+    """Bind the inputs and a new output on ``context`` and queue the engine on ``stream`` (a CUDA stream
+    handle): (output, the bound inputs). TensorRT reads the inputs when the stream runs: the caller keeps
+    them at least until the work is queued (the allocator then reuses their memory only for work queued
+    later on the same stream); freed earlier, one could become the output's memory."""
+    bound = bind_inputs(specs, tensors, device)
+    for name, t in bound:
+        context.set_input_shape(name, tuple(t.shape))
+        context.set_tensor_address(name, t.data_ptr())
+    shape = tuple(context.get_tensor_shape(output.name))
+    out = torch.empty(shape, dtype=output.dtype, device=device)
+    context.set_tensor_address(output.name, out.data_ptr())
+    if not context.execute_async_v3(stream):
+        raise RuntimeError("TensorRT execution failed")
+    return out, [t for _, t in bound]
 
 
 class _Runner:
@@ -202,6 +233,7 @@ class _Runner:
             self.context = self.engine.create_execution_context()
         self.specs = describe_engine(self.engine, trt)
         self.output = output_spec(self.specs)
+        self._bound: list[Tensor] = []
 
     def layers(self) -> dict[str, int]:
         import json
@@ -215,16 +247,9 @@ class _Runner:
             return {}
 
     def __call__(self, tensors: list[Tensor]) -> Tensor:
-        for name, t in bind_inputs(self.specs, tensors, self.device):
-            self.context.set_input_shape(name, tuple(t.shape))
-            self.context.set_tensor_address(name, t.data_ptr())
-        shape = tuple(self.context.get_tensor_shape(self.output.name))
-        out = torch.empty(shape, dtype=self.output.dtype, device=self.device)
-        self.context.set_tensor_address(self.output.name, out.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
-        return out
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        out, self._bound = enqueue(self.context, self.specs, self.output, tensors, self.device, stream)
+        return out  # self._bound: the inputs TensorRT reads, kept until the next call has been queued
 
 
 class TensorRTEngine(Engine):
@@ -278,6 +303,10 @@ class TensorRTEngine(Engine):
         # gpu_graph copies: the content side may share modules with the style side (VGG), which stays on the CPU
         graph = gpu_graph(self.model, dtype).to(self.device)
         program = export_program(self.model, graph, example, max_batch=profile.batch)
+        convolutions = convolution_dtypes(program)
+        problem = precision_mismatch(self.precision, convolutions)
+        if problem:  # before a conversion of minutes
+            raise DeviceError(problem)
         low, opt, high = profile.image_shapes()
         inputs = [
             torch_tensorrt.Input(min_shape=low, opt_shape=opt, max_shape=high, dtype=dtype),
@@ -290,8 +319,7 @@ class TensorRTEngine(Engine):
         if not data:
             raise DeviceError(f"TensorRT could not build an engine for {self.model.name} (run with -vv for details)")
         data = bytes(data)
-        weights = sum(p.numel() for p in graph.parameters())
-        problem = precision_mismatch(self.precision, len(data), weights, self._layers(data))
+        problem = precision_mismatch(self.precision, convolutions, self._layers(data))
         if problem:
             raise DeviceError(problem)
         path.write_bytes(data)
@@ -305,7 +333,7 @@ class TensorRTEngine(Engine):
             for profile, runner in self._runners.items():
                 if profile.contains(h, w, n):
                     return runner
-            profile = Profile.around(self.model, h, w, batch=n)
+            profile = Profile.around(self.model, h, w, batch=max(n, self.max_batch))  # one build: 1..max_batch
             key = self.cache_key(profile)
             stem = f"{self.model.name}-trt-{self.precision}"
             desc = (f"building TensorRT {self.precision} engine for {self.model.name} "

@@ -12,13 +12,28 @@ Cache and checks, as for the other engines: inductor's compiled kernels go under
 Triton, graph code) is checked against the fp32 eager graph on the GPU before it is used; the verdict
 is cached beside the kernels under the same kind of key, so a later start skips the check. A build
 that fails the check raises DeviceError, so ``--engine auto`` goes on to the next engine.
+
+Threads and shapes: every call of an engine (prepare, run, close) runs on one thread of its own
+(:class:`~engines.backends.owner.OwnerThread`): CUDA graphs are per thread before torch 2.13, and the
+video and live paths call from their own threads. Each engine compiles a function of its own (its own
+code object), so dynamo's compiled variants, its recompile limit and ``close()`` are per engine: closing
+one never throws away another's compiled code. An engine compiles at most :data:`MAX_COMPILED_SHAPES`
+shapes (dynamo's limit is raised to that, plus a margin, where its default of 8 would fail the ninth
+with ``fullgraph=True``); a shape beyond runs the same graph eager.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import os
+import sys
 import threading
+import types
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -27,6 +42,7 @@ from torch import Tensor
 from engines.backends.base import DTYPES, Engine
 from engines.backends.cache import EngineCache, build_progress, graph_weights_id
 from engines.backends.graph import RECIPE_VERSION, gpu_example_inputs, gpu_graph, graph_code_id, padded_shape
+from engines.backends.owner import OwnerThread
 from engines.errors import DeviceError
 from engines.models.base import StyleModel
 from engines.ops import psnr
@@ -35,6 +51,12 @@ log = logging.getLogger(__name__)
 
 #: PSNR (dB) a compiled build must reach against fp32 eager on the check input (fp16 AdaIN: 40+)
 MIN_PSNR_DB = {"fp32": 60.0, "fp16": 33.0, "bf16": 28.0}
+#: shapes (frames per call, H, W) one engine compiles: a render's frame size at one frame and at its batch,
+#: live --size auto's ladder (4 sizes, as many as ``PerShape`` keeps) and the shape hint, with room to spare
+MAX_COMPILED_SHAPES = 12
+#: dynamo recompiles at one shape too when a guard changes (the grad mode, a dtype): room for those
+RECOMPILE_MARGIN = 4
+_engine_numbers = itertools.count(1)
 
 
 def triton_available() -> bool:
@@ -93,6 +115,84 @@ def versions() -> dict[str, str]:
     return out
 
 
+def allow_compiled_shapes(shapes: int) -> None:
+    """Let dynamo compile ``shapes`` variants of one function, plus :data:`RECOMPILE_MARGIN`.
+
+    Its ``recompile_limit`` (8 by default; ``cache_size_limit`` before torch 2.6) counts per code object;
+    with ``fullgraph=True`` the variant over it raises ``FailOnRecompileLimitHit`` instead of running
+    eager. Only ever raised here, never lowered. Since torch 2.13 a setting holds in the thread that made
+    it only: call this in the thread that compiles.
+    """
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), shapes + RECOMPILE_MARGIN))
+
+
+def own_function(graph: Callable, tag: str) -> Callable:
+    """``graph`` behind a function with a code object of its own, for ``torch.compile``.
+
+    dynamo keeps compiled variants (and counts recompiles) per code object: compiling ``graph`` itself
+    would share its class's ``forward`` with every engine of that model, so one engine's shapes would
+    count against another's limit, and releasing one engine's code would release all of them.
+    """
+    def forward(image: Tensor, alpha: Tensor, *code: Tensor) -> Tensor:
+        return graph(image, alpha, *code)
+
+    own = forward.__code__.replace(co_name=tag)
+    return types.FunctionType(own, forward.__globals__, tag, None, forward.__closure__)
+
+
+def adopt_cudagraph_state() -> None:
+    """Give the calling thread inductor's CUDA-graph bookkeeping, as the thread that imported it has.
+
+    Before torch 2.13 (pytorch issue 123177; 2.13 does this itself on first use) any other thread asserts
+    on its first CUDA-graph call: the engine's owner thread calls this before anything else.
+    """
+    try:
+        from torch._inductor import cudagraph_trees as trees
+    except Exception:  # no inductor here: nothing to set up
+        return
+    local = getattr(trees, "local", None)
+    if local is None or hasattr(local, "tree_manager_containers"):
+        return
+    if hasattr(trees, "_initialize_tls"):  # torch >= 2.13
+        trees._initialize_tls(local)
+        return
+    local.tree_manager_containers = {}
+    local.tree_manager_locks = defaultdict(threading.Lock)
+    torch._C._stash_obj_in_tls("tree_manager_containers", local.tree_manager_containers)
+    torch._C._stash_obj_in_tls("tree_manager_locks", local.tree_manager_locks)
+
+
+def release_cudagraphs() -> None:
+    """Free the CUDA graphs recorded by the calling thread (an engine's owner thread: its graphs only).
+
+    ``torch._dynamo.reset()`` would free every engine's, and its compiled code too.
+    """
+    trees = sys.modules.get("torch._inductor.cudagraph_trees")
+    containers = getattr(getattr(trees, "local", None), "tree_manager_containers", None)
+    if not containers:
+        return
+    for container in containers.values():
+        manager = getattr(container, "tree_manager", None)
+        if manager is not None:
+            manager.shutdown()
+    containers.clear()
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """fp32 convolutions and matmuls without TF32 (cuDNN allows TF32 convolutions by default: 10 bits of
+    mantissa, not a reference); the flags as they were afterwards."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32, cudnn.allow_tf32 = False, False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
 class TorchCudaEngine(Engine):
     name = "torch-cuda"
     max_batch = 16
@@ -111,7 +211,8 @@ class TorchCudaEngine(Engine):
 
     def __init__(self, model: StyleModel, device: torch.device, precision: str = "fp16",
                  weights_id: str | None = None, shape_hint: tuple[int, int] | None = None,
-                 cache: EngineCache | None = None, compile: bool = True) -> None:
+                 cache: EngineCache | None = None, compile: bool = True, options: dict | None = None) -> None:
+        """``options``: ``torch.compile``'s, instead of :func:`compile_options`' (tests compile on a CPU)."""
         super().__init__(model, device, precision)
         self.dtype = DTYPES[precision]
         self.cache = cache or EngineCache()
@@ -119,49 +220,83 @@ class TorchCudaEngine(Engine):
         self.gpu = torch.cuda.get_device_name(device)
         self.capability = ".".join(map(str, torch.cuda.get_device_capability(device)))
         self.versions = versions()
-        self.options = compile_options(device.type, True, triton_available()) if compile else None
-        if self.options is not None:  # inductor's kernels live with the other built engines
+        if not compile:
+            self.options = None
+        else:
+            self.options = options if options is not None else compile_options(device.type, True, triton_available())
+        if self.options is not None and options is None:  # inductor's kernels live with the other built engines
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.cache.folder / "inductor"))
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once per shape
         self.graph = gpu_graph(model, self.dtype).to(device=device, memory_format=torch.channels_last)
-        self._fn = torch.compile(self.graph, **self.options) if self.options else self.graph
-        self._checked: set[tuple[int, int, int]] = set()
-        self._lock = threading.Lock()
+        number = next(_engine_numbers)
+        self._own = own_function(self.graph, f"torch_cuda_engine_{number}")
+        self._fn: Callable | None = None
+        if self.options:
+            self._fn = torch.compile(self._own, **self.options)
+        self._ready: set[tuple[int, int, int]] = set()  # shapes built (compiled) and checked
+        self._eager: set[tuple[int, int, int]] = set()  # shapes past MAX_COMPILED_SHAPES
+        self._owner = OwnerThread(f"torch-cuda-{number}", setup=adopt_cudagraph_state if device.type == "cuda" else None)
+        weakref.finalize(self, self._owner.stop)  # an engine dropped without close() ends its thread too
         if self.options is None:
             log.info("torch-cuda: no Triton here, running eager %s channels-last", precision)
         if shape_hint is not None:
             self.prepare(*shape_hint)
 
     def describe(self) -> str:
-        how = f"torch.compile {self.options['mode']}" if self.options else "eager"
+        how = f"torch.compile {self.options.get('mode', 'default')}" if self.options else "eager"
         return f"torch-cuda {self.precision} channels-last ({how}) on {self.gpu}"
 
     def cache_key(self, shape: tuple[int, int, int]) -> dict:
         return torch_cuda_cache_key(self.model.name, self.weights_id, shape, self.precision, self.gpu,
                                     self.capability, self.options, self.versions)
 
-    def _call(self, image: Tensor, alpha: Tensor, code: tuple[Tensor, ...]) -> Tensor:
+    def _graphs_replay(self) -> bool:
+        return bool(self.options) and self.options.get("mode") == "reduce-overhead"
+
+    def _call(self, fn: Callable, image: Tensor, alpha: Tensor, code: tuple[Tensor, ...]) -> Tensor:
+        """``fn`` on the inputs in its dtypes and layout, each an inference tensor (runs in inference mode):
+        dynamo guards on the dispatch keys, so a tensor made outside inference mode would compile the same
+        shape a second time."""
         image = image.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
         rest = [t.to(self.device, torch.float32, non_blocking=True) for t in (alpha, *code)]
-        if self.options and self.options["mode"] == "reduce-overhead":
+        image, *rest = (t if t.is_inference() else t.clone() for t in (image, *rest))
+        if fn is self._fn and self._graphs_replay():
             torch.compiler.cudagraph_mark_step_begin()
-            return self._fn(image, *rest).clone()  # CUDA graph outputs are overwritten by the next replay
-        return self._fn(image, *rest)
+            return fn(image, *rest).clone()  # CUDA graph outputs are overwritten by the next replay
+        return fn(image, *rest)
 
-    def _ensure_checked(self, n: int, h: int, w: int) -> None:
-        """The first call at a shape compiles it; the first build ever is also checked against eager fp32."""
+    def _function_for(self, n: int, h: int, w: int) -> Callable:
+        """What runs this shape: the compiled function (compiled, and the first build ever checked, on first
+        use), or the graph itself: no compiler (checked as well), or past :data:`MAX_COMPILED_SHAPES`."""
         shape = (n, h, w)
-        if shape in self._checked:
-            return
+        fn = self._fn if self._fn is not None else self.graph
+        if shape in self._ready:
+            return fn
+        if shape in self._eager:
+            return self.graph
+        if self._fn is not None and len(self._ready) >= MAX_COMPILED_SHAPES:
+            log.warning("torch-cuda: %d shapes compiled already; %dx%d at %d frames a call runs uncompiled",
+                        MAX_COMPILED_SHAPES, w, h, n)
+            self._eager.add(shape)
+            return self.graph
+        if self._fn is not None:
+            allow_compiled_shapes(MAX_COMPILED_SHAPES)  # here: dynamo's settings are per thread since torch 2.13
+        self._build_and_check(fn, shape)
+        self._ready.add(shape)
+        return fn
+
+    def _build_and_check(self, fn: Callable, shape: tuple[int, int, int]) -> None:
+        """The first call at a shape compiles it; the first build ever is also checked against eager fp32."""
+        n, h, w = shape
         key = self.cache_key(shape)
         stem = f"{self.model.name}-torchcuda-{self.precision}"
         example = [t.to(self.device) for t in gpu_example_inputs(self.model, h, w, torch.float32, batch=n)]
         verdict = self.cache.lookup(stem, key, "json")
         with build_progress(f"compiling {self.model.name} {self.precision} for {w}x{h} (torch-cuda)"):
-            out = self._call(example[0], example[1], tuple(example[2:]))  # compiles (or loads inductor's cache)
+            out = self._call(fn, example[0], example[1], tuple(example[2:]))  # compiles (or loads inductor's cache)
             if verdict is None:
                 ref_graph = gpu_graph(self.model, torch.float32).to(self.device)
-                with torch.inference_mode():
+                with exact_fp32():
                     ref = ref_graph(*example)
                 problem = check_build(self.precision, out, ref)
                 if problem:
@@ -169,19 +304,36 @@ class TorchCudaEngine(Engine):
                 result = {"psnr_db": round(psnr_db(out, ref), 1)}
                 self.cache.store(stem, key, "json", lambda p: Path(p).write_text(json.dumps(result)))
                 log.info("torch-cuda %s build checked: %.1f dB from fp32", self.precision, result["psnr_db"])
-        self._checked.add(shape)
+
+    # -- every call runs on the owner thread, on the caller's CUDA stream --------------------------------
+    def _caller_stream(self):
+        return torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+
+    def _owned(self, stream, fn: Callable, *args):
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(), torch.inference_mode():
+            return fn(*args)
 
     def prepare(self, height: int, width: int) -> None:
-        with self._lock, torch.inference_mode():
-            self._ensure_checked(1, *padded_shape(self.model, height, width))
+        self._owner.call(self._owned, self._caller_stream(), self._function_for, 1,
+                         *padded_shape(self.model, height, width))
 
-    @torch.inference_mode()
+    def _run(self, image: Tensor, alpha: Tensor, code: tuple[Tensor, ...]) -> Tensor:
+        fn = self._function_for(image.shape[0], image.shape[-2], image.shape[-1])
+        return self._call(fn, image, alpha, code)
+
     def run(self, image: Tensor, alpha: Tensor, code: tuple[Tensor, ...]) -> Tensor:
-        with self._lock:
-            self._ensure_checked(image.shape[0], image.shape[-2], image.shape[-1])
-            return self._call(image, alpha, code)
+        return self._owner.call(self._owned, self._caller_stream(), self._run, image, alpha, code)
+
+    def _release(self) -> None:
+        """This engine's compiled code and CUDA graphs, and nothing else (no ``torch._dynamo.reset()``)."""
+        if self._fn is not None:
+            torch._dynamo.eval_frame.remove_from_cache(self._own)
+        self._fn = None
+        self._ready.clear()
+        self._eager.clear()
+        release_cudagraphs()
 
     def close(self) -> None:
-        with self._lock:
-            self._checked.clear()
-            torch._dynamo.reset()
+        if not self._owner.stopped:
+            self._owner.call(self._release)
+            self._owner.stop()
