@@ -5,9 +5,11 @@
 # NVIDIA: STREAMER_TORCH_INDEX=https://download.pytorch.org/whl/cu130 takes torch (and, with
 # STREAMER_EXTRAS=tensorrt, torch-tensorrt) from that one CUDA index, so the two always match.
 # STREAMER_EXTRAS (comma-separated, default "test") names the pyproject extras to install.
+# Commands run in the caller's folder, so relative paths (./run.sh render ../photo.jpg out.png) mean what they say.
 set -euo pipefail
-cd "$(dirname "$0")"
+here=$(cd "$(dirname "$0")" && pwd)
 venv=${STREAMER_VENV:-.venv}
+case "$venv" in /*) ;; *) venv="$here/$venv" ;; esac  # a relative STREAMER_VENV is inside the project, as before
 torch_req=${STREAMER_TORCH:-torch==2.13.0}
 torch_index=${STREAMER_TORCH_INDEX:-}
 extras=${STREAMER_EXTRAS:-test}
@@ -20,11 +22,13 @@ fi
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-stamp="$venv/.streamer-installed-$( (cat pyproject.toml; echo "$torch_req|$torch_index|$extras") | sha256sum | cut -c1-16)"
+stamp="$venv/.streamer-installed-$( (cat "$here/pyproject.toml"; echo "$torch_req|$torch_index|$extras") |
+  sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "run.sh: installing into $venv (first run only)" >&2
   "$venv/bin/python" -m pip install -q --disable-pip-version-check ${index_args[@]+"${index_args[@]}"} "$torch_req"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check ${index_args[@]+"${index_args[@]}"} -e ".[$extras]"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check ${index_args[@]+"${index_args[@]}"} \
+    -e "$here[$extras]"
   rm -f "$venv"/.streamer-installed-*
   touch "$stamp"
 fi

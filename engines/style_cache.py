@@ -4,6 +4,7 @@ The key covers everything that changes the code: model, weights, the image's byt
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -70,11 +71,20 @@ class StyleCache:
         return code
 
     def _store(self, entry: Path, code: StyleCode) -> None:
+        tmp: str | None = None
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".part")
+            fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".part")
             with os.fdopen(fd, "wb") as f:
                 torch.save({k: v.cpu() for k, v in code.items()}, f)
             os.replace(tmp, entry)
-        except OSError as exc:  # a read-only or full cache only costs speed
-            log.warning("could not cache the style code (%s); it will be recomputed next time", exc)
+            tmp = None
+        except (OSError, RuntimeError) as exc:  # a read-only or full cache only costs speed (torch's writer
+            # reports a full disk as RuntimeError)
+            from engines.backends.cache import first_line
+
+            log.warning("could not cache the style code (%s); it will be recomputed next time", first_line(exc))
+        finally:
+            if tmp is not None:  # never a half-written (or empty) temp file left in the cache
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)

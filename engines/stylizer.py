@@ -73,7 +73,7 @@ def resize_to(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     """Scale to exactly ``size`` (W, H); the caller picks a size with the right aspect.
 
     OpenCV (area when shrinking, bilinear when growing): a few ms a frame, for live use, where
-    :func:`resize_short_side`/:func:`resize_back` (PIL, sharper filters) would cost tens.
+    :func:`resize_short_side` (PIL, sharper filters) would cost tens.
     """
     import cv2  # here, not at import: GPU check machines may have torch and numpy only
 

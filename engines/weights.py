@@ -182,6 +182,13 @@ def _check_sha(model: str, wf: WeightFile, path: Path, in_cache: bool) -> None:
                        f"(sha256 {got[:12]}…, expected {wf.sha256[:12]}…): {todo}")
 
 
+def weight_file_places(model: str, weights_dir: str | Path | None = None) -> list[Path]:
+    """Every place a weight file of ``model`` is looked for (the user's folder, the cache), there or not: what
+    no output may replace."""
+    root = weights_root(weights_dir)
+    return [place for wf in _spec(model).files for place in _candidates(model, wf.filename, root)]
+
+
 def _find(model: str, wf: WeightFile, root: Path | None) -> Path | None:
     for place in _candidates(model, wf.filename, root):
         if place.is_file():
@@ -294,7 +301,8 @@ def resolve_weights(model: str, weights_dir: str | Path | None = None, download:
     spec = _spec(model)
     root = weights_root(weights_dir)
     if root is not None and not root.is_dir():
-        log.warning("weights folder %s does not exist; using the cache %s", root, cache_dir())
+        log.warning("weights folder %s %s; using the cache %s", root,
+                    "is a file, not a folder" if root.exists() else "does not exist", cache_dir())
 
     found: dict[str, Path] = {}
     missing: list[WeightFile] = []
@@ -408,5 +416,5 @@ def check_layout(state: Mapping[str, Any], expected: Mapping[str, tuple[int, ...
 
 
 __all__ = ["WeightFile", "ModelWeights", "ENV_WEIGHTS_DIR", "cache_dir", "weights_root",
-           "resolve_weights", "download_model", "model_status", "file_sha256", "load_state_dict",
+           "resolve_weights", "download_model", "weight_file_places", "model_status", "file_sha256", "load_state_dict",
            "check_layout"]

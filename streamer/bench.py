@@ -30,6 +30,7 @@ from engines.errors import InputError, StreamerError, WeightsError
 from engines.models import MODEL_NAMES, StyleModel, load_model, random_weights_model, weights_fingerprint
 from engines.ops import psnr
 from engines.stylizer import encode_style
+from streamer.fileutil import AtomicOutput, print_stdout, refuse_same_file
 from streamer.shared import IMAGE_SUFFIXES, VIDEO_SUFFIXES, first_media, shared_weights
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,40 @@ def run(args: argparse.Namespace) -> int:
         from streamer.imageio import image_size
 
         image_size(style_path, "style image")  # missing or broken: fail before the minutes of timing
+    output = json_output(args, clip, style_path)
+    try:
+        report = measure(args, device, models, engines, precisions, sizes, clip, style_path)
+        if output is not None:
+            with output.file() as f:
+                f.write(json.dumps(report, indent=1).encode())
+            output.commit()
+    finally:
+        if output is not None:
+            output.discard()  # a no-op once written
+    print_stdout(json.dumps(report, indent=1) if args.json == "-" else format_report(report))
+    return 0
+
+
+def json_output(args: argparse.Namespace, clip: Path | None, style_path: Path | None) -> AtomicOutput | None:
+    """``--json FILE`` taken before the minutes of timing: a folder, a missing or read-only folder, a file the
+    run reads, or another run writing it fail now, in one line; the results are written there at the end."""
+    from streamer.options import run_inputs
+
+    if args.json is None or args.json == "-":
+        return None
+    path = Path(args.json)
+    if path.is_dir():
+        raise InputError(f"--json {path} is a folder; give a file name, e.g. {path / 'bench.json'}")
+    if not path.parent.is_dir():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    clip_input = [("--clip video", clip)] if clip is not None else []
+    refuse_same_file([path], [*clip_input, *run_inputs(args, [style_path] if style_path is not None else [])])
+    return AtomicOutput(path)
+
+
+def measure(args: argparse.Namespace, device: torch.device, models: list[str], engines: list[str],
+            precisions: list[str], sizes: list, clip: Path | None, style_path: Path | None) -> dict:
+    """Every model x engine x precision x size timed in turns, and the end-to-end renders: the report."""
     machine = describe_machine()
     peak = measure_peak_gflops()
     log.info("machine: %s, %d cores; fp32 matmul peak %.0f GFLOP/s", machine["cpu"], machine["physical_cores"], peak)
@@ -300,17 +335,10 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:  # against the best ceiling seen in the whole run
         if r.gflops:
             r.peak_pct = round(100.0 * r.gflops / peak, 1)
-    report = {"machine": machine, "peak_gflops": round(peak, 1),
-              "clip": str(clip) if clip else None, "models": model_info,
-              "content": [asdict(r) for r in rows], "render": [asdict(r) for r in renders],
-              "upscale": bench_upscale(sizes, args)}
-    if args.json and args.json != "-":
-        Path(args.json).write_text(json.dumps(report, indent=1))
-    if args.json == "-":
-        print(json.dumps(report, indent=1))
-    else:
-        print(format_report(report))
-    return 0
+    return {"machine": machine, "peak_gflops": round(peak, 1),
+            "clip": str(clip) if clip else None, "models": model_info,
+            "content": [asdict(r) for r in rows], "render": [asdict(r) for r in renders],
+            "upscale": bench_upscale(sizes, args)}
 
 
 def _style_code(model: StyleModel, style_path: Path | None):

@@ -140,6 +140,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        ("styles", "style codes"), ("weights", "downloaded weights")):
         clear.add_argument(f"--{kind}", action="store_true", help=f"remove {what}")
     clear.add_argument("--all", action="store_true", help="remove all three")
+    clear.add_argument("--weights-dir", default=None,
+                       help="your own weights folder (also STREAMER_WEIGHTS_DIR): never cleared, wherever it is")
     clear.add_argument("-n", "--dry-run", action="store_true", help="say what would be removed, remove nothing")
     clear.set_defaults(run=run_clear)
 
@@ -158,18 +160,32 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"total    {human_size(total)}")
     root = weights_root(args.weights_dir)
     if root is not None:
-        size = human_size(tree_size(root)) if root.is_dir() else "does not exist"
+        size = human_size(tree_size(root)) if root.is_dir() else "a file, not a folder" if root.exists() \
+            else "does not exist"
         print(f"your weights folder {root}  ({size}; never cleared)")
     return 0
 
 
+def overlaps(a: Path, b: Path) -> bool:
+    """Whether one folder is the other or holds it (links resolved)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
 def run_clear(args: argparse.Namespace) -> int:
+    from engines.weights import weights_root
+
     named = [k for k in KINDS if args.all or getattr(args, k)]
     chosen = named or list(DEFAULT_CLEAR)
     folders = cache_folders()
     quiet = getattr(args, "quiet", False)
+    root = weights_root(getattr(args, "weights_dir", None))
     for kind in chosen:
         folder = folders[kind]
+        if root is not None and overlaps(folder.path, root):  # the folder the user pointed at, as cache info says
+            log.warning("%s: kept %s: it is (or holds, or is inside) your weights folder %s, which is never cleared",
+                        kind, folder.path, root)
+            continue
         if not folder.items:
             if not quiet:
                 print(f"{kind}: nothing cached ({folder.path})")

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from importlib import import_module
 
 from engines.backends.machine import reuse_freed_memory
 from engines.errors import StreamerError
+from streamer.fileutil import drop_stdout, flush_stdout
 from streamer.signals import exit_code, signal_number, stop_signals_interrupt, stopped_by
 
 log = logging.getLogger("streamer")
@@ -66,34 +66,56 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with stop_signals_interrupt():  # SIGTERM/SIGHUP take Ctrl-C's path (streamer.signals)
             code = int(args.run(args) or 0)
-            if sys.stdout is not None:
-                sys.stdout.flush()  # a reader that went away shows here, not as a traceback at exit
+            flush_stdout()  # a reader that went away, or a full disk, shows here, not as a traceback at exit
         return code
     except BrokenPipeError:
         return _stdout_closed()
     except StreamerError as exc:
-        print(f"streamer: error: {exc}", file=sys.stderr)
+        _tell(f"streamer: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt as exc:
         signum = signal_number(exc)
-        print(f"streamer: interrupted{stopped_by(signum)}", file=sys.stderr)
+        _tell(f"streamer: interrupted{stopped_by(signum)}")
         return exit_code(signum)
     except MemoryError:
-        print("streamer: error: out of memory; try a smaller --size or another --model", file=sys.stderr)
+        _tell(OUT_OF_MEMORY)
         return 2
     except Exception as exc:  # never a traceback for users; -vv shows it
+        if is_out_of_memory(exc):  # torch and OpenVINO raise RuntimeError for it, not MemoryError
+            log.debug("out of memory", exc_info=True)
+            _tell(OUT_OF_MEMORY)
+            return 2
         log.debug("internal error", exc_info=True)
-        print(f"streamer: internal error: {exc.__class__.__name__}: {exc} (run with -vv for details)", file=sys.stderr)
+        _tell(f"streamer: internal error: {exc.__class__.__name__}: {exc} (run with -vv for details)")
         return 1
+
+
+OUT_OF_MEMORY = "streamer: error: out of memory; try a smaller --size or another --model"
+#: how the runtimes word an allocation failure they raise as RuntimeError (torch CPU and CUDA, OpenVINO, oneDNN)
+_OOM_WORDS = ("out of memory", "bad_alloc", "cannot allocate memory", "failed to allocate", "not enough memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a runtime's way of saying it ran out of memory (its class or its words)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in _OOM_WORDS)
+
+
+def _tell(line: str) -> None:
+    """The last line on stderr. A stderr that cannot take it (closed, a gone reader, a full disk) must not turn
+    the exit code into 1: the line is dropped."""
+    if sys.stderr is None:
+        return
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        drop_stdout(sys.stderr)
 
 
 def _stdout_closed() -> int:
     """``| head`` stopped reading: end quietly, like a Unix tool stopped by SIGPIPE, with nothing on stderr."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not fail on the closed pipe again
-    except (OSError, ValueError, AttributeError):
-        pass
+    drop_stdout()  # Python's own flush at exit must not fail on the closed pipe again
     return EXIT_BROKEN_PIPE
 
 

@@ -538,11 +538,11 @@ def check_folder_on_cluster(args: argparse.Namespace) -> dict:
     src, dst = Path(args.input), Path(args.output)
     if args.mask:
         raise InputError("--mask works with a single image, not a folder")
-    from streamer.render import refuse_existing
+    from streamer.render import check_folder_outputs
 
     images = _style_images(args)
     tasks = folder_tasks(src, dst)
-    refuse_existing([t["dst"] for t in tasks], dst, args.overwrite)  # the local folder's rule
+    check_folder_outputs([(t["src"], t["dst"]) for t in tasks], dst, args)  # the local folder's rules
     return {"tasks": tasks, "images": images}
 
 

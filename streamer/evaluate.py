@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from engines.errors import InputError
 from streamer import flow as fl
+from streamer.fileutil import print_stdout
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,9 @@ def warping_errors(source: Iterable[np.ndarray], *videos: Iterable[np.ndarray], 
                                  "they must match frame for frame")
             cur.append(_match_size(frame, src.shape, names[k]))
         g = fl.gray(src)
+        if min(g.shape) < fl.MIN_FLOW_SIDE:
+            raise InputError(f"the warping error needs frames of at least {fl.MIN_FLOW_SIDE} px a side to measure "
+                             f"motion; these are {g.shape[1]}x{g.shape[0]}")
         if prev is not None:
             backward = estimator(g, prev_gray)
             valid = fl.consistent(backward, estimator(prev_gray, g))
@@ -252,18 +255,18 @@ def run(args: argparse.Namespace) -> int:
                             method=args.flow, names=[str(sty)])
     styl, floor = report.mean(report.videos[0]), report.mean(report.source)
     if args.json:
-        json.dump({"warping_error": styl, "source_warping_error": floor, "frames": report.frames,
-                   "pairs": report.pairs, "cuts": report.cuts, "flow": report.flow,
-                   "per_frame": [{"frame": i + 1, "stylized": e, "source": s, "valid_fraction": v}
-                                 for i, (e, s, v) in enumerate(zip(report.videos[0], report.source,
-                                                                   report.valid_fraction))]},
-                  sys.stdout, indent=1)
-        print()
+        print_stdout(json.dumps({"warping_error": styl, "source_warping_error": floor, "frames": report.frames,
+                                 "pairs": report.pairs, "cuts": report.cuts, "flow": report.flow,
+                                 "per_frame": [{"frame": i + 1, "stylized": e, "source": s, "valid_fraction": v}
+                                               for i, (e, s, v) in enumerate(zip(report.videos[0], report.source,
+                                                                                 report.valid_fraction))]},
+                                indent=1))
         return 0
     cuts = f", {len(report.cuts)} scene cut(s) skipped at frame {', '.join(map(str, report.cuts))}" \
         if report.cuts else ""
-    print(f"warping error: {styl:.6f}  ({report.frames} frames, {report.pairs} pairs{cuts}; flow {report.flow})")
-    print(f"source floor:  {floor:.6f}  (the same measure on the source itself)")
+    lines = [f"warping error: {styl:.6f}  ({report.frames} frames, {report.pairs} pairs{cuts}; flow {report.flow})",
+             f"source floor:  {floor:.6f}  (the same measure on the source itself)"]
     if floor > 0:
-        print(f"ratio:         {styl / floor:.2f}x the floor")
+        lines.append(f"ratio:         {styl / floor:.2f}x the floor")
+    print_stdout("\n".join(lines))
     return 0

@@ -17,6 +17,8 @@ import numpy as np
 DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
 FLOW_METHODS = ("dis", "farneback")
+#: the smallest side (px) of a grey image the flow is measured on: DIS refuses smaller ones
+MIN_FLOW_SIDE = 12
 
 
 def gray(rgb: np.ndarray, scale: float = 1.0) -> np.ndarray:

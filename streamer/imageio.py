@@ -1,6 +1,7 @@
 """Reading and writing still images the way a user expects: any mode, EXIF rotation, atomic writes."""
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: the longest side we accept: larger images are almost always a mistake and exhaust memory
 MAX_SIDE = 16384
 MAX_PIXELS = 100_000_000
+
+log = logging.getLogger(__name__)
 
 Image.MAX_IMAGE_PIXELS = None  # we apply our own, clearer limit below
 
@@ -48,8 +51,10 @@ def _to_rgb8(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """Any PIL mode -> (H, W, 3) uint8 RGB, plus the alpha channel when there is one."""
     alpha = None
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F" and arr.max() <= 1.0:
+            top = 1.0  # floating point pixels in 0..1 (scientific and HDR tools write them so)
         gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2), None
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -67,6 +72,9 @@ def load_image_with_alpha(path: str | Path, what: str = "image") -> tuple[np.nda
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
                 check_pixels(*img.size, what)
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:
+                    log.warning("%s %s holds %d pages or frames; only the first is used", what, path.name, frames)
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb8(img)
@@ -100,6 +108,19 @@ def load_mask(path: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, list
     return np.stack([labels == k for k in range(len(major))]), [int(v) for v in major]
 
 
+#: output formats with a smaller side limit than ours (MAX_SIDE): WebP's is 16383 px, JPEG's 65535
+FORMAT_MAX_SIDE = {".webp": 16383, ".jpg": 65535, ".jpeg": 65535}
+
+
+def check_output_size(path: str | Path, width: int, height: int) -> None:
+    """Fail before any work when the output's format cannot hold an image this large."""
+    path = Path(path)
+    limit = FORMAT_MAX_SIDE.get(path.suffix.lower())
+    if limit is not None and max(width, height) > limit:
+        raise InputError(f"a {path.suffix} image can be at most {limit} px a side, and {path.name} would be "
+                         f"{width}x{height}: use .png or .tif, or a smaller input")
+
+
 def check_output_path(path: str | Path) -> Path:
     """Fail before any work when the output cannot be written as an image."""
     path = Path(path)
@@ -121,8 +142,10 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
     fmt = Image.registered_extensions().get(path.suffix.lower())
     output = output if output is not None else AtomicOutput(path)
     try:
+        check_output_size(path, img.width, img.height)
         save_kwargs = {"quality": 95} if fmt == "JPEG" else {}
-        img.save(output.tmp_path, format=fmt, **save_kwargs)
+        with output.file() as f:
+            img.save(f, format=fmt, **save_kwargs)
         output.commit()
     except OSError as exc:
         output.discard()
@@ -133,3 +156,14 @@ def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = Non
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image_path(p) and not p.name.startswith("."))
+
+
+def not_files(folder: Path) -> list[tuple[Path, str]]:
+    """Entries of ``folder`` named like images that are no image file: a dangling link, a FIFO, a socket or a
+    device, with what each is. Found by their status alone: opening a FIFO would wait for a writer forever."""
+    odd = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not is_image_path(p) or p.is_file() or p.is_dir():
+            continue
+        odd.append((p, "a link to nothing" if p.is_symlink() and not p.exists() else "not a regular file"))
+    return odd

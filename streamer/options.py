@@ -199,6 +199,21 @@ def expand_style_paths(items: list[str], style_size: int | None = None) -> list[
     return paths
 
 
+def run_inputs(args: argparse.Namespace, style_paths: list[Path]) -> list[tuple[str, Path]]:
+    """What a stylizing command reads besides its content: each style image, the mask, the decoder and every
+    model's weight files (user folder and cache), as (what, path): no output may be one of them
+    (streamer.fileutil.refuse_same_file)."""
+    from engines.weights import weight_file_places
+
+    found = [("style image", p) for p in style_paths]
+    for flag, what in (("mask", "mask"), ("decoder", "--decoder file")):
+        if getattr(args, flag, None):
+            found.append((what, Path(getattr(args, flag))))
+    weights_dir = getattr(args, "weights_dir", None)
+    found += [("weights file", p) for name in MODEL_NAMES for p in weight_file_places(name, weights_dir)]
+    return found
+
+
 @dataclass
 class Style:
     name: str

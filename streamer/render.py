@@ -15,12 +15,12 @@ from engines.errors import InputError
 from engines.progress import tqdm_disable
 from engines.stylizer import Stylizer, back_to_source, resize_short_side
 from streamer import video
-from streamer.fileutil import AtomicOutput, FolderLock, make_output_folder
-from streamer.imageio import (check_output_path, image_size, is_image_path, list_images, load_image_with_alpha,
-                              load_mask, save_image)
+from streamer.fileutil import AtomicOutput, FolderLock, make_output_folder, refuse_same_file
+from streamer.imageio import (check_output_path, check_output_size, image_size, is_image_path, list_images,
+                              load_image_with_alpha, load_mask, not_files, save_image)
 from streamer.options import (Style, add_model_options, add_style_options, add_upscale_option, alpha_value,
                               build_stylizer, check_short_side, check_style_weights, expand_style_paths,
-                              fit_short_side, load_styles, mixed_code)
+                              fit_short_side, load_styles, mixed_code, run_inputs)
 from streamer.signals import exit_code, signal_number, stopped_by
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
         check_regions(len(load_mask(args.mask, (height, width))[0]), len(style_paths))
     if dst.is_dir():
         dst = dst / f"{src.stem}.png"
-    output = AtomicOutput(check_output_path(dst), overwrite=args.overwrite)  # fail now: exists, busy, read-only
+    check_output_size(check_output_path(dst), width, height)
+    refuse_same_file([dst], [("input image", src), *run_inputs(args, style_paths)])
+    output = AtomicOutput(dst, overwrite=args.overwrite)  # fail now: exists, busy, read-only
     try:
         stylizer = build_stylizer(args)
         styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
@@ -102,11 +104,15 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
     """Every image of ``src`` into ``dst``. An unreadable file is skipped with a warning and the rest rendered;
     the end says how many, and exits 2 if any was skipped. Ctrl-C/SIGTERM keep the images finished so far."""
     jobs = folder_jobs(src, dst)
-    refuse_existing([d for _, d in jobs], dst, args.overwrite)
+    check_folder_outputs(jobs, dst, args)
     created = make_output_folder(dst)
     lock = FolderLock(dst)  # a second folder render into dst refuses
     done: list[Path] = []
     skipped: list[tuple[Path, str]] = []
+    for path, what in not_files(src):  # never opened: a FIFO would block the render
+        log.warning("skipped: %s is %s", path, what)
+        skipped.append((path, what))
+    total = len(jobs) + len(skipped)
     try:
         stylizer = build_stylizer(args)
         styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
@@ -116,6 +122,7 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
             for in_path, out_path in bar:
                 output = AtomicOutput(out_path, overwrite=args.overwrite)
                 try:
+                    check_output_size(out_path, *image_size(in_path, "input image"))
                     out, alpha_channel = render_file(stylizer, in_path, styles, code, args)
                 except InputError as exc:  # this file only: say so, go on with the others
                     log.warning("skipped: %s", exc)
@@ -129,7 +136,7 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
                 log.info("wrote %s (%dx%d)", out_path, out.shape[1], out.shape[0])
     except KeyboardInterrupt as exc:
         signum = signal_number(exc)
-        kept = f"{len(done)} of {len(jobs)} images are in {dst}" if done else "no image was finished"
+        kept = f"{len(done)} of {total} images are in {dst}" if done else "no image was finished"
         print(f"streamer: interrupted{stopped_by(signum)}: {kept}", file=sys.stderr)
         return exit_code(signum)
     finally:
@@ -138,9 +145,17 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
             with contextlib.suppress(OSError):
                 dst.rmdir()  # nothing written: leave no empty folder behind
     if skipped:
-        raise InputError(skipped_summary([p.name for p, _ in skipped], len(jobs), len(done), dst))
+        raise InputError(skipped_summary([p.name for p, _ in skipped], total, len(done), dst))
     log.info("wrote %d images into %s", len(done), dst)
     return 0
+
+
+def check_folder_outputs(jobs: list[tuple[Path, Path]], folder: Path, args: argparse.Namespace) -> None:
+    """Before any work: no output is an input (an image of the folder itself, a style, the mask...), whatever
+    ``--overwrite`` says, and none is there already unless ``--overwrite``."""
+    inputs = [*(("input image", s) for s, _ in jobs), *run_inputs(args, expand_style_paths(args.style))]
+    refuse_same_file([d for _, d in jobs], inputs)
+    refuse_existing([d for _, d in jobs], folder, args.overwrite)
 
 
 def refuse_existing(outputs: list[Path], folder: Path, overwrite: bool) -> None:

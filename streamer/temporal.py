@@ -151,6 +151,7 @@ class TemporalStabilizer:
         self._pending: deque[tuple[np.ndarray, Future]] = deque()
         self._last_prepared: Future | None = None
         self.cuts = 0
+        self._said_small = False
         self.reset()
 
     def reset(self) -> None:
@@ -180,8 +181,8 @@ class TemporalStabilizer:
     def _motion(self, source_rgb: np.ndarray, prev_gray: np.ndarray | None,
                 flow: fl.FlowEstimator | None = None) -> Motion:
         g = fl.gray(source_rgb, self.flow_scale)
-        if prev_gray is None or prev_gray.shape != g.shape:
-            return Motion(g)
+        if prev_gray is None or prev_gray.shape != g.shape or min(g.shape) < fl.MIN_FLOW_SIDE:
+            return Motion(g)  # nothing to compare with, or too few pixels for DIS to measure motion
         flow = flow or self._flow  # one estimator per thread: OpenCV's DIS object keeps state
         backward, forward = flow(g, prev_gray), flow(prev_gray, g)
         residual = fl.motion_residual(g, prev_gray, backward)
@@ -201,6 +202,12 @@ class TemporalStabilizer:
         out = stylized_rgb
         if self.strength == 0.0:
             return out
+        if min(motion.gray.shape) < fl.MIN_FLOW_SIDE and not self._said_small:
+            h, w = source_rgb.shape[:2]
+            log.warning("--temporal needs frames of at least %d px a side to follow motion; these are %dx%d, so "
+                        "they are written as stylized, without smoothing", round(fl.MIN_FLOW_SIDE / self.flow_scale),
+                        w, h)
+            self._said_small = True
         if self._prev_out is not None and (motion.cut or self._prev_out.shape != out.shape):
             if motion.cut:
                 self.cuts += 1

@@ -33,7 +33,8 @@ from engines.stylizer import resize_short_side
 from engines.training import (DecoderTrainer, StepLosses, atomic_torch_save, batch_tensor, crop_at, read_checkpoint,
                               reset_decoder, sample_plan)
 from streamer.imageio import IMAGE_SUFFIXES, is_image_path, save_image
-from streamer.options import pick_device
+from streamer.fileutil import refuse_same_file
+from streamer.options import pick_device, run_inputs
 
 log = logging.getLogger(__name__)
 
@@ -296,10 +297,11 @@ def _check_numbers(args: argparse.Namespace, config: dict[str, Any], factor: int
                          f"not {crop}")
     if config["content_size"] < crop:
         raise InputError(f"--content-size ({config['content_size']}) must be at least --crop ({crop})")
-    if not (config["lr"] > 0 and math.isfinite(config["lr"])):
-        raise InputError(f"--lr must be a positive number, not {config['lr']:g}")
-    if config["lr_decay"] < 0 or config["style_weight"] < 0:
-        raise InputError("--lr-decay and --style-weight must not be negative")
+    for flag, key, least in (("--lr", "lr", "greater than 0"), ("--lr-decay", "lr_decay", "0 or more"),
+                             ("--style-weight", "style_weight", "0 or more")):
+        value = config[key]  # nan fails every comparison: test for what is allowed, not for what is not
+        if not (math.isfinite(value) and (value > 0 if key == "lr" else value >= 0)):
+            raise InputError(f"{flag} must be a finite number {least}, not {value:g}")
 
 
 def _prepare_out(out: Path, resume: bool) -> Path | None:
@@ -390,6 +392,9 @@ def _run(args: argparse.Namespace) -> int:
     contents = ImageSet(config["content"], "--content", config["content_size"], exclude=out)
     styles = ImageSet(config["style"], "--style", config["content_size"], exclude=out)
     log.info("%s; %s", contents.describe(), styles.describe())
+    refuse_same_file([out / name for name in (CHECKPOINT, DECODER, LOSSES, PREVIEW)],
+                     [*(("--content image", p) for p in contents.paths), *(("--style image", p) for p in styles.paths),
+                      *run_inputs(args, [])])
     model = load_model(args.model, args.weights_dir)
     _make_out(out)
 

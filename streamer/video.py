@@ -27,12 +27,12 @@ from engines.progress import bars_enabled, tqdm_disable
 from engines.models import StyleCode
 from engines.stylizer import Stylizer, back_to_source, resize_short_side, short_side_shape
 from engines.upscale import UPSCALE_METHODS
-from streamer.fileutil import AtomicOutput, check_overwrite
+from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
 from streamer.pipeline import ThreadedPipeline, run_in_thread
 from streamer.signals import exit_code, signal_number, stopped_by
 from streamer.temporal import add_temporal_options, make_temporal
-from streamer.videoio import (CONTAINERS, DEFAULT_PRESET, PRESET_NAMES, VideoInfo, VideoWriter, check_output,
-                              open_video, video_stream)
+from streamer.videoio import (CONTAINERS, DEFAULT_PRESET, PRESET_NAMES, VideoInfo, VideoWriter, check_encoder,
+                              check_output, open_video, video_stream)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,9 @@ def encoder_options(args: argparse.Namespace, dst: Path) -> dict:
     model loads: {codec (resolved: auto -> H.264, or VP9 for WebM), crf, preset}."""
     if args.crf < 0 or args.crf > 63:
         raise InputError("--crf must be between 0 and 63 (x264: 0-51)")
-    return {"codec": check_output(dst, args.codec), "crf": args.crf, "preset": args.preset}
+    codec = check_output(dst, args.codec)
+    check_encoder(dst, codec, args.crf, args.preset)
+    return {"codec": codec, "crf": args.crf, "preset": args.preset}
 
 
 def add_video_options(p: argparse.ArgumentParser) -> None:
@@ -105,7 +107,8 @@ class _Decoded:
 
 def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, max_frames: int | None,
             report: _Decoded, batch: int = 0, window=None) -> Iterator[tuple[str, Any, int | None]]:
-    """Demux in file order: ("audio", packet, None) and ("video", (rgb at working size, rgb as decoded), pts).
+    """Demux in file order: ("audio", packet, None) for audio and subtitle packets and ("video", (rgb at
+    working size, rgb as decoded), pts).
 
     ``window`` (a :class:`streamer.chunks.Chunk`: one piece of a cluster render): seek to its keyframe, yield
     ("warm", rgb, pts) for its warm-up frames, then its frames, no audio, and stop at its end.
@@ -117,7 +120,7 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
     """
     vstream = video_stream(container, info)
     vstream.thread_type = "AUTO"
-    streams = [vstream, *container.streams.audio] if window is None else [vstream]
+    streams = [vstream, *container.streams.audio, *container.streams.subtitles] if window is None else [vstream]
     if window is not None and window.seek_pts > 0:
         container.seek(window.seek_pts, stream=vstream, backward=True)
     step = 1 / (info.fps * info.time_base)  # one frame in time-base units, for frames without a pts
@@ -135,7 +138,7 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
         held_audio.clear()
 
     for packet in container.demux(*streams):
-        if packet.stream.type == "audio":
+        if packet.stream.type != "video":  # audio and subtitles: copied, in file order
             if held:
                 held_audio.append(packet)
             else:
@@ -255,7 +258,8 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         writer = run_in_thread(lambda: VideoWriter(dst, info.width, info.height, info.fps, codec=codec, crf=crf,
                                                    time_base=info.time_base, preset=preset,
                                                    audio_from=container if window is None else None,
-                                                   threads=x264_threads, rotation=info.rotation, output=output),
+                                                   threads=x264_threads, rotation=info.rotation, output=output,
+                                                   subtitles=window is None),
                                nice=HELPER_NICE, name="open-encoder", undo=lambda w: w.abort())
         pipeline = ThreadedPipeline(_decode(container, info, size, max_frames, decoded, batch, window),
                                     [stylize, encode],
@@ -309,8 +313,9 @@ def check_video_job(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any
         raise InputError("--mask works with still images only, not with video")
     if args.max_frames is not None and args.max_frames <= 0:
         raise InputError("--max-frames must be a positive number of frames")
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise InputError("the output would replace the input video; choose another output name")
+    from streamer.options import expand_style_paths, run_inputs
+
+    refuse_same_file([dst], [("input video", src), *run_inputs(args, expand_style_paths(args.style))])
     check_overwrite(dst, args.overwrite)
     encoder = encoder_options(args, dst)
     container, info = open_video(src)  # fail on a broken input before loading any model

@@ -80,11 +80,44 @@ def check_output(path: Path, codec: str = "auto") -> str:
         raise InputError(f"'{codec}' is not a video codec")
     with av.open(io.BytesIO(), "w", format=fmt) as probe:
         if encoder.name not in probe.supported_codecs:
-            raise InputError(f"a {path.suffix} file cannot hold {codec} video; use another codec (--codec) "
-                             f"or container (e.g. .mkv)")
+            other = "" if fmt == "matroska" else " or container (e.g. .mkv)"
+            raise InputError(f"a {path.suffix} file cannot hold {codec} video; use another codec (--codec){other}")
     if not path.parent.is_dir():
         raise InputError(f"output folder does not exist: {path.parent}")
     return codec
+
+
+def check_encoder(path: Path, codec: str, crf: int = 18, preset: str | None = None, pix_fmt: str = "yuv420p") -> None:
+    """Open ``codec`` once, with the settings a writer will give it, on a small file in memory: an encoder that
+    refuses them (MJPEG wants full-range YUV, a CRF beyond x264's 51, a GPU encoder without its GPU) fails here,
+    before any model loads, in one line."""
+    fmt = _container_format(Path(path))
+    try:
+        with av.open(io.BytesIO(), "w", format=fmt) as probe:
+            stream = probe.add_stream(codec, rate=25, options=encoder_settings(codec, crf, preset))
+            stream.codec_context.width, stream.codec_context.height = 64, 64
+            stream.codec_context.pix_fmt = pix_fmt
+            probe.start_encoding()
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0] or exc.__class__.__name__
+        quality = f", --crf {crf}" if codec in _CRF_CODECS else ""
+        raise InputError(f"the {codec} encoder cannot write this output ({pix_fmt} video{quality}, into a "
+                         f"{Path(path).suffix} file: {reason}); use another --codec, e.g. libx264") from None
+
+
+def encoder_settings(codec: str, crf: int, preset: str | None, realtime: bool = False) -> dict[str, str]:
+    """The encoder's private options for the quality and speed flags, keyed by what each encoder understands."""
+    options: dict[str, str] = {}
+    if codec in _CRF_CODECS:
+        options["crf"] = str(crf)
+    if codec.startswith("libvpx"):
+        options.update({"b": "0", "deadline": "realtime" if realtime else "good",
+                        "cpu-used": "8" if realtime else "4", "row-mt": "1"})
+    if codec in X264_PRESETS:
+        options["preset"] = preset or DEFAULT_PRESET
+    if codec == "libx265":  # x265 prints its banner and [info] lines straight to stderr, past FFmpeg's log
+        options["x265-params"] = f"log-level={_codec_log_level()}"
+    return options
 
 
 def _subsampled(pix_fmt: str) -> tuple[bool, bool]:
@@ -129,9 +162,10 @@ class VideoWriter:
 
     ``time_base`` is the unit of ``write``'s ``pts`` (default ``1/fps``); give the source stream's time base
     and its frames' pts to keep every timestamp, including variable frame rate. ``audio_from``: an open
-    input container whose audio streams are carried over; feed its packets to :meth:`mux_audio` in
-    demux order (copied when the container accepts the codec, re-encoded otherwise). ``rotation``: degrees
-    counter-clockwise players should turn the picture (copied from a phone video's display matrix).
+    input container whose audio (and with ``subtitles``, subtitle) streams are carried over; feed its packets
+    to :meth:`mux_audio` in demux order (copied when the container accepts the codec, audio re-encoded otherwise).
+    ``rotation``: degrees counter-clockwise players should turn the picture (copied from a phone video's display
+    matrix).
     ``preset``: x264/x265 speed preset (default ``veryfast``); ``threads``: encoder threads (default: FFmpeg's).
     ``realtime``: the encoder keeps up with a live source (VP9's realtime deadline; x264 has its preset).
     ``output``: an :class:`~streamer.fileutil.AtomicOutput` taken earlier (default: one is taken here).
@@ -141,7 +175,7 @@ class VideoWriter:
                  crf: int = 18, pix_fmt: str = "yuv420p", time_base: fractions.Fraction | None = None,
                  audio_from: av.container.InputContainer | None = None, *, preset: str | None = None,
                  threads: int | None = None, faststart: bool = True, rotation: int = 0,
-                 realtime: bool = False, output: AtomicOutput | None = None) -> None:
+                 realtime: bool = False, output: AtomicOutput | None = None, subtitles: bool = False) -> None:
         self.path = Path(path)
         if width <= 0 or height <= 0:
             raise InputError(f"cannot write a {width}x{height} video")
@@ -174,7 +208,7 @@ class VideoWriter:
             if rotation:
                 self.stream.set_display_rotation(rotation)  # players turn it, as they did the source
             if audio_from is not None:
-                self._add_audio_streams(audio_from)
+                self._add_audio_streams(audio_from, subtitles)
             self.container.start_encoding()  # fail now, not after the first frame, on bad combinations
         except InputError:
             self.abort()
@@ -191,17 +225,7 @@ class VideoWriter:
     # -- setup -------------------------------------------------------------------------------------
     def _add_video_stream(self, codec: str, crf: int, pix_fmt: str, preset: str | None, threads: int | None,
                           realtime: bool = False) -> None:
-        options: dict[str, str] = {}
-        if codec in _CRF_CODECS:
-            options["crf"] = str(crf)
-        if codec.startswith("libvpx"):
-            options.update({"b": "0", "deadline": "realtime" if realtime else "good",
-                            "cpu-used": "8" if realtime else "4", "row-mt": "1"})
-        if codec in X264_PRESETS:
-            options["preset"] = preset or DEFAULT_PRESET
-        if codec == "libx265":  # x265 prints its banner and [info] lines straight to stderr, past FFmpeg's log
-            options["x265-params"] = f"log-level={_codec_log_level()}"
-        stream = self.container.add_stream(codec, rate=self.fps, options=options)
+        stream = self.container.add_stream(codec, rate=self.fps, options=encoder_settings(codec, crf, preset, realtime))
         ctx = stream.codec_context
         ctx.width, ctx.height = self.width + self.pad_w, self.height + self.pad_h
         try:
@@ -217,7 +241,7 @@ class VideoWriter:
             ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range = 1, 1, 1, 1  # BT.709, limited range
         self.stream = stream
 
-    def _add_audio_streams(self, source: av.container.InputContainer) -> None:
+    def _add_audio_streams(self, source: av.container.InputContainer, subtitles: bool = False) -> None:
         supported = self.container.supported_codecs
         for in_stream in source.streams.audio:
             name = in_stream.codec_context.name
@@ -245,6 +269,14 @@ class VideoWriter:
             self._reencode[in_stream.index] = (decoder, out)
             log.info("audio stream %d: %s cannot go into %s, re-encoding to %s", in_stream.index, name,
                      self.path.suffix, target)
+        for in_stream in source.streams.subtitles if subtitles else ():  # copied as they are, where the container
+            # takes them
+            name = in_stream.codec_context.name
+            if name in supported:
+                self._audio[in_stream.index] = self.container.add_stream_from_template(in_stream)
+            else:
+                log.warning("subtitle stream %d (%s) cannot go into a %s file; it is left out (a .mkv file holds it)",
+                            in_stream.index, name, self.path.suffix)
 
     # -- writing -----------------------------------------------------------------------------------
     def write(self, frame_rgb: np.ndarray, pts: int | None = None) -> None:
@@ -269,7 +301,8 @@ class VideoWriter:
         self.frames += 1
 
     def mux_audio(self, packet: av.Packet) -> None:
-        """Copy an audio packet from ``audio_from``'s stream (or re-encode it, see the class doc)."""
+        """Copy an audio or subtitle packet from ``audio_from``'s stream (audio may be re-encoded, see the class
+        doc); a packet of a stream that was left out is dropped."""
         index = packet.stream.index
         if index in self._audio:
             if packet.dts is None and packet.pts is None:

@@ -84,6 +84,20 @@ def run(weights_dir: Path, capsys):
 
 
 @pytest.fixture()
+def no_model(monkeypatch):
+    """Loading a model, building an engine or starting a benchmark fails the test: the error must have come before."""
+    import streamer.bench
+    import streamer.options
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    for module, name in ((streamer.options, "load_model"), (streamer.options, "create_engine"),
+                         (streamer.bench, "load_bench_model"), (streamer.bench, "measure_peak_gflops")):
+        monkeypatch.setattr(module, name, loaded)
+
+
+@pytest.fixture()
 def fake_model():
     """Commands use an InvertingStylizer (tests.fakes) instead of loading a network."""
     from streamer.options import stand_in_model

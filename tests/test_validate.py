@@ -10,24 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import streamer.bench
-import streamer.options
 from engines.stylizer import Stylizer
 from streamer.cli import build_parser, main, setup_logging
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def no_model(monkeypatch):
-    """Loading a model or building an engine fails the test: the error must have come before."""
-
-    def loaded(*args, **kwargs):
-        raise AssertionError("a model was loaded before the arguments were checked")
-
-    for module, name in ((streamer.options, "load_model"), (streamer.options, "create_engine"),
-                         (streamer.bench, "load_bench_model"), (streamer.bench, "measure_peak_gflops")):
-        monkeypatch.setattr(module, name, loaded)
 
 
 @pytest.fixture()

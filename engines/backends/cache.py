@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -77,6 +78,10 @@ class EngineCache:
         meta = path.with_name(path.name + ".json")
         if not path.exists():
             return None
+        if path.is_dir():  # something made a folder at the entry's name: it cannot be ours, and blocks the rename
+            log.warning("engine cache entry %s is a folder, not a built engine; removed it, rebuilding", path.name)
+            self.remove(path)
+            return None
         try:
             recorded = json.loads(meta.read_text())
         except (OSError, ValueError):
@@ -130,9 +135,13 @@ class EngineCache:
 
     @staticmethod
     def remove(path: Path) -> None:
+        """An entry and its sidecar, files or (a stray) folder; what cannot be removed stays."""
         for p in (path, path.with_name(path.name + ".json")):
-            with contextlib.suppress(OSError):
-                p.unlink()
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
 
 def first_line(exc: BaseException, limit: int = 120) -> str:

@@ -48,7 +48,19 @@ def _fill(module: nn.Module, path: Path, what: str) -> None:
     state = load_state_dict(path)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     check_layout(state, expected, what, path)
+    check_finite({k: state[k] for k in expected}, path)
     module.load_state_dict({k: state[k] for k in expected})
+
+
+def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity (a diverged training run, a damaged file): they load without
+    complaint and render a flat image, so they are as corrupt as a file that does not parse."""
+    from engines.errors import WeightsError
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise WeightsError(f"weights file is corrupt: {path} holds NaN or infinite values in '{bad[0]}'{more}")
 
 
 def _load(cls: type[StyleModel], files: dict[str, Path]) -> StyleModel:

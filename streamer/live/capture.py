@@ -242,14 +242,22 @@ class CvSource:
         if frame is not None:
             return frame
         if self.kind == "file":
-            if not self.loop:
-                return None
-            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            frame = self._grab()
-            if frame is None:
-                return None
-            return frame
+            return self._rewind() if self.loop else None
         return self._recover()
+
+    def _rewind(self) -> np.ndarray | None:
+        """``--loop``: the file's first frame again. Seeking back fails on some files (one with a single frame
+        among them), so it is opened again then; None only when it no longer gives any frame."""
+        self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        frame = self._grab()
+        if frame is None:
+            self.release()
+            try:
+                self._open()
+            except InputError:  # removed or replaced meanwhile
+                return None
+            frame = self._grab()
+        return frame
 
     def _recover(self) -> np.ndarray:
         """A camera/stream read failed: a few more reads, then re-open a few times, then give up clearly."""

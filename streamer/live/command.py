@@ -22,7 +22,7 @@ import torch
 
 from engines.errors import DeviceError, InputError
 from engines.stylizer import short_side_shape
-from streamer.fileutil import AtomicOutput, check_overwrite
+from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
 from streamer.live.capture import open_source, parse_size
 from streamer.live.hotkeys import LiveState
 from streamer.live.outputs import Output, Recording, VirtualCamera, Window, display_problem, open_window
@@ -30,7 +30,7 @@ from streamer.live.session import LiveSession, stylize_frame
 from streamer.live.sizing import Sizing, ladder, start
 from streamer.options import (add_model_options, add_style_options, add_upscale_option, alpha_value, build_stylizer,
                               check_live_precision, check_short_side, expand_style_paths, fit_short_side, load_styles,
-                              pick_device)
+                              pick_device, run_inputs)
 from streamer.temporal import add_temporal_options, make_temporal
 from streamer.video import add_encoder_options, encoder_options
 
@@ -143,6 +143,9 @@ def run(args: argparse.Namespace) -> int:
     out_size = parse_size(args.out_size, "--out-size")
     style_paths = expand_style_paths(args.style, args.style_size)
     temporal = make_temporal(args)
+    if args.record:  # never onto the source file, a style, the decoder...
+        source_file = [("--source video", Path(args.source))] if Path(args.source).is_file() else []
+        refuse_same_file([args.record], [*source_file, *run_inputs(args, style_paths)])
     # the recording's file (and its lock) first: a read-only folder or another run on it fails before the model
     record_output = AtomicOutput(args.record, overwrite=args.overwrite) if args.record else None
     try:

@@ -283,10 +283,13 @@ def register_vcam_backend(spec: str | None) -> str | None:
     if ":" not in spec:
         return spec
     module_name, attr = spec.split(":", 1)
+    if not module_name.strip() or not attr.isidentifier():
+        raise InputError(f"virtual camera backend '{spec}' must look like module:Class (e.g. mypkg.cams:MyCamera), "
+                         "or be a backend name")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise InputError(f"virtual camera backend '{spec}' cannot be loaded: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a user's module may raise anything while importing
+        raise InputError(f"virtual camera backend '{spec}' cannot be loaded: {exc.__class__.__name__}: {exc}") from None
     pyvirtualcam.register_backend(attr, cls)
     return attr
 
@@ -307,6 +310,7 @@ class VirtualCamera:
             raise InputError(f"unknown virtual camera backend '{backend}'; known: "
                              f"{', '.join(pyvirtualcam.camera.BACKENDS) or 'none on this system'}")
         self.size = (width, height)
+        self.failed = False
         try:
             self.cam = pyvirtualcam.Camera(width, height, fps, fmt=pyvirtualcam.PixelFormat.RGB, device=device,
                                            backend=backend)
@@ -317,10 +321,22 @@ class VirtualCamera:
         log.info("virtual camera: %s (%s) %dx%d at %g fps", self.cam.device, self.cam.backend, width, height, fps)
 
     def send(self, frame_rgb: np.ndarray) -> None:
-        self.cam.send(np.ascontiguousarray(resize_to(frame_rgb, self.size)))
+        """One frame; a camera that stops taking them (device removed, driver unloaded) ends the session: exit 3."""
+        try:
+            self.cam.send(np.ascontiguousarray(resize_to(frame_rgb, self.size)))
+        except Exception as exc:  # noqa: BLE001 - pyvirtualcam's backends raise whatever their driver does
+            self.failed = True
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise DeviceError(f"the virtual camera {self.cam.device} stopped taking frames ({reason}): it was "
+                              "removed or its driver unloaded") from None
 
     def close(self) -> None:
-        self.cam.close()
+        try:
+            self.cam.close()
+        except Exception:  # noqa: BLE001 - a camera that already failed may fail to close too: said once, in send
+            self.cam._backend = None  # noqa: SLF001 - else pyvirtualcam closes it again when collected, and prints
+            if not self.failed:
+                raise
 
     def abort(self) -> None:
         self.cam.close()  # nothing to undo: a virtual camera keeps no frames

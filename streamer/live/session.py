@@ -280,16 +280,17 @@ class LiveSession:
         """What the outputs show now (with --motion, maybe a carried frame), without the HUD, as a PNG."""
         if self.shown is None:
             return None
+        from streamer.fileutil import numbered_output
         from streamer.imageio import save_image
 
-        self._snapshots += 1
-        name = time.strftime("streamer-%Y%m%d-%H%M%S") + f"-{self._snapshots:03d}.png"
-        path = self.snapshot_dir / name
-        try:
-            save_image(path, self.shown.image)
+        try:  # never over a file already there: another session's, in the same second
+            output, self._snapshots = numbered_output(self.snapshot_dir / time.strftime("streamer-%Y%m%d-%H%M%S"),
+                                                      ".png", self._snapshots + 1)
+            save_image(output.path, self.shown.image, output=output)
         except InputError as exc:
             log.warning("snapshot failed: %s", exc)
             return None
+        path = output.path
         log.info("snapshot: %s", path)
         return path
 
