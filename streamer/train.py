@@ -11,10 +11,7 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
-import tempfile
-import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,8 +30,9 @@ from engines.stylizer import resize_short_side
 from engines.training import (DecoderTrainer, StepLosses, atomic_torch_save, batch_tensor, crop_at, read_checkpoint,
                               reset_decoder, sample_plan)
 from streamer.imageio import IMAGE_SUFFIXES, is_image_path, save_image
-from streamer.fileutil import refuse_same_file
+from streamer.fileutil import AtomicOutput, refuse_same_file
 from streamer.options import pick_device, run_inputs
+from streamer.signals import exit_code, signal_number, stop_after_step, stopped_by
 
 log = logging.getLogger(__name__)
 
@@ -341,33 +339,7 @@ def _read_losses(path: Path, upto: int) -> list[dict[str, Any]]:
 
 
 def _rewrite_losses(path: Path, records: list[dict[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, path)
-
-
-class _StopFlag:
-    """Ctrl-C (or SIGTERM) asks the loop to stop after the current iteration; a second one stops at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopFlag":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+    AtomicOutput(path).write_all("".join(json.dumps(r) + "\n" for r in records).encode())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -437,7 +409,7 @@ def _run(args: argparse.Namespace) -> int:
     bar = tqdm(total=args.iterations, initial=trainer.iteration, desc="train", unit="it", file=sys.stderr,
                dynamic_ncols=True, disable=None)
     try:
-        with _StopFlag() as stop, ThreadPoolExecutor(1, thread_name_prefix="train-data") as pool, \
+        with stop_after_step() as stop, ThreadPoolExecutor(1, thread_name_prefix="train-data") as pool, \
                 losses_path.open("a" if saved else "w") as losses_file:
             upcoming: Future = pool.submit(batch_for, trainer.iteration)
             while trainer.iteration < args.iterations and not stop.requested:
@@ -462,20 +434,22 @@ def _run(args: argparse.Namespace) -> int:
                     write_preview(out / PREVIEW, trainer, preview_c, preview_s, records, config["style_weight"])
             upcoming.cancel()
             save_all("final")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a second stop signal: the step was cut
         bar.close()
-        print(f"streamer: interrupted at iteration {trainer.iteration}; the last checkpoint in {out} is kept "
-              f"(continue with --resume)", file=sys.stderr)
-        return 130
+        signum = signal_number(exc)
+        kept = (f"the last checkpoint in {out} is kept (continue with --resume)" if (out / CHECKPOINT).is_file()
+                else "no checkpoint was written yet")
+        print(f"streamer: interrupted{stopped_by(signum)} at iteration {trainer.iteration}; {kept}", file=sys.stderr)
+        return exit_code(signum)
     finally:
         bar.close()
     rate = (trainer.iteration - start_it) / max(time.perf_counter() - started, 1e-9)
     if contents.skipped or styles.skipped:
         log.info("skipped unreadable images: %d content, %d style", contents.skipped, styles.skipped)
     if stop.requested and trainer.iteration < args.iterations:
-        print(f"streamer: interrupted at iteration {trainer.iteration}; checkpoint written to {out / CHECKPOINT} "
-              f"(continue with --resume)", file=sys.stderr)
-        return 130
+        print(f"streamer: interrupted{stopped_by(stop.signum)} at iteration {trainer.iteration}; checkpoint written "
+              f"to {out / CHECKPOINT} (continue with --resume)", file=sys.stderr)
+        return exit_code(stop.signum)
     log.info("done: %d iterations (%.2f it/s); decoder written to %s (use it with --model %s --decoder %s)",
              trainer.iteration, rate, out / DECODER, args.model, out / DECODER)
     return 0

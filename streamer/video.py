@@ -33,6 +33,7 @@ from streamer.signals import exit_code, signal_number, stopped_by
 from streamer.temporal import add_temporal_options, make_temporal
 from streamer.videoio import (CONTAINERS, DEFAULT_PRESET, PRESET_NAMES, VideoInfo, VideoWriter, check_encoder,
                               check_output, open_video, video_stream)
+from streamer.videoread import BestEffortPts
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class RenderStats:
     #: seconds each pipeline thread spent working (decode, stylize, encode): stylize / seconds near 1 means
     #: the render ran at the engine's speed
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: video packets that could not be decoded (skipped, said once by the caller)
+    bad_packets: int = 0
 
 
 # -- decoding (first thread) ---------------------------------------------------------------------
@@ -123,7 +126,8 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
     streams = [vstream, *container.streams.audio, *container.streams.subtitles] if window is None else [vstream]
     if window is not None and window.seek_pts > 0:
         container.seek(window.seek_pts, stream=vstream, backward=True)
-    step = 1 / (info.fps * info.time_base)  # one frame in time-base units, for frames without a pts
+    step = 1 / (info.fps * info.time_base)  # one frame in time-base units, for frames without any timestamp
+    best_effort = BestEffortPts()
     held: list[np.ndarray] = []
     held_pts: list[int] = []
     held_audio: list[av.Packet] = []
@@ -147,11 +151,14 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
         try:
             frames = packet.decode()
         except av.FFmpegError as exc:
-            report.bad_packets += 1
+            if window is None or packet.pts is None or window.start_pts <= packet.pts and not window.is_after(packet.pts):
+                report.bad_packets += 1  # a chunk counts only its own frames' packets, as the whole file would
             log.debug("undecodable video packet skipped: %s", exc)
             continue
         for frame in frames:
-            pts = frame.pts if frame.pts is not None else round(report.frames * step)
+            pts = best_effort(frame.pts, frame.dts)
+            if pts is None:
+                pts = round(report.frames * step)
             if window is not None and (pts < window.warm_pts or window.is_after(pts)):
                 if window.is_after(pts):
                     yield from flush()
@@ -276,9 +283,9 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         # every thread has stopped here: the writer is ours alone
         log.debug("busy seconds: decode %.2f, stylize %.2f, encode %.2f, wall %.2f", *pipeline.busy,
                   time.perf_counter() - t0)
-        if writer.frames == 0 and stop is None:
+        if writer.frames == 0 and stop is None and window is None:  # a chunk may hold none (a damaged stretch)
             raise InputError(f"cannot decode any video frame of {src}: the file is corrupt or unsupported")
-        if decoded.bad_packets:
+        if decoded.bad_packets and window is None:  # a chunk's are counted by the cluster's driver
             log.warning("%d damaged video packets in %s were skipped", decoded.bad_packets, src)
         writer.close()
     except BaseException:
@@ -290,7 +297,8 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         container.close()
     seconds = time.perf_counter() - t0
     return RenderStats(writer.frames, seconds, writer.frames / seconds if seconds > 0 else 0.0, stop is not None,
-                       stage_seconds=dict(zip(pipeline.names, pipeline.busy)), signum=signal_number(stop))
+                       stage_seconds=dict(zip(pipeline.names, pipeline.busy)), signum=signal_number(stop),
+                       bad_packets=decoded.bad_packets)
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -352,10 +360,15 @@ def render_video(args: argparse.Namespace) -> int:
         return exit_code(stats.signum)
     missing = missing_frames(stats.frames, info, args.max_frames)
     if missing:
-        raise InputError(f"{src} ended early (truncated or damaged): {stats.frames} of the {stats.frames + missing} "
-                         f"frames its container announces could be read; {dst} holds those {stats.frames} and plays")
+        raise InputError(ended_early(src, dst, stats.frames, stats.frames + missing))
     log.info("wrote %s: %d frames in %.1f s (%.1f frames/s)", dst, stats.frames, stats.seconds, stats.fps)
     return 0
+
+
+def ended_early(src: Path, dst: Path, written: int, announced: int) -> str:
+    """The last line of a render whose input gave fewer frames than it announces (local and cluster alike)."""
+    return (f"{src} ended early (truncated or damaged): {written} of the {announced} frames its container announces "
+            f"could be read; {dst} holds those {written} and plays")
 
 
 #: frames a duration-based count (MKV, WebM, AVI) may be off by, as a share of the count, before we call it short

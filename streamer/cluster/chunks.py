@@ -23,6 +23,7 @@ import av
 import av.bitstream
 
 from engines.errors import InputError
+from streamer.fileutil import AtomicOutput
 from streamer.videoio import VideoInfo, VideoWriter, open_video, video_stream
 
 log = logging.getLogger(__name__)
@@ -151,14 +152,15 @@ def _chunk_packets(path: Path, info: VideoInfo, offset: int, headers: list[bytes
 
 
 def join_chunks(src: Path, dst: Path, chunks: list[tuple[Chunk, Path]], *, codec: str, crf: int, preset: str,
-                audio_until: float | None = None) -> int:
+                audio_until: float | None = None, output: AtomicOutput | None = None) -> int:
     """Write ``dst`` (via a temp file, renamed at the end) from the rendered chunk files, in order, and the source's
-    audio copied once. ``audio_until``: seconds of audio to keep (None: all of it). Returns the frames written."""
+    audio copied once. ``audio_until``: seconds of audio to keep (None: all of it); ``output``: ``dst`` taken
+    (locked) by the caller. Returns the frames written."""
     container, info = open_video(src)
     writer = None
     try:
         writer = VideoWriter(dst, info.width, info.height, info.fps, codec=codec, crf=crf, time_base=info.time_base,
-                             audio_from=container, preset=preset, rotation=info.rotation)
+                             audio_from=container, preset=preset, rotation=info.rotation, output=output)
         headers: list[bytes] = []
         audio = _audio_packets(container, audio_until)
         pending = next(audio, None)
