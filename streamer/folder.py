@@ -25,6 +25,8 @@ from streamer.imageio import check_output_size, image_size, is_image_path, list_
 from streamer.options import build_stylizer, expand_style_paths, fit_short_side, load_styles, mixed_code, run_inputs
 from streamer.signals import Interrupted, exit_code, signal_number, stopped_by
 from streamer.stills import render_file
+from streamer.temporal import make_temporal
+from streamer.video import is_video_path, render_video_file
 from streamer.videoio import CONTAINERS, check_output, open_video
 
 log = logging.getLogger(__name__)
@@ -39,21 +41,15 @@ class FolderTask:
     dst: Path
 
 
-def is_video_name(path: Path) -> bool:
-    from streamer.video import is_video_path
-
-    return is_video_path(path)
-
-
 def folder_tasks(src: Path, dst: Path) -> list[FolderTask]:
     """Every image and video in ``src`` -> its output in ``dst``; checks only (the folder is made when rendering)."""
     images = list_images(src)
-    videos = sorted(p for p in src.iterdir() if p.is_file() and is_video_name(p) and not p.name.startswith("."))
+    videos = sorted(p for p in src.iterdir() if p.is_file() and is_video_path(p) and not p.name.startswith("."))
     if not images and not videos:
         raise InputError(f"no images or videos in folder {src}")
     if dst.exists() and not dst.is_dir():
         raise InputError(f"output for a folder must be a folder: {dst}")
-    if not dst.exists() and (is_image_path(dst) or is_video_name(dst)):
+    if not dst.exists() and (is_image_path(dst) or is_video_path(dst)):
         raise InputError(f"output for a folder must be a folder, not a file name: {dst} (give a folder name, "
                          "e.g. without the extension)")
     tasks = [FolderTask("image", p, dst / p.name) for p in images]
@@ -121,9 +117,6 @@ class FolderOutput:
 
 def render_video_task(stylizer, task: FolderTask, code, args, output: AtomicOutput | None = None):
     """One video of a folder, the way `render IN.mp4 OUT.mp4` renders it; returns its RenderStats."""
-    from streamer.temporal import make_temporal
-    from streamer.video import render_video_file
-
     container, info = open_video(task.src)
     container.close()
     size = fit_short_side(args.size, info.height, info.width, task.src.name)

@@ -338,10 +338,6 @@ def _read_losses(path: Path, upto: int) -> list[dict[str, Any]]:
     return records
 
 
-def _rewrite_losses(path: Path, records: list[dict[str, Any]]) -> None:
-    AtomicOutput(path).write_all("".join(json.dumps(r) + "\n" for r in records).encode())
-
-
 def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise InputError(f"--threads must be 0 (torch's default) or more, not {args.threads}")
@@ -382,7 +378,7 @@ def _run(args: argparse.Namespace) -> int:
         trainer.load(saved)
         seconds = float(saved.get("seconds", 0.0))
         records = _read_losses(losses_path, trainer.iteration)
-        _rewrite_losses(losses_path, records)
+        AtomicOutput(losses_path).write_all("".join(json.dumps(r) + "\n" for r in records).encode())
         log.info("resuming %s at iteration %d of %d", out, trainer.iteration, args.iterations)
     if trainer.iteration >= args.iterations:
         log.info("%s is already at iteration %d (--iterations %d): nothing to do", out, trainer.iteration,
@@ -436,9 +432,8 @@ def _run(args: argparse.Namespace) -> int:
             save_all("final")
     except KeyboardInterrupt as exc:  # a second stop signal: the step was cut
         bar.close()
-        signum = signal_number(exc)
-        kept = (f"the last checkpoint in {out} is kept (continue with --resume)" if (out / CHECKPOINT).is_file()
-                else "no checkpoint was written yet")
+        signum, on_disk = signal_number(exc), (out / CHECKPOINT).is_file()
+        kept = f"the last checkpoint in {out} is kept (continue with --resume)" if on_disk else "no checkpoint yet"
         print(f"streamer: interrupted{stopped_by(signum)} at iteration {trainer.iteration}; {kept}", file=sys.stderr)
         return exit_code(signum)
     finally:

@@ -97,6 +97,8 @@ class RenderStats:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     #: video packets that could not be decoded (skipped, said once by the caller)
     bad_packets: int = 0
+    #: with a window (a chunk): the source pts of its first written frame, where its file's time 0 is
+    first_pts: int | None = None
 
 
 # -- decoding (first thread) ---------------------------------------------------------------------
@@ -209,7 +211,7 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
     as uint8 in batches of :data:`DEVICE_BATCH` (the last one padded: :func:`full_batch`) and every per-pixel
     step runs there (Stylizer.stylize_frames); the CPU threads only decode and encode.
     ``window``: render only that chunk (see :func:`_decode`), written without audio and with timestamps
-    relative to its first frame (streamer.chunks joins the chunks); ``on_frames(n)``: after each n written.
+    relative to its first written frame (``first_pts``; streamer.cluster.chunks joins the chunks); ``on_frames(n)``: after each n written.
     """
     src, dst = Path(src), Path(dst)
     if device_frames is None:
@@ -248,13 +250,21 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
             return 0
         if kind == "videos":
             for frame, t in zip(data, pts):
-                writer.write(frame, t - offset)
+                writer.write(frame, relative(t))
             return len(pts)
-        writer.write(back_to_source(*data, upscale, keep_color), pts - offset)  # in this thread: beside the engine
+        writer.write(back_to_source(*data, upscale, keep_color), relative(pts))  # in this thread: beside the engine
         return 1
 
     total = info.frames if max_frames is None else min(max_frames, info.frames or max_frames)
-    offset = window.start_pts if window is not None else 0
+    first: list[int] = []  # a chunk's first written frame's pts: its file's timestamps start at 0 there
+
+    def relative(pts: int) -> int:
+        if window is None:
+            return pts
+        if not first:
+            first.append(pts)
+        return pts - first[0]
+
     t0 = time.perf_counter()
     stop: KeyboardInterrupt | None = None
     writer: VideoWriter | None = None
@@ -298,7 +308,7 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
     seconds = time.perf_counter() - t0
     return RenderStats(writer.frames, seconds, writer.frames / seconds if seconds > 0 else 0.0, stop is not None,
                        stage_seconds=dict(zip(pipeline.names, pipeline.busy)), signum=signal_number(stop),
-                       bad_packets=decoded.bad_packets)
+                       bad_packets=decoded.bad_packets, first_pts=first[0] if first else None)
 
 
 # -- the command -----------------------------------------------------------------------------------

@@ -43,8 +43,9 @@ DEFAULT_PRESET = "veryfast"
 #: muxers that count frames rather than store timestamps: their time base is one frame (1/fps), and they
 #: cannot hold B-frames (a reordered frame has no place of its own)
 FRAME_COUNTING = {"avi"}
-#: frames an encoder may hold back to reorder (B-frames): a dts further before its pts than this is not a real one
-MAX_REORDER_FRAMES = 16
+#: seconds a dts may lie before its pts: far more than any encoder reorders (B-frames: a few frames, even at a
+#: live recording's slowest rate); x265's unset delay gives dts hours or years before it
+MAX_REORDER_SECONDS = 10
 _CRF_CODECS = {"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libvpx", "libaom-av1", "libsvtav1"}
 
 
@@ -196,7 +197,7 @@ class VideoWriter:
         self.frame_counting = fmt in FRAME_COUNTING
         #: what the file stores: the caller's unit, or one frame where the container counts frames (AVI)
         self.stream_time_base = 1 / self.fps if self.frame_counting else self.time_base
-        self._max_delay = max(1, round(MAX_REORDER_FRAMES / (self.fps * self.stream_time_base)))
+        self._max_delay = max(1, round(MAX_REORDER_SECONDS / self.stream_time_base))
         self._last_dts: int | None = None
         self.pad_w, self.pad_h = even_padding(width, height, pix_fmt)
         if self.pad_w or self.pad_h:

@@ -468,3 +468,59 @@ def test_cluster_worker_settings_are_typed_and_picklable():
     settings = WorkerSettings.from_args(args)
     assert pickle.loads(pickle.dumps(settings)) == settings
     assert (settings.size, settings.temporal, settings.codec, settings.model) == (96, True, "auto", "auto")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", ["8", "0"])
+def test_cluster_damaged_input_follows_the_local_decoding_rule(cluster_address, media, weights_dir, tmp_path, chunk):
+    """A first GOP that cannot be decoded: 36 of 48 frames, the warning and exit 2, as a local render says it
+    (tests/test_timestamps.py), with small chunks (some hold no frame at all) or the automatic size."""
+    from tests.test_timestamps import damaged_first_gop
+
+    src = damaged_first_gop(tmp_path / "d.mp4")
+    out = tmp_path / "o.mp4"
+    r = _render([str(src), str(out), *_common(media, weights_dir), "--cluster", cluster_address, "--workers", "2",
+                 "--chunk-frames", chunk])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert f"streamer: 1 damaged video packets in {src} were skipped" in lines, r.stderr
+    assert lines[-1] == (f"streamer: error: {src} ended early (truncated or damaged): 36 of the 48 frames its "
+                         f"container announces could be read; {out} holds those 36 and plays")
+    with av.open(str(out)) as c:
+        pts = [f.pts for f in c.decode(video=0)]
+    decodable = []
+    with av.open(str(src)) as c:
+        for packet in c.demux(video=0):
+            try:
+                decodable += [f.pts for f in packet.decode()]
+            except av.error.InvalidDataError:  # the damaged keyframe
+                pass
+    assert len(pts) == 36 and pts == decodable  # the frames that exist, on their own timestamps
+    assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.slow
+def test_cluster_local_ignores_a_stale_address_and_leaves_no_process(clip, media, weights_dir, tmp_path):
+    """`--cluster local` starts its own cluster whatever RAY_ADDRESS says, and stops every process it started."""
+    r = _render([str(clip), str(tmp_path / "o.mp4"), *_common(media, weights_dir), "--cluster", "local", "--workers",
+                 "1", "--max-frames", "24"], env={"RAY_ADDRESS": f"127.0.0.1:{_free_port()}", "HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert len(_read(tmp_path / "o.mp4")[1]) == 24
+    deadline = time.monotonic() + 30
+    while _processes_with(f"HOME={tmp_path}") and time.monotonic() < deadline:
+        time.sleep(0.5)  # Ray's processes end a moment after the driver
+    assert not _processes_with(f"HOME={tmp_path}")
+
+
+def _processes_with(variable: str) -> list[str]:
+    """The command lines of running processes whose environment holds ``variable`` (NAME=VALUE): the driver's
+    own HOME marks every process it started, Ray's included (they inherit it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if variable.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return found

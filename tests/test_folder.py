@@ -3,7 +3,6 @@ into a folder that may not exist yet."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import av
 import numpy as np

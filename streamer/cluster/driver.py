@@ -206,22 +206,26 @@ def render_video(args: argparse.Namespace, cluster: Cluster, job: VideoJob) -> i
                       on_done, tick)
         except KeyboardInterrupt as exc:
             stop = exc
-        prefix = []
+        prefix = []  # the chunks finished from the start; one that held no frame (a damaged stretch) adds nothing
         for chunk in plan:
             if chunk.index not in done:
                 break
-            prefix.append((chunk, done[chunk.index][0]))
+            path, result = done[chunk.index]
+            prefix.append((chunk, path, result["first_pts"]))
         if stop is not None and not prefix:
             job.output.discard()
             print(f"streamer: interrupted{stopped_by(signal_number(stop))} before the first chunk was done; "
                   "nothing was written", file=sys.stderr)
             return exit_code(signal_number(stop))
+        if stop is None and all(first is None for _, _, first in prefix):  # as a local render: nothing to write
+            raise InputError(f"cannot decode any video frame of {src}: the file is corrupt or unsupported")
         until = None
         if stop is not None or args.max_frames is not None:
             last = prefix[-1][0]
             until = float(last.end_pts * info.time_base) if last.end_pts is not None else None
-        frames = ch.join_chunks(src, dst, prefix, codec=job.codec, crf=args.crf, preset=args.preset,
-                                audio_until=until, output=job.output)
+        frames = ch.join_chunks(src, dst, [(first, path) for _, path, first in prefix if first is not None],
+                                codec=job.codec, crf=args.crf, preset=args.preset, audio_until=until,
+                                output=job.output)
     finally:
         bar.close()
         work.remove()

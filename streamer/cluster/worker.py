@@ -157,7 +157,8 @@ class ChunkWorker:
         stats = render_video_file(src, out, stylizer, code, s.alpha, s.preserve_color, codec=job["codec"], crf=s.crf,
                                   progress=False, temporal=make_temporal(s), size=s.size, preset=s.preset,
                                   window=chunk, on_frames=on_frames, upscale=s.upscale)
-        result = {"index": chunk.index, "frames": stats.frames, "name": name, "bad_packets": stats.bad_packets}
+        result = {"index": chunk.index, "frames": stats.frames, "name": name, "bad_packets": stats.bad_packets,
+                  "first_pts": stats.first_pts}
         return self._deliver(result, out, shared)
 
     def render_file(self, job: dict, code, data: list | None) -> dict:
