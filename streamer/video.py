@@ -115,7 +115,7 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
     """Demux in file order: ("audio", packet, None) for audio and subtitle packets and ("video", (rgb at
     working size, rgb as decoded), pts).
 
-    ``window`` (a :class:`streamer.chunks.Chunk`: one piece of a cluster render): seek to its keyframe, yield
+    ``window`` (a :class:`streamer.cluster.chunks.Chunk`: one piece of a cluster render): seek to its keyframe, yield
     ("warm", rgb, pts) for its warm-up frames, then its frames, no audio, and stop at its end.
 
     ``batch`` > 0 (frames that go to the GPU): ("videos", [rgb at source size, ...], [pts, ...]) of

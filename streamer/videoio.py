@@ -343,7 +343,7 @@ class VideoWriter:
 
     def mux_encoded(self, packet: av.Packet) -> None:
         """Copy one already-encoded video packet (pts/dts in its ``time_base``) from a stream encoded with this
-        writer's settings: streamer.chunks joins a cluster's chunks this way, without re-encoding."""
+        writer's settings: streamer.cluster.chunks joins a cluster's chunks this way, without re-encoding."""
         packet.stream = self.stream
         self._mux(packet)
         self.frames += 1
