@@ -189,7 +189,7 @@ def frame_count(path: Path) -> int:
         from streamer.imageio import list_images
 
         return len(list_images(path))
-    from streamer.videoio import open_video
+    from streamer.videoread import open_video
 
     container, info = open_video(path)
     container.close()
@@ -209,7 +209,7 @@ def read_frames(path: Path, max_frames: int | None = None) -> Iterator[np.ndarra
         return
     import av
 
-    from streamer.videoio import open_video, video_stream
+    from streamer.videoread import open_video, video_stream
 
     container, info = open_video(path)
     try:  # the stream open_video chose: a cover picture may come first

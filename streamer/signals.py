@@ -64,3 +64,39 @@ def stop_signals_interrupt() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+class StopRequest:
+    """What :func:`stop_after_step` saw: the first stop signal's number, or None while none came."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+@contextlib.contextmanager
+def stop_after_step() -> Iterator[StopRequest]:
+    """For a loop whose step should not be cut (a training step, then its checkpoint): the first Ctrl-C, SIGTERM
+    or SIGHUP only sets ``request.signum`` (the loop ends after the step and keeps its work); a second one raises
+    at once (KeyboardInterrupt for Ctrl-C, else :class:`Interrupted`). Outside the main thread: a no-op."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def stop(signum, frame):
+        if request.signum is None:
+            request.signum = signum
+            return
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
+
+    signals = (signal.SIGINT, *STOP_SIGNALS)
+    previous = {s: signal.signal(s, stop) for s in signals if signal.getsignal(s) is not signal.SIG_IGN}
+    try:
+        yield request
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

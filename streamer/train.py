@@ -11,9 +11,7 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,15 +24,15 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm import tqdm
 
 from engines.errors import InputError
-from engines.files import Replacing
 from engines.models import DECODER_FILES, load_model
 from engines.models.vgg import AdaIN, AdaINR31
 from engines.stylizer import resize_short_side
 from engines.training import (DecoderTrainer, StepLosses, atomic_torch_save, batch_tensor, crop_at, read_checkpoint,
                               reset_decoder, sample_plan)
 from streamer.imageio import IMAGE_SUFFIXES, is_image_path, save_image
-from streamer.fileutil import refuse_same_file
+from streamer.fileutil import AtomicOutput, refuse_same_file
 from streamer.options import pick_device, run_inputs
+from streamer.signals import exit_code, signal_number, stop_after_step, stopped_by
 
 log = logging.getLogger(__name__)
 
@@ -340,34 +338,6 @@ def _read_losses(path: Path, upto: int) -> list[dict[str, Any]]:
     return records
 
 
-def _rewrite_losses(path: Path, records: list[dict[str, Any]]) -> None:
-    with Replacing(path) as tmp:
-        tmp.path.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-class _StopFlag:
-    """Ctrl-C (or SIGTERM) asks the loop to stop after the current iteration; a second one stops at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopFlag":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise InputError(f"--threads must be 0 (torch's default) or more, not {args.threads}")
@@ -408,7 +378,7 @@ def _run(args: argparse.Namespace) -> int:
         trainer.load(saved)
         seconds = float(saved.get("seconds", 0.0))
         records = _read_losses(losses_path, trainer.iteration)
-        _rewrite_losses(losses_path, records)
+        AtomicOutput(losses_path).write_all("".join(json.dumps(r) + "\n" for r in records).encode())
         log.info("resuming %s at iteration %d of %d", out, trainer.iteration, args.iterations)
     if trainer.iteration >= args.iterations:
         log.info("%s is already at iteration %d (--iterations %d): nothing to do", out, trainer.iteration,
@@ -435,7 +405,7 @@ def _run(args: argparse.Namespace) -> int:
     bar = tqdm(total=args.iterations, initial=trainer.iteration, desc="train", unit="it", file=sys.stderr,
                dynamic_ncols=True, disable=None)
     try:
-        with _StopFlag() as stop, ThreadPoolExecutor(1, thread_name_prefix="train-data") as pool, \
+        with stop_after_step() as stop, ThreadPoolExecutor(1, thread_name_prefix="train-data") as pool, \
                 losses_path.open("a" if saved else "w") as losses_file:
             upcoming: Future = pool.submit(batch_for, trainer.iteration)
             while trainer.iteration < args.iterations and not stop.requested:
@@ -460,20 +430,21 @@ def _run(args: argparse.Namespace) -> int:
                     write_preview(out / PREVIEW, trainer, preview_c, preview_s, records, config["style_weight"])
             upcoming.cancel()
             save_all("final")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a second stop signal: the step was cut
         bar.close()
-        print(f"streamer: interrupted at iteration {trainer.iteration}; the last checkpoint in {out} is kept "
-              f"(continue with --resume)", file=sys.stderr)
-        return 130
+        signum, on_disk = signal_number(exc), (out / CHECKPOINT).is_file()
+        kept = f"the last checkpoint in {out} is kept (continue with --resume)" if on_disk else "no checkpoint yet"
+        print(f"streamer: interrupted{stopped_by(signum)} at iteration {trainer.iteration}; {kept}", file=sys.stderr)
+        return exit_code(signum)
     finally:
         bar.close()
     rate = (trainer.iteration - start_it) / max(time.perf_counter() - started, 1e-9)
     if contents.skipped or styles.skipped:
         log.info("skipped unreadable images: %d content, %d style", contents.skipped, styles.skipped)
     if stop.requested and trainer.iteration < args.iterations:
-        print(f"streamer: interrupted at iteration {trainer.iteration}; checkpoint written to {out / CHECKPOINT} "
-              f"(continue with --resume)", file=sys.stderr)
-        return 130
+        print(f"streamer: interrupted{stopped_by(stop.signum)} at iteration {trainer.iteration}; checkpoint written "
+              f"to {out / CHECKPOINT} (continue with --resume)", file=sys.stderr)
+        return exit_code(stop.signum)
     log.info("done: %d iterations (%.2f it/s); decoder written to %s (use it with --model %s --decoder %s)",
              trainer.iteration, rate, out / DECODER, args.model, out / DECODER)
     return 0

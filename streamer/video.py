@@ -31,8 +31,8 @@ from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
 from streamer.pipeline import ThreadedPipeline, run_in_thread
 from streamer.signals import exit_code, signal_number, stopped_by
 from streamer.temporal import add_temporal_options, make_temporal
-from streamer.videoio import (CONTAINERS, DEFAULT_PRESET, PRESET_NAMES, VideoInfo, VideoWriter, check_encoder,
-                              check_output, open_video, video_stream)
+from streamer.videoio import CONTAINERS, DEFAULT_PRESET, PRESET_NAMES, VideoWriter, check_encoder, check_output
+from streamer.videoread import BestEffortPts, VideoInfo, open_video, video_stream
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,10 @@ class RenderStats:
     interrupted: bool = False
     #: the signal that interrupted the render (SIGINT for Ctrl-C; streamer.signals)
     signum: int = int(signal.SIGINT)
+    #: video packets that could not be decoded (skipped, said once by the caller)
+    bad_packets: int = 0
+    #: with a window (a chunk): the source pts of its first written frame, where its file's time 0 is
+    first_pts: int | None = None
 
 
 # -- decoding (first thread) ---------------------------------------------------------------------
@@ -107,7 +111,7 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
     """Demux in file order: ("audio", packet, None) for audio and subtitle packets and ("video", (rgb at
     working size, rgb as decoded), pts).
 
-    ``window`` (a :class:`streamer.chunks.Chunk`: one piece of a cluster render): seek to its keyframe, yield
+    ``window`` (a :class:`streamer.cluster.chunks.Chunk`: one piece of a cluster render): seek to its keyframe, yield
     ("warm", rgb, pts) for its warm-up frames, then its frames, no audio, and stop at its end.
 
     ``batch`` > 0 (frames that go to the GPU): ("videos", [rgb at source size, ...], [pts, ...]) of
@@ -120,7 +124,8 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
     streams = [vstream, *container.streams.audio, *container.streams.subtitles] if window is None else [vstream]
     if window is not None and window.seek_pts > 0:
         container.seek(window.seek_pts, stream=vstream, backward=True)
-    step = 1 / (info.fps * info.time_base)  # one frame in time-base units, for frames without a pts
+    step = 1 / (info.fps * info.time_base)  # one frame in time-base units, for frames without any timestamp
+    best_effort = BestEffortPts()
     held: list[np.ndarray] = []
     held_pts: list[int] = []
     held_audio: list[av.Packet] = []
@@ -144,11 +149,14 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
         try:
             frames = packet.decode()
         except av.FFmpegError as exc:
-            report.bad_packets += 1
+            if window is None or packet.pts is None or window.start_pts <= packet.pts and not window.is_after(packet.pts):
+                report.bad_packets += 1  # a chunk counts only its own frames' packets, as the whole file would
             log.debug("undecodable video packet skipped: %s", exc)
             continue
         for frame in frames:
-            pts = frame.pts if frame.pts is not None else round(report.frames * step)
+            pts = best_effort(frame.pts, frame.dts)
+            if pts is None:
+                pts = round(report.frames * step)
             if window is not None and (pts < window.warm_pts or window.is_after(pts)):
                 if window.is_after(pts):
                     yield from flush()
@@ -199,7 +207,7 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
     as uint8 in batches of :data:`DEVICE_BATCH` (the last one padded: :func:`full_batch`) and every per-pixel
     step runs there (Stylizer.stylize_frames); the CPU threads only decode and encode.
     ``window``: render only that chunk (see :func:`_decode`), written without audio and with timestamps
-    relative to its first frame (streamer.chunks joins the chunks); ``on_frames(n)``: after each n written.
+    relative to its first written frame (``first_pts``; streamer.cluster.chunks joins the chunks); ``on_frames(n)``: after each n written.
     """
     src, dst = Path(src), Path(dst)
     if device_frames is None:
@@ -238,13 +246,21 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
             return 0
         if kind == "videos":
             for frame, t in zip(data, pts):
-                writer.write(frame, t - offset)
+                writer.write(frame, relative(t))
             return len(pts)
-        writer.write(back_to_source(*data, upscale, keep_color), pts - offset)  # in this thread: beside the engine
+        writer.write(back_to_source(*data, upscale, keep_color), relative(pts))  # in this thread: beside the engine
         return 1
 
     total = info.frames if max_frames is None else min(max_frames, info.frames or max_frames)
-    offset = window.start_pts if window is not None else 0
+    first: list[int] = []  # a chunk's first written frame's pts: its file's timestamps start at 0 there
+
+    def relative(pts: int) -> int:
+        if window is None:
+            return pts
+        if not first:
+            first.append(pts)
+        return pts - first[0]
+
     t0 = time.perf_counter()
     stop: KeyboardInterrupt | None = None
     writer: VideoWriter | None = None
@@ -273,9 +289,9 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         # every thread has stopped here: the writer is ours alone
         log.debug("busy seconds: decode %.2f, stylize %.2f, encode %.2f, wall %.2f", *pipeline.busy,
                   time.perf_counter() - t0)
-        if writer.frames == 0 and stop is None:
+        if writer.frames == 0 and stop is None and window is None:  # a chunk may hold none (a damaged stretch)
             raise InputError(f"cannot decode any video frame of {src}: the file is corrupt or unsupported")
-        if decoded.bad_packets:
+        if decoded.bad_packets and window is None:  # a chunk's are counted by the cluster's driver
             log.warning("%d damaged video packets in %s were skipped", decoded.bad_packets, src)
         writer.close()
     except BaseException:
@@ -287,7 +303,8 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         container.close()
     seconds = time.perf_counter() - t0
     return RenderStats(writer.frames, seconds, writer.frames / seconds if seconds > 0 else 0.0, stop is not None,
-                       signum=signal_number(stop))
+                       signum=signal_number(stop), bad_packets=decoded.bad_packets,
+                       first_pts=first[0] if first else None)
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -349,10 +366,15 @@ def render_video(args: argparse.Namespace) -> int:
         return exit_code(stats.signum)
     missing = missing_frames(stats.frames, info, args.max_frames)
     if missing:
-        raise InputError(f"{src} ended early (truncated or damaged): {stats.frames} of the {stats.frames + missing} "
-                         f"frames its container announces could be read; {dst} holds those {stats.frames} and plays")
+        raise InputError(ended_early(src, dst, stats.frames, stats.frames + missing))
     log.info("wrote %s: %d frames in %.1f s (%.1f frames/s)", dst, stats.frames, stats.seconds, stats.fps)
     return 0
+
+
+def ended_early(src: Path, dst: Path, written: int, announced: int) -> str:
+    """The last line of a render whose input gave fewer frames than it announces (local and cluster alike)."""
+    return (f"{src} ended early (truncated or damaged): {written} of the {announced} frames its container announces "
+            f"could be read; {dst} holds those {written} and plays")
 
 
 #: frames a duration-based count (MKV, WebM, AVI) may be off by, as a share of the count, before we call it short

@@ -17,7 +17,6 @@ import errno
 import fractions
 import io
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -25,7 +24,7 @@ import av.container
 import numpy as np
 
 from engines.errors import InputError
-from streamer.fileutil import AtomicOutput, existing_file
+from streamer.fileutil import AtomicOutput
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,12 @@ AUTO_CODEC = {"webm": "libvpx-vp9"}
 X264_PRESETS = ("libx264", "libx264rgb", "libx265")
 PRESET_NAMES = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 DEFAULT_PRESET = "veryfast"
+#: muxers that count frames rather than store timestamps: their time base is one frame (1/fps), and they
+#: cannot hold B-frames (a reordered frame has no place of its own)
+FRAME_COUNTING = {"avi"}
+#: seconds a dts may lie before its pts: far more than any encoder reorders (B-frames: a few frames, even at a
+#: live recording's slowest rate); x265's unset delay gives dts hours or years before it
+MAX_REORDER_SECONDS = 10
 _CRF_CODECS = {"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libvpx", "libaom-av1", "libsvtav1"}
 
 
@@ -187,7 +192,12 @@ class VideoWriter:
         self.fps = _fraction(fps)
         if self.fps <= 0:
             raise InputError(f"frame rate must be positive, not {fps}")
-        self.time_base = time_base or 1 / self.fps
+        self.time_base = time_base or 1 / self.fps  # the unit of write()'s pts
+        self.frame_counting = fmt in FRAME_COUNTING
+        #: what the file stores: the caller's unit, or one frame where the container counts frames (AVI)
+        self.stream_time_base = 1 / self.fps if self.frame_counting else self.time_base
+        self._max_delay = max(1, round(MAX_REORDER_SECONDS / self.stream_time_base))
+        self._last_dts: int | None = None
         self.pad_w, self.pad_h = even_padding(width, height, pix_fmt)
         if self.pad_w or self.pad_h:
             log.info("%s needs even sizes: %dx%d is encoded as %dx%d (edge pixels repeated)", pix_fmt, width, height,
@@ -196,6 +206,7 @@ class VideoWriter:
         self._last_pts: int | None = None
         self._closed = False
         self._audio: dict[int, av.stream.Stream] = {}
+        self._audio_shift: dict[int, int] = {}
         self._reencode: dict[int, tuple[av.codec.context.CodecContext, av.stream.Stream]] = {}
 
         # the caller may have taken the output (and its lock) before loading a model: see streamer.fileutil
@@ -225,15 +236,18 @@ class VideoWriter:
     # -- setup -------------------------------------------------------------------------------------
     def _add_video_stream(self, codec: str, crf: int, pix_fmt: str, preset: str | None, threads: int | None,
                           realtime: bool = False) -> None:
-        stream = self.container.add_stream(codec, rate=self.fps, options=encoder_settings(codec, crf, preset, realtime))
+        options = encoder_settings(codec, crf, preset, realtime)
+        if self.frame_counting:
+            options["bf"] = "0"  # no B-frames where frames are counted, not stamped
+        stream = self.container.add_stream(codec, rate=self.fps, options=options)
         ctx = stream.codec_context
         ctx.width, ctx.height = self.width + self.pad_w, self.height + self.pad_h
         try:
             ctx.pix_fmt = pix_fmt
         except (ValueError, av.FFmpegError):
             raise InputError(f"unknown pixel format '{pix_fmt}'") from None
-        ctx.time_base = self.time_base
-        stream.time_base = self.time_base
+        ctx.time_base = self.stream_time_base
+        stream.time_base = self.stream_time_base
         if threads is not None:
             ctx.thread_count = threads
         if not pix_fmt.startswith(("rgb", "bgr", "gbr", "gray")):
@@ -286,6 +300,8 @@ class VideoWriter:
                              f"{frame_rgb.dtype}")
         if pts is None:
             pts = round(self.frames / (self.fps * self.time_base))
+        if self.stream_time_base != self.time_base:
+            pts = round(pts * self.time_base / self.stream_time_base)
         if self._last_pts is not None and pts <= self._last_pts:
             log.debug("pts %d not after %d: moved to %d", pts, self._last_pts, self._last_pts + 1)
             pts = self._last_pts + 1
@@ -295,8 +311,8 @@ class VideoWriter:
         if frame.format.name != ctx.pix_fmt:
             frame = frame.reformat(format=ctx.pix_fmt, dst_colorspace="itu709", dst_color_range="MPEG")
         frame.pts = pts
-        frame.time_base = self.time_base
-        self._mux(self.stream.encode(frame))
+        frame.time_base = self.stream_time_base
+        self._mux(self._sane(self.stream.encode(frame)))
         self._last_pts = pts
         self.frames += 1
 
@@ -307,6 +323,10 @@ class VideoWriter:
         if index in self._audio:
             if packet.dts is None and packet.pts is None:
                 return  # the demuxer's end-of-stream flush packet
+            if self.frame_counting:  # AVI has no negative time (AAC's priming): audio starts at 0, not the video later
+                shift = self._audio_shift.setdefault(index, max(0, -min(t for t in (packet.dts, packet.pts, 0)
+                                                                         if t is not None)))
+                packet.pts, packet.dts = (t + shift if t is not None else None for t in (packet.pts, packet.dts))
             packet.stream = self._audio[index]
             self._mux(packet)
         elif index in self._reencode:
@@ -322,10 +342,18 @@ class VideoWriter:
 
     def mux_encoded(self, packet: av.Packet) -> None:
         """Copy one already-encoded video packet (pts/dts in its ``time_base``) from a stream encoded with this
-        writer's settings: streamer.chunks joins a cluster's chunks this way, without re-encoding."""
+        writer's settings: streamer.cluster.chunks joins a cluster's chunks this way, without re-encoding."""
         packet.stream = self.stream
         self._mux(packet)
         self.frames += 1
+
+    def _sane(self, packets: list[av.Packet]) -> list[av.Packet]:
+        """The encoder's packets with a dts a muxer takes (see :func:`sane_dts`)."""
+        for packet in packets:
+            packet.dts = sane_dts(packet.pts, packet.dts, self._last_dts, self._max_delay)
+            if packet.dts is not None:
+                self._last_dts = packet.dts
+        return packets
 
     def _mux(self, packets) -> None:
         try:
@@ -345,7 +373,7 @@ class VideoWriter:
         if self._closed:
             return self.path
         try:
-            self._mux(self.stream.encode(None))
+            self._mux(self._sane(self.stream.encode(None)))
             for decoder, out in self._reencode.values():
                 for frame in decoder.decode(None):
                     frame.pts = None
@@ -379,58 +407,11 @@ class VideoWriter:
             self.abort()
 
 
-# -- reading ---------------------------------------------------------------------------------------
-@dataclass
-class VideoInfo:
-    width: int
-    height: int
-    fps: fractions.Fraction
-    time_base: fractions.Fraction
-    frames: int  # 0 when the container does not say
-    duration: float  # seconds, 0 when unknown
-    has_audio: bool
-    stream_index: int = 0  # the picture stream (cover art and thumbnails are skipped)
-    rotation: int = 0  # degrees counter-clockwise the player turns the picture (phone videos)
-    frames_exact: bool = False  # ``frames`` is the container's own count (MP4/MOV), not duration x rate
-
-
-def video_stream(container: av.container.InputContainer, info: VideoInfo) -> av.video.stream.VideoStream:
-    return next(s for s in container.streams.video if s.index == info.stream_index)
-
-
-def _first_frame_rotation(path: Path, index: int) -> int:
-    """The display rotation phones store; read from the first frame (PyAV shows it there)."""
-    try:
-        with av.open(str(path), "r") as c:
-            stream = next(s for s in c.streams.video if s.index == index)
-            for frame in c.decode(stream):
-                return int(round(frame.rotation or 0))
-    except (av.FFmpegError, OSError, ValueError, StopIteration):
-        pass
-    return 0
-
-
-def open_video(path: Path) -> tuple[av.container.InputContainer, VideoInfo]:
-    """Open a video file for decoding with one clear error for each way it can fail."""
-    path = existing_file(path, "input video", "a video file")
-    try:
-        container = av.open(str(path), "r")
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise InputError(f"cannot read video {path}: not a supported or intact video file ({exc.__class__.__name__})") \
-            from None
-    pictures = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
-    if not pictures:
-        container.close()
-        raise InputError(f"{path} has no video stream")
-    stream = pictures[0]
-    ctx = stream.codec_context
-    if not ctx.width or not ctx.height:
-        container.close()
-        raise InputError(f"cannot read video {path}: the video stream has no frame size (corrupt or unsupported)")
-    rate = stream.average_rate or stream.base_rate or stream.guessed_rate or fractions.Fraction(25)
-    duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else (
-        container.duration / av.time_base if container.duration else 0.0)
-    info = VideoInfo(ctx.width, ctx.height, fractions.Fraction(rate), stream.time_base or 1 / fractions.Fraction(rate),
-                     stream.frames or round(duration * rate), duration, bool(container.streams.audio),
-                     stream.index, _first_frame_rotation(path, stream.index), frames_exact=bool(stream.frames))
-    return container, info
+def sane_dts(pts: int | None, dts: int | None, last_dts: int | None, max_delay: int) -> int | None:
+    """An encoded video packet's dts as a muxer can take it. libx265 derives dts from its B-frame delay, which it
+    leaves unset on a clip shorter than that delay (MP4: "pts/dts pair unsupported", now and then): a dts after
+    its pts, or further before it than any encoder reorders (``max_delay``), is not a real one, and the pts
+    stands in, kept after the previous dts."""
+    if pts is None or (dts is not None and dts <= pts and pts - dts <= max_delay):
+        return dts
+    return pts if last_dts is None or pts > last_dts else last_dts + 1

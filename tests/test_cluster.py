@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,8 +35,10 @@ LOSSLESS_BOUND = 0.5
 LOSSY_BOUND = 2.5
 
 
-#: a private test cluster: no usage stats, no token (the driver subprocesses get the same)
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+#: a private test cluster with token authentication on, set up as Ray's docs say (`ray get-auth-token --generate`,
+#: RAY_AUTH_MODE=token on every node), the token in a private HOME (the cluster fixture sets HOME here). The
+#: drivers get neither RAY_AUTH_MODE nor RAY_AUTH_TOKEN: they find the token file as a Ray user's client would.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _free_port() -> int:
@@ -80,7 +84,11 @@ def cluster_address():
         pytest.skip("the ray command is not installed")
     port = _free_port()
     tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **RAY_ENV}
+    home = tempfile.mkdtemp(prefix="rayhome")
+    RAY_ENV["HOME"] = home
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **RAY_ENV, "RAY_AUTH_MODE": "token"}
+    subprocess.run([str(RAY), "get-auth-token", "--generate"], env=env, check=True, capture_output=True, timeout=60)
+    assert (Path(home) / ".ray" / "auth_token").is_file()
     common = ["--block", "--num-cpus", "1", "--object-store-memory", str(200 << 20), "--disable-usage-stats"]
     procs = [subprocess.Popen([str(RAY), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                                "--include-dashboard", "false", "--temp-dir", tmp, *common], env=env,
@@ -94,11 +102,28 @@ def cluster_address():
     finally:
         _stop(procs)
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+        RAY_ENV.pop("HOME", None)
 
 
-def _render(args: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streamer", "-q", "render", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **RAY_ENV, **(env or {})})
+def _env(extra: dict | None = None) -> dict:
+    env = {**os.environ, **RAY_ENV, **(extra or {})}
+    if "RAY_AUTH_MODE" not in (extra or {}):
+        env.pop("RAY_AUTH_MODE", None)  # Ray's default
+    return env
+
+
+def _cmd(args: list[str], worker: str | None = None, quiet: bool = True) -> list[str]:
+    """The render command line; ``worker``: a test worker (tests.cluster_workers: private, fault:MARKER)."""
+    head = [sys.executable, "-m", "streamer"] if worker is None else [sys.executable, "-m", "tests.cluster_workers",
+                                                                      worker]
+    return [*head, *(["-q"] if quiet else []), "render", *args]
+
+
+def _render(args: list[str], env: dict | None = None, timeout: int = 240, worker: str | None = None
+            ) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(args, worker), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=_env(env))
 
 
 def _common(media: Path, weights_dir: Path) -> list[str]:
@@ -149,7 +174,7 @@ def test_cluster_without_shared_filesystem_sends_bytes(cluster_address, local_lo
                                                        tmp_path):
     out = tmp_path / "cluster.mp4"
     r = _render([str(clip), str(out), *_common(media, weights_dir), "--crf", "0", "--cluster", cluster_address,
-                 "--workers", "2", "--chunk-frames", "80"], env={"STREAMER_CLUSTER_PRIVATE": "1"})
+                 "--workers", "2", "--chunk-frames", "80"], worker="private")
     assert r.returncode == 0, r.stderr
     _assert_same_render(local_lossless, out, LOSSLESS_BOUND)
 
@@ -160,37 +185,89 @@ def test_cluster_worker_killed_mid_chunk(cluster_address, local_lossless, clip, 
     marker.write_text("")
     out = tmp_path / "cluster.mp4"
     r = _render([str(clip), str(out), *_common(media, weights_dir), "--crf", "0", "--cluster", cluster_address,
-                 "--workers", "2", "--chunk-frames", "70"], env={"STREAMER_CLUSTER_FAULT": str(marker)})
+                 "--workers", "2", "--chunk-frames", "70"], worker=f"fault:{marker}")
     assert r.returncode == 0, r.stderr
     assert not marker.exists()  # a worker claimed it and killed its own process during a chunk
     _assert_same_render(local_lossless, out, LOSSLESS_BOUND)
 
 
+class _Driver:
+    """A cluster render in a subprocess whose stderr is read line by line (its log says when a chunk is done)."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(_cmd(args, quiet=False), cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, text: str, timeout: float = 240) -> None:
+        """Until the driver logs a line with ``text`` (its own word that the work is done, never a guess)."""
+        while True:
+            line = self.lines.get(timeout=timeout)
+            assert line is not None, "\n".join(self.seen)
+            self.seen.append(line)
+            if text in line:
+                return
+
+    def finish(self, timeout: float = 120) -> str:
+        self.proc.wait(timeout=timeout)
+        while (line := self.lines.get(timeout=timeout)) is not None:
+            self.seen.append(line)
+        return "\n".join(self.seen)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @pytest.mark.slow
-def test_cluster_ctrl_c_leaves_the_finished_prefix(cluster_address, clip, media, weights_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cluster_stop_signal_leaves_the_finished_prefix(cluster_address, clip, media, weights_dir, tmp_path, sig):
     out = tmp_path / "cluster.mp4"
-    cmd = [sys.executable, "-m", "streamer", "-q", "render", str(clip), str(out), *_common(media, weights_dir),
-           "--cluster", cluster_address, "--workers", "2", "--chunk-frames", "24"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **RAY_ENV}, stderr=subprocess.PIPE, text=True)
+    driver = _Driver([str(clip), str(out), *_common(media, weights_dir), "--cluster", cluster_address, "--workers",
+                      "2", "--chunk-frames", "24"])
     try:
-        deadline = time.monotonic() + 180
-        while not list(tmp_path.glob(".cluster.mp4.*.chunks/chunk-00000.mp4")) and time.monotonic() < deadline:
-            assert proc.poll() is None
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)  # chunk 0 is done, eight of ten are not
-        _, err = proc.communicate(timeout=120)
+        driver.wait_for("chunk 1 of 10 done")  # logged after the driver stored chunk 0
+        driver.proc.send_signal(sig)
+        err = driver.finish()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+        driver.kill()
+    assert driver.proc.returncode == 128 + sig, err
     line = [x for x in err.splitlines() if x.startswith("streamer: interrupted")]
-    assert line and "and plays" in line[0], err
+    by = "" if sig == signal.SIGINT else f" by {sig.name}"
+    assert line and line[-1].startswith(f"streamer: interrupted{by}: ") and "and plays" in line[-1], err
+    assert "Traceback" not in err and "***" not in err, err  # no Python or native stack dump
     pts, frames, audio = _read(out)
     assert 24 <= len(frames) < 240 and len(frames) % 24 == 0  # whole chunks, from the start
     with av.open(str(clip)) as c:
         src_pts = sorted(p.pts for p in c.demux(video=0) if p.pts is not None)
     assert pts == src_pts[:len(frames)] and audio
     assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.slow
+def test_cluster_run_killed_leaves_chunks_the_next_run_takes_over(cluster_address, clip, media, weights_dir, tmp_path):
+    out = tmp_path / "cluster.mp4"
+    args = [str(clip), str(out), *_common(media, weights_dir), "--cluster", cluster_address, "--workers", "2",
+            "--chunk-frames", "24", "--max-frames", "96"]
+    driver = _Driver(args)
+    try:
+        driver.wait_for("chunk 1 of 4 done")
+        driver.proc.send_signal(signal.SIGKILL)  # no clean-up at all
+        driver.finish()
+    finally:
+        driver.kill()
+    assert (tmp_path / ".cluster.mp4.chunks").is_dir() and not out.exists()
+    r = _render(args)
+    assert r.returncode == 0, r.stderr
+    assert len(_read(out)[1]) == 96
+    assert not list(tmp_path.glob(".*"))  # the stale chunk folder and .part were taken over and removed
 
 
 def _flicker(src: Path, video: Path) -> float:
@@ -217,9 +294,8 @@ def test_cluster_temporal_flicker_matches(cluster_address, clip, media, weights_
 
 @pytest.mark.slow
 def test_cluster_folder_of_clips_and_images(cluster_address, clip, media, weights_dir, tmp_path):
-    src, dst = tmp_path / "in", tmp_path / "out"
+    src, dst = tmp_path / "in", tmp_path / "newdir"  # the output folder does not exist yet
     src.mkdir()
-    dst.mkdir()
     images = sorted((media / "content").glob("*.jpg"))[:2]
     for p in images:
         shutil.copy(p, src / p.name)
@@ -228,11 +304,6 @@ def test_cluster_folder_of_clips_and_images(cluster_address, clip, media, weight
     (src / "broken.jpg").write_bytes(b"not an image")
     args = [str(src), str(dst), *_common(media, weights_dir), "--max-frames", "12", "--cluster", cluster_address,
             "--workers", "2"]
-    (dst / images[0].name).write_bytes(b"keep")  # the local folder's rule: an existing output stops the run first
-    r = _render(args)
-    assert r.returncode == 2 and "output exists" in r.stderr.strip().splitlines()[-1], r.stderr
-    assert (dst / images[0].name).read_bytes() == b"keep"
-    (dst / images[0].name).unlink()
     r = _render(args)  # an unreadable file is skipped, the others rendered, one summary line and exit 2
     assert r.returncode == 2, r.stderr
     last = r.stderr.strip().splitlines()[-1]
@@ -248,6 +319,10 @@ def test_cluster_folder_of_clips_and_images(cluster_address, clip, media, weight
         pts, frames, audio = _read(dst / name)
         assert len(frames) == 12 and audio
     assert not list(dst.glob(".*"))
+    kept = (dst / images[0].name).read_bytes()
+    r = _render(args)  # the local folder's rule: an existing output stops the run first
+    assert r.returncode == 2 and "output exists" in r.stderr.strip().splitlines()[-1], r.stderr
+    assert (dst / images[0].name).read_bytes() == kept
 
 
 def test_cluster_nothing_listening_fails_fast(clip, media, weights_dir, tmp_path):
@@ -273,7 +348,7 @@ def test_cluster_without_ray_says_how_to_install(clip, media, weights_dir, tmp_p
 
 # -- the chunk plan (pure, no Ray) -------------------------------------------------------------------
 def test_chunk_bounds_snap_to_near_keyframes_only():
-    from streamer.chunks import chunk_bounds
+    from streamer.cluster.chunks import chunk_bounds
 
     assert chunk_bounds(240, (0, 235), 80) == [0, 80, 160, 240]  # keyframe 235 is not near a boundary
     assert chunk_bounds(240, (0, 75, 170), 80) == [0, 75, 170, 240]  # within a quarter chunk: moved onto them
@@ -281,7 +356,7 @@ def test_chunk_bounds_snap_to_near_keyframes_only():
 
 
 def test_plan_chunks_seek_warmup_and_end():
-    from streamer.chunks import FrameIndex, plan_chunks
+    from streamer.cluster.chunks import FrameIndex, plan_chunks
 
     pts = tuple(range(0, 512 * 100, 512))
     plan = plan_chunks(FrameIndex(pts, (0, 50)), 30, warmup=12, max_frames=80)
@@ -296,10 +371,156 @@ def test_plan_chunks_seek_warmup_and_end():
 
 def test_cluster_address_forms():
     from engines.errors import InputError
-    from streamer.cluster import host_port
+    from streamer.cluster.connect import host_port
 
     assert host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
     assert host_port("ray://head:10001") == ("head", 10001)
     assert host_port("auto") is None and host_port("local") is None
     with pytest.raises(InputError):
         host_port("head")
+
+
+# -- joining: addresses, tokens, fast failures ------------------------------------------------------
+def test_cluster_auto_with_a_dead_address_fails_fast(clip, media, weights_dir, tmp_path):
+    t0 = time.monotonic()
+    r = _render([str(clip), str(tmp_path / "o.mp4"), *_common(media, weights_dir), "--cluster", "auto"],
+                env={"RAY_ADDRESS": f"127.0.0.1:{_free_port()}"})
+    assert r.returncode == 3, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("streamer: error: no Ray cluster answers at 127.0.0.1:"), r.stderr
+    assert "(--cluster auto)" in lines[0]
+    assert time.monotonic() - t0 < 60
+    assert not list(tmp_path.iterdir())
+
+
+def test_cluster_auto_with_a_stale_cluster_file_fails_fast(clip, media, weights_dir, tmp_path, monkeypatch, capsys):
+    from streamer.cli import main
+    from streamer.cluster import connect
+
+    stale = tmp_path / "ray_current_cluster"
+    stale.write_text(f"127.0.0.1:{_free_port()}")  # what Ray leaves after its cluster is gone
+    monkeypatch.setattr(connect, "RAY_CURRENT_CLUSTER", stale)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "o.mp4"
+    code = main(["-q", "render", str(clip), str(out), *_common(media, weights_dir), "--cluster", "auto"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and len(err) == 1 and err[0].startswith("streamer: error: no Ray cluster answers at"), err
+    stale.unlink()
+    code = main(["-q", "render", str(clip), str(out), *_common(media, weights_dir), "--cluster", "auto"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3 and err == ["streamer: error: --cluster auto found no Ray cluster: RAY_ADDRESS is not set and no "
+                                 "cluster was started on this machine; give --cluster host:port, or use --cluster "
+                                 "local"], err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cluster_token_missing_or_wrong_is_one_line(cluster_address, clip, media, weights_dir, tmp_path):
+    common = [str(clip), str(tmp_path / "o.mp4"), *_common(media, weights_dir), "--cluster", cluster_address]
+    r = _render(common, env={"HOME": str(tmp_path)})  # no token anywhere
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 3 and len(lines) == 1, r.stderr
+    assert lines[0] == (f"streamer: error: the Ray cluster at {cluster_address} wants a token and none was found: set "
+                        "RAY_AUTH_TOKEN, or put the cluster's token (`ray get-auth-token` on the head) in "
+                        "~/.ray/auth_token")
+    r = _render(common, env={"RAY_AUTH_TOKEN": "0" * 64})
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 3 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"streamer: error: the Ray cluster at {cluster_address} refused the token from "
+                               "RAY_AUTH_TOKEN: it is not this cluster's token")
+    assert not list(tmp_path.glob("*o.mp4*"))
+
+
+# -- the same rules as a local render (issue 21 drifts) -----------------------------------------------
+def test_cluster_video_clamps_size_like_a_local_render(clip, media, weights_dir, tmp_path):
+    r = _render([str(clip), str(tmp_path / "o.mp4"), *_common(media, weights_dir), "--size", "4000",  # the last wins
+                 "--cluster", f"127.0.0.1:{_free_port()}"])
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("streamer: --size 4000 is larger than the video's short side"), r.stderr
+    assert r.returncode == 3 and lines[-1].startswith("streamer: error: no Ray cluster answers at")
+
+
+def test_cluster_folder_takes_the_folder_lock(media, weights_dir, tmp_path):
+    from streamer.fileutil import FolderLock
+
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    dst.mkdir()
+    shutil.copy(sorted((media / "content").glob("*.jpg"))[0], src / "a.jpg")
+    lock = FolderLock(dst)  # a local folder render is writing into dst
+    try:
+        r = _render([str(src), str(dst), *_common(media, weights_dir), "--cluster", f"127.0.0.1:{_free_port()}"])
+    finally:
+        lock.close()
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [f"streamer: error: {dst} is being written by another streamer process "
+                                             "right now; wait for it to finish or choose another output"]
+    assert not list(dst.iterdir())
+
+
+def test_cluster_worker_settings_are_typed_and_picklable():
+    import pickle
+
+    from streamer.cli import build_parser
+    from streamer.cluster.worker import WorkerSettings
+
+    args = build_parser().parse_args(["render", "a.mp4", "b.mp4", "--style", "s.jpg", "--size", "96", "--temporal"])
+    settings = WorkerSettings.from_args(args)
+    assert pickle.loads(pickle.dumps(settings)) == settings
+    assert (settings.size, settings.temporal, settings.codec, settings.model) == (96, True, "auto", "auto")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", ["8", "0"])
+def test_cluster_damaged_input_follows_the_local_decoding_rule(cluster_address, media, weights_dir, tmp_path, chunk):
+    """A first GOP that cannot be decoded: 36 of 48 frames, the warning and exit 2, as a local render says it
+    (tests/test_timestamps.py), with small chunks (some hold no frame at all) or the automatic size."""
+    from tests.test_timestamps import damaged_first_gop
+
+    src = damaged_first_gop(tmp_path / "d.mp4")
+    out = tmp_path / "o.mp4"
+    r = _render([str(src), str(out), *_common(media, weights_dir), "--cluster", cluster_address, "--workers", "2",
+                 "--chunk-frames", chunk])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert f"streamer: 1 damaged video packets in {src} were skipped" in lines, r.stderr
+    assert lines[-1] == (f"streamer: error: {src} ended early (truncated or damaged): 36 of the 48 frames its "
+                         f"container announces could be read; {out} holds those 36 and plays")
+    with av.open(str(out)) as c:
+        pts = [f.pts for f in c.decode(video=0)]
+    decodable = []
+    with av.open(str(src)) as c:
+        for packet in c.demux(video=0):
+            try:
+                decodable += [f.pts for f in packet.decode()]
+            except av.error.InvalidDataError:  # the damaged keyframe
+                pass
+    assert len(pts) == 36 and pts == decodable  # the frames that exist, on their own timestamps
+    assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.slow
+def test_cluster_local_ignores_a_stale_address_and_leaves_no_process(clip, media, weights_dir, tmp_path):
+    """`--cluster local` starts its own cluster whatever RAY_ADDRESS says, and stops every process it started."""
+    r = _render([str(clip), str(tmp_path / "o.mp4"), *_common(media, weights_dir), "--cluster", "local", "--workers",
+                 "1", "--max-frames", "24"], env={"RAY_ADDRESS": f"127.0.0.1:{_free_port()}", "HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert len(_read(tmp_path / "o.mp4")[1]) == 24
+    deadline = time.monotonic() + 30
+    while _processes_with(f"HOME={tmp_path}") and time.monotonic() < deadline:
+        time.sleep(0.5)  # Ray's processes end a moment after the driver
+    assert not _processes_with(f"HOME={tmp_path}")
+
+
+def _processes_with(variable: str) -> list[str]:
+    """The command lines of running processes whose environment holds ``variable`` (NAME=VALUE): the driver's
+    own HOME marks every process it started, Ray's included (they inherit it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if variable.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return found

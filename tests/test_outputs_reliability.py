@@ -31,7 +31,7 @@ from streamer import video
 from streamer.fileutil import AtomicOutput, FolderLock, part_path
 from streamer.pipeline import run_in_thread
 from streamer.signals import Interrupted, stop_signals_interrupt
-from streamer.videoio import VideoInfo
+from streamer.videoread import VideoInfo
 from tests.fakes import InvertingStylizer, stand_in_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -271,11 +271,15 @@ def test_unreadable_images_are_skipped_and_counted(weights_dir: Path, media: Pat
     assert (out / "decoder.pth").is_file() and len(_losses(out)) == 2
 
 
-def test_ctrl_c_writes_a_checkpoint_and_exits_130(weights_dir: Path, media: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_stop_signal_writes_a_checkpoint_that_resume_finds(weights_dir: Path, media: Path, tmp_path: Path,
+                                                          sig: signal.Signals) -> None:
+    """Ctrl-C, SIGTERM and SIGHUP take streamer.signals' one path: the step ends, a checkpoint is written, the
+    exit code is 128 + the signal, and --resume goes on from it."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "streamer", "train", "--model", "adain-r31", "--content", str(media / "content"),
-           "--style", str(media / "style"), "--out", str(out), "--weights-dir", str(weights_dir), *FAST,
-           "--iterations", "100000"]
+    common = ["--model", "adain-r31", "--content", str(media / "content"), "--style", str(media / "style"), "--out",
+              str(out), "--weights-dir", str(weights_dir), *FAST]
+    cmd = [sys.executable, "-m", "streamer", "train", *common, "--iterations", "100000"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
@@ -284,16 +288,19 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(weights_dir: Path, media: Path
             if (out / "losses.jsonl").is_file() and len(_losses(out)) >= 2:
                 break
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
     lines = err.strip().splitlines()
-    assert proc.returncode == 130, err
-    assert lines[-1].startswith("streamer: interrupted at iteration ") and "--resume" in lines[-1]
+    assert proc.returncode == 128 + sig, err
+    by = "" if sig == signal.SIGINT else f" by {sig.name}"
+    assert lines[-1].startswith(f"streamer: interrupted{by} at iteration ") and "--resume" in lines[-1], err
     state = torch.load(out / "checkpoint.pth", weights_only=True)
     assert state["iteration"] >= 2 and state["iteration"] == _losses(out)[-1]["iteration"]
     assert "Traceback" not in err
+    assert main(["-q", "train", *common, "--resume", "--iterations", str(state["iteration"] + 1)]) == 0
+    assert torch.load(out / "checkpoint.pth", weights_only=True)["iteration"] == state["iteration"] + 1
 
 
 def test_bad_numbers_are_refused(weights_dir: Path, media: Path, tmp_path: Path, capsys) -> None:

@@ -23,7 +23,9 @@ import av
 import av.bitstream
 
 from engines.errors import InputError
-from streamer.videoio import VideoInfo, VideoWriter, open_video, video_stream
+from streamer.fileutil import AtomicOutput
+from streamer.videoio import VideoWriter
+from streamer.videoread import VideoInfo, open_video, video_stream
 
 log = logging.getLogger(__name__)
 
@@ -150,20 +152,21 @@ def _chunk_packets(path: Path, info: VideoInfo, offset: int, headers: list[bytes
                 yield _rebased(out, stream.time_base, info.time_base, offset)
 
 
-def join_chunks(src: Path, dst: Path, chunks: list[tuple[Chunk, Path]], *, codec: str, crf: int, preset: str,
-                audio_until: float | None = None) -> int:
-    """Write ``dst`` (via a temp file, renamed at the end) from the rendered chunk files, in order, and the source's
-    audio copied once. ``audio_until``: seconds of audio to keep (None: all of it). Returns the frames written."""
+def join_chunks(src: Path, dst: Path, chunks: list[tuple[int, Path]], *, codec: str, crf: int, preset: str,
+                audio_until: float | None = None, output: AtomicOutput | None = None) -> int:
+    """Write ``dst`` (via a temp file, renamed at the end) from the rendered chunk files, in order, each given with
+    the source pts of its first frame (its time 0), and the source's audio copied once. ``audio_until``: seconds of audio to keep (None: all of it); ``output``: ``dst`` taken
+    (locked) by the caller. Returns the frames written."""
     container, info = open_video(src)
     writer = None
     try:
         writer = VideoWriter(dst, info.width, info.height, info.fps, codec=codec, crf=crf, time_base=info.time_base,
-                             audio_from=container, preset=preset, rotation=info.rotation)
+                             audio_from=container, preset=preset, rotation=info.rotation, output=output)
         headers: list[bytes] = []
         audio = _audio_packets(container, audio_until)
         pending = next(audio, None)
-        for chunk, path in chunks:
-            for packet in _chunk_packets(path, info, chunk.start_pts, headers):
+        for first_pts, path in chunks:
+            for packet in _chunk_packets(path, info, first_pts, headers):
                 t = float((packet.dts if packet.dts is not None else packet.pts) * info.time_base)
                 while pending is not None and _seconds(pending) <= t:  # keep the file interleaved
                     writer.mux_audio(pending)
