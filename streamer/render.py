@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from engines.backends.switch import EngineSpans, current_label
 from engines.errors import InputError
 from engines.progress import tqdm_disable
 from engines.stylizer import Stylizer, back_to_source, resize_short_side
@@ -18,9 +19,9 @@ from streamer import video
 from streamer.fileutil import AtomicOutput, FolderLock, make_output_folder, refuse_same_file
 from streamer.imageio import (check_output_path, check_output_size, image_size, is_image_path, list_images,
                               load_image_with_alpha, load_mask, not_files, save_image)
-from streamer.options import (Style, add_model_options, add_style_options, add_upscale_option, alpha_value,
-                              build_stylizer, check_short_side, check_style_weights, expand_style_paths,
-                              fit_short_side, load_styles, mixed_code, run_inputs)
+from streamer.options import (Style, add_engine_wait_option, add_model_options, add_style_options, add_upscale_option,
+                              alpha_value, build_stylizer, check_short_side, check_style_weights, expand_style_paths,
+                              finish_background_build, fit_short_side, load_styles, mixed_code, run_inputs)
 from streamer.signals import exit_code, signal_number, stopped_by
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     video.add_video_options(p)
     add_model_options(p)
+    add_engine_wait_option(p)
     from streamer.cluster import add_cluster_options
 
     add_cluster_options(p)
@@ -109,12 +111,14 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
     lock = FolderLock(dst)  # a second folder render into dst refuses
     done: list[Path] = []
     skipped: list[tuple[Path, str]] = []
+    spans = EngineSpans("images")  # which engine made which images (the fast one may take over part way)
     for path, what in not_files(src):  # never opened: a FIFO would block the render
         log.warning("skipped: %s is %s", path, what)
         skipped.append((path, what))
     total = len(jobs) + len(skipped)
+    stylizer = None
     try:
-        stylizer = build_stylizer(args)
+        stylizer = build_stylizer(args, background=True)  # a folder: the first images on torch while OpenVINO builds
         styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
         code = mixed_code(styles, args.style_weights)
         with logging_redirect_tqdm():  # log lines (a skipped file) on their own line, not through the bar
@@ -130,6 +134,7 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
                     continue
                 else:
                     save_image(out_path, out, alpha_channel, output=output)
+                    spans.note(current_label(stylizer))
                 finally:
                     output.discard()  # a no-op once saved
                 done.append(out_path)
@@ -137,6 +142,7 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
     except KeyboardInterrupt as exc:
         signum = signal_number(exc)
         kept = f"{len(done)} of {total} images are in {dst}" if done else "no image was finished"
+        finish_background_build(stylizer, wait=False)
         print(f"streamer: interrupted{stopped_by(signum)}: {kept}", file=sys.stderr)
         return exit_code(signum)
     finally:
@@ -145,8 +151,10 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
             with contextlib.suppress(OSError):
                 dst.rmdir()  # nothing written: leave no empty folder behind
     if skipped:
+        finish_background_build(stylizer, wait=False)
         raise InputError(skipped_summary([p.name for p, _ in skipped], total, len(done), dst))
-    log.info("wrote %d images into %s", len(done), dst)
+    log.info("wrote %d images into %s; engine %s", len(done), dst, spans.text())
+    finish_background_build(stylizer)
     return 0
 
 

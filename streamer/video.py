@@ -22,6 +22,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from engines.backends.switch import EngineSpans, current_label
 from engines.errors import InputError
 from engines.progress import bars_enabled, tqdm_disable
 from engines.models import StyleCode
@@ -94,6 +95,8 @@ class RenderStats:
     #: seconds each pipeline thread spent working (decode, stylize, encode): stylize / seconds near 1 means
     #: the render ran at the engine's speed
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: which engine stylized which frames: ``torch fp32 for frames 0-41, then openvino fp32 for frames 42-239``
+    engines: str = ""
 
 
 # -- decoding (first thread) ---------------------------------------------------------------------
@@ -215,6 +218,7 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         mover = FrameMover(stylizer.device)
     container, info = open_video(src)
     decoded = _Decoded()
+    spans = EngineSpans()  # noted in the stylize thread, the one that switches engines (engines.backends.switch)
     if temporal is not None:
         temporal.reset()
 
@@ -223,11 +227,14 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         if kind == "videos":
             dev = mover.upload(full_batch(data, batch))
             out = stylizer.stylize_frames(dev, code, alpha, keep_color=keep_color, size=size, upscale_method=upscale)
+            spans.note(current_label(stylizer), len(data))
             return kind, mover.download(out).result()[:len(data)], pts  # back at the source size
         if kind not in ("video", "warm"):
             return item
         work, source = data
         out = stylizer.stylize(work, code, alpha)
+        if kind == "video":
+            spans.note(current_label(stylizer))
         if temporal is not None:
             out = temporal.process(work, out)
         return kind, (out, source), pts
@@ -290,7 +297,8 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         container.close()
     seconds = time.perf_counter() - t0
     return RenderStats(writer.frames, seconds, writer.frames / seconds if seconds > 0 else 0.0, stop is not None,
-                       stage_seconds=dict(zip(pipeline.names, pipeline.busy)), signum=signal_number(stop))
+                       stage_seconds=dict(zip(pipeline.names, pipeline.busy)), signum=signal_number(stop),
+                       engines=spans.text())
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -325,8 +333,8 @@ def check_video_job(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any
 
 def render_video(args: argparse.Namespace) -> int:
     """`streamer render IN.mp4 OUT.mp4`: check everything cheap first, then build the model and render."""
-    from streamer.options import (build_stylizer, check_style_weights, expand_style_paths, fit_short_side, load_styles,
-                                  mixed_code)
+    from streamer.options import (build_stylizer, check_style_weights, expand_style_paths, finish_background_build,
+                                  fit_short_side, load_styles, mixed_code)
 
     src, dst, encoder, info = check_video_job(args)
     style_paths = expand_style_paths(args.style, args.style_size)
@@ -336,7 +344,7 @@ def render_video(args: argparse.Namespace) -> int:
     try:
         args.size = fit_short_side(args.size, info.height, info.width, "the video")
         work = short_side_shape(info.height, info.width, args.size)
-        stylizer = build_stylizer(args, shape_hint=work)
+        stylizer = build_stylizer(args, shape_hint=work, background=True)
         styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
         code = mixed_code(styles, args.style_weights)
         log.info("rendering %s (%dx%d, %s fps, %d frames) at %dx%d with %s", src, info.width, info.height,
@@ -347,14 +355,18 @@ def render_video(args: argparse.Namespace) -> int:
     finally:
         output.discard()  # a no-op once the writer has renamed it
     if stats.interrupted:
+        finish_background_build(stylizer, wait=False)
         print(f"streamer: interrupted{stopped_by(stats.signum)}: {dst} holds the first {stats.frames} frames and "
               "plays", file=sys.stderr)
         return exit_code(stats.signum)
     missing = missing_frames(stats.frames, info, args.max_frames)
     if missing:
+        finish_background_build(stylizer, wait=False)
         raise InputError(f"{src} ended early (truncated or damaged): {stats.frames} of the {stats.frames + missing} "
                          f"frames its container announces could be read; {dst} holds those {stats.frames} and plays")
-    log.info("wrote %s: %d frames in %.1f s (%.1f frames/s)", dst, stats.frames, stats.seconds, stats.fps)
+    log.info("wrote %s: %d frames in %.1f s (%.1f frames/s); engine %s", dst, stats.frames, stats.seconds, stats.fps,
+             stats.engines)
+    finish_background_build(stylizer)
     return 0
 
 

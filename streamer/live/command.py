@@ -28,9 +28,9 @@ from streamer.live.hotkeys import LiveState
 from streamer.live.outputs import Output, Recording, VirtualCamera, Window, display_problem, open_window
 from streamer.live.session import LiveSession, stylize_frame
 from streamer.live.sizing import Sizing, ladder, start
-from streamer.options import (add_model_options, add_style_options, add_upscale_option, alpha_value, build_stylizer,
-                              check_live_precision, check_short_side, expand_style_paths, fit_short_side, load_styles,
-                              pick_device, run_inputs)
+from streamer.options import (add_engine_wait_option, add_model_options, add_style_options, add_upscale_option,
+                              alpha_value, build_stylizer, check_live_precision, check_short_side, expand_style_paths,
+                              finish_background_build, fit_short_side, load_styles, pick_device, run_inputs)
 from streamer.temporal import add_temporal_options, make_temporal
 from streamer.video import add_encoder_options, encoder_options
 
@@ -96,6 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="stop after N output frames (with --record alone: N recorded frames; 0 = until q/Ctrl-C)")
     c.add_argument("--no-stdin", action="store_true", help="do not read commands from stdin")
     add_model_options(p)
+    add_engine_wait_option(p)
     add_temporal_options(p)
     p.set_defaults(run=run)
 
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         work_h, work_w = short_side_shape(h, w, args.size)
         if (work_w, work_h) != (w, h) and not auto:
             log.info("stylizing at %dx%d, shown at %dx%d (--size %d)", work_w, work_h, w, h, args.size)
-        stylizer = build_stylizer(args, shape_hint=(work_h, work_w), use="live")
+        stylizer = build_stylizer(args, shape_hint=(work_h, work_w), use="live", background=True)
         sizing: Sizing | None = None
         if auto:
             factor = getattr(getattr(stylizer, "model", None), "factor", 1)  # test stand-ins have no model
@@ -219,11 +220,17 @@ def run(args: argparse.Namespace) -> int:
         log.info("window open (%s): h for keys, q or Esc to quit", window.toolkit)
     elif not args.no_stdin and _stdin_is_terminal():
         log.info("no window: type n, p, 1-9, +, -, c, space, s or q then Enter ('help' for more)")
-    summary = session.run()  # SIGTERM/SIGHUP arrive as Ctrl-C (streamer.signals, installed by the CLI)
-    log.info("%d frames out in %.1f s; engine %.1f fps (%.0f ms a frame); captured %d, dropped %d; "
+    try:
+        summary = session.run()  # SIGTERM/SIGHUP arrive as Ctrl-C (streamer.signals, installed by the CLI)
+    except BaseException:
+        finish_background_build(stylizer, wait=False)
+        raise
+    log.info("%d frames out in %.1f s; engine %.1f fps (%.0f ms a frame)%s; captured %d, dropped %d; "
              "latency %.0f ms; working size %s; %s; %s; stopped: %s", summary.frames_out, summary.seconds,
-             summary.engine_fps, summary.step_ms, summary.frames_captured, summary.dropped, summary.latency_ms,
+             summary.engine_fps, summary.step_ms, f" ({summary.engines})" if summary.engines else "",
+             summary.frames_captured, summary.dropped, summary.latency_ms,
              summary.sizes_text(), summary.upscale_text(), summary.motion_text(), summary.stop_reason)
+    finish_background_build(stylizer)
     return 0
 
 
