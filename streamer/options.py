@@ -142,7 +142,8 @@ def _without_waiting(args: argparse.Namespace, model, device: torch.device, prec
         candidates = [(kind, precision) for kind, _ in usable_engines(model.name, device, precision)]
     except DeviceError:
         return None  # no engine runs this precision here: the usual path says so
-    return start_without_waiting(model, device, candidates, weights_id, shape_hint)
+    source = {"weights_dir": args.weights_dir, "decoder": getattr(args, "decoder", None)}
+    return start_without_waiting(model, device, candidates, weights_id, shape_hint, source)
 
 
 def finish_background_build(stylizer: Any, wait: bool = True) -> None:
@@ -156,6 +157,8 @@ def finish_background_build(stylizer: Any, wait: bool = True) -> None:
         return
     engine.close()  # no more frames: the build thread stops after the build itself (the cache is written then)
     if not wait:
+        engine.abandon()  # its child process stops; the next run builds again
+        engine.wait_for_build(10.0)
         return
     if engine.building:
         log.info("engine: letting the background build finish, so the next run starts on it (Ctrl-C skips it)")

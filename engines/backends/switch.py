@@ -16,11 +16,16 @@ directly (:meth:`Engine.is_built`): no second engine, no thread.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -42,11 +47,65 @@ WARM_SHAPES = 4
 
 @dataclass(frozen=True)
 class Target:
-    """A faster engine to build in the background: ``build()`` makes it (may take minutes)."""
+    """A faster engine to build in the background. ``spec`` (see :func:`build_in_child`): its first-time build
+    runs in a child process, which writes the engine cache; ``build()`` then makes the engine from the cache
+    in about a second. Without a spec ``build()`` does it all in the build thread."""
 
     label: str  # "openvino bf16"
     precision: str
     build: Callable[[], Engine]
+    spec: dict | None = None
+
+
+def build_in_child(spec: dict, started: Callable[[subprocess.Popen], None] | None = None) -> str | None:
+    """Build an engine into the engine cache in a child process (``python -m engines.backends.switch SPEC``);
+    None when done, else why not (one line).
+
+    A process, not a thread of this one: an ONNX export or a compile is Python that holds the GIL for long
+    stretches (a running torch engine beside it in the same process slowed 3-5x here), a process can be stopped
+    at any moment (an interpreter that exits while a thread exports aborts), and a crash in a converter
+    cannot take the running command with it. ``started(process)`` is told the process, to stop it early.
+    """
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    process = subprocess.Popen([sys.executable, "-m", "engines.backends.switch", json.dumps(spec)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=env, text=True, errors="replace")
+    if started is not None:
+        started(process)
+    _, err = process.communicate()
+    if process.returncode == 0:
+        return None
+    lines = [line.strip() for line in err.splitlines() if line.strip()]
+    return lines[-1] if lines else f"the build process exited with {process.returncode}"
+
+
+def _child_main(spec_text: str) -> int:
+    """The child of :func:`build_in_child`: load the model, build the engine (filling the cache), say why not."""
+    import signal
+
+    def stop(signum, frame):  # the parent stops the build: unwind, so the cache's temporary file goes too
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    spec = json.loads(spec_text)
+    try:
+        from engines.backends import _build
+        from engines.models import load_model
+
+        model = load_model(spec["model"], spec.get("weights_dir"), decoder=spec.get("decoder"))
+        hint = tuple(spec["shape_hint"]) if spec.get("shape_hint") else None
+        engine = _build(spec["kind"], model, torch.device(spec["device"]), spec["precision"], spec.get("weights_id"),
+                        hint)
+        engine.close()
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the parent says it in one warning
+        print(first_line(exc), file=sys.stderr)
+        return 1
+    return 0
 
 
 def engine_label(engine: Engine) -> str:
@@ -81,6 +140,8 @@ class UpgradingEngine(Engine):
         self._closed = threading.Event()
         self._db = 0.0
         self._in_build = False
+        self._child: subprocess.Popen | None = None
+        self._abandoned = False
         #: one line once the background work is over: what it built, or why the running engine stays
         self.outcome: str | None = None
         #: an engine is built and waits for the next real frame to be checked on
@@ -112,8 +173,16 @@ class UpgradingEngine(Engine):
         return self._in_build and self._thread.is_alive()
 
     def prepare(self, height: int, width: int) -> None:
-        self._take_pending()
-        self._current.prepare(height, width)
+        """The running engine's prepare (torch: nothing to do), and (H, W) noted: the built engine is warmed at it
+        before it takes over, as at every shape ``run`` has seen."""
+        from engines.backends.graph import padded_shape
+
+        engine = self._take_pending()
+        shape = (1, *padded_shape(self.model, height, width))
+        with self._lock:
+            self._shapes.pop(shape, None)
+            self._shapes[shape] = None
+        engine.prepare(height, width)
 
     def run(self, image: Tensor, alpha: Tensor, code: tuple[Tensor, ...]) -> Tensor:
         engine = self._take_pending()
@@ -146,6 +215,23 @@ class UpgradingEngine(Engine):
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def _started_child(self, process: subprocess.Popen) -> None:
+        self._child = process
+        if self._abandoned:
+            process.terminate()
+
+    def abandon(self) -> None:
+        """Stop a build in progress (its child process) and switch to nothing more: the run was interrupted."""
+        self._abandoned = True
+        self._closed.set()
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(5.0)
+            except subprocess.TimeoutExpired:  # deep in a converter's C++: it cannot unwind, so it is killed
+                child.kill()
+
     def close(self) -> None:
         """Close every engine held; a build still running is closed by its thread when it ends."""
         self._closed.set()
@@ -166,13 +252,21 @@ class UpgradingEngine(Engine):
             t0 = time.perf_counter()
             self._in_build = True
             try:
+                problem = None if target.spec is None else build_in_child(target.spec, self._started_child)
+                if problem is not None:
+                    raise RuntimeError(problem)
+                if self._closed.is_set():
+                    break
                 engine = target.build()
             except Exception as exc:  # noqa: BLE001 - the running engine stays: said once, below
+                if self._abandoned:
+                    break
                 failures.append(f"{target.label} could not be built ({first_line(exc)})")
                 log.debug("background build of %s failed", target.label, exc_info=True)
                 continue
             finally:
                 self._in_build = False
+                self._child = None
             built_s = time.perf_counter() - t0
             try:
                 problem = self._check_and_warm(engine, target.precision)
@@ -265,9 +359,11 @@ def ready_engine(model, device: torch.device, precision: str) -> Engine:
 
 
 def start_without_waiting(model, device: torch.device, candidates: list[tuple[str, str]], weights_id: str | None,
-                          shape_hint: tuple[int, int] | None) -> UpgradingEngine | None:
+                          shape_hint: tuple[int, int] | None, source: dict | None = None) -> UpgradingEngine | None:
     """The ready engine with the faster ones building behind it, or None when there is nothing to wait for: the
-    fastest candidate is built already (a warm cache: the caller builds it as always) or none is faster."""
+    fastest candidate is built already (a warm cache: the caller builds it as always) or none is faster.
+    ``source`` ({"weights_dir", "decoder"}: where ``model`` was loaded from) lets the first-time builds run in
+    a child process (:func:`build_in_child`); without it they run in the build thread."""
     from engines.backends import _build, engine_class
 
     have_triton = True
@@ -282,8 +378,16 @@ def start_without_waiting(model, device: torch.device, candidates: list[tuple[st
     if engine_class(first).is_built(model, device, first_precision, weights_id, shape_hint):
         return None
     running = ready_engine(model, device, first_precision)
+    def spec(kind: str, precision: str) -> dict | None:
+        if source is None:
+            return None
+        return {"kind": kind, "model": model.name, "weights_dir": source.get("weights_dir"),
+                "decoder": source.get("decoder"), "device": str(device), "precision": precision,
+                "weights_id": weights_id, "shape_hint": list(shape_hint) if shape_hint else None}
+
     targets = [Target(f"{kind} {precision}", precision,
-                      lambda kind=kind, precision=precision: _build(kind, model, device, precision, weights_id, shape_hint))
+                      lambda kind=kind, precision=precision: _build(kind, model, device, precision, weights_id, shape_hint),
+                      spec(kind, precision))
                for kind, precision in wanted]
     batch = min([running.max_batch, *(engine_class(kind).max_batch for kind, _ in wanted)])
     log.info("engine: %s now; building %s in the background (first time only; --engine-wait waits for it instead)",
@@ -325,3 +429,7 @@ def current_label(stylizer) -> str:
     if engine is None or not hasattr(engine, "name"):
         return ""
     return engine_label(engine)
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1]))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.backends.switch import UpgradingEngine
 from engines.errors import DeviceError, InputError
 from engines.stylizer import short_side_shape
 from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
@@ -195,9 +196,13 @@ def run(args: argparse.Namespace) -> int:
         motion = _motion_on(args.motion, gpu, steady=want_window or args.vcam)
         state = LiveState(n_styles=len(styles), alpha=args.alpha, keep_color=args.preserve_color, hud=args.hud,
                           sizes=sizing.sizes if sizing else (), size=args.size, motion=motion, upscale=args.upscale)
-        with torch.inference_mode():  # warm-up: the first run allocates and picks kernels; auto builds every size
-            for size in sizing.sizes if sizing else (args.size,):
-                stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, size, None)
+        if isinstance(getattr(stylizer, "engine", None), UpgradingEngine):  # torch now: nothing to build; the fast
+            for size in sizing.sizes if sizing else (args.size,):  # engine is warmed at these before it takes over
+                stylizer.engine.prepare(*short_side_shape(h, w, size))
+        else:
+            with torch.inference_mode():  # warm-up: the first run allocates and picks kernels; auto builds every size
+                for size in sizing.sizes if sizing else (args.size,):
+                    stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, size, None)
         if args.record:
             outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite, output=record_output,
                                      **args.encoder))
