@@ -149,7 +149,8 @@ def _without_waiting(args: argparse.Namespace, model, device: torch.device, prec
 def finish_background_build(stylizer: Any, wait: bool = True) -> None:
     """At the end of a render or live session: a faster engine still building in the background is let finish
     (``wait``), so the engine cache holds it and the next run starts on it; said in one line. Ctrl-C stops the
-    wait. Without ``wait`` (the run was interrupted) the build is left to end with the process."""
+    wait. Without ``wait`` (the run was interrupted, or failed) the build is stopped: the next run builds again.
+    Safe with any ``stylizer`` (None, a stand-in, a plain engine: nothing to do)."""
     from engines.backends.switch import UpgradingEngine
 
     engine = getattr(stylizer, "engine", None)

@@ -145,6 +145,9 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
         finish_background_build(stylizer, wait=False)
         print(f"streamer: interrupted{stopped_by(signum)}: {kept}", file=sys.stderr)
         return exit_code(signum)
+    except BaseException:
+        finish_background_build(stylizer, wait=False)
+        raise
     finally:
         lock.close()
         if created and not done:

@@ -341,6 +341,7 @@ def render_video(args: argparse.Namespace) -> int:
     check_style_weights(args.style_weights, len(style_paths))
     temporal = make_temporal(args)
     output = AtomicOutput(dst, overwrite=args.overwrite)  # read-only folder, or another run on it: fail now
+    stylizer = None
     try:
         args.size = fit_short_side(args.size, info.height, info.width, "the video")
         work = short_side_shape(info.height, info.width, args.size)
@@ -352,6 +353,9 @@ def render_video(args: argparse.Namespace) -> int:
         stats = render_video_file(src, dst, stylizer, code, args.alpha, args.preserve_color, **encoder,
                                   progress=bars_enabled(), temporal=temporal,
                                   max_frames=args.max_frames, size=args.size, output=output, upscale=args.upscale)
+    except BaseException:
+        finish_background_build(stylizer, wait=False)  # an error or Ctrl-C before the pipeline: the build stops
+        raise
     finally:
         output.discard()  # a no-op once the writer has renamed it
     if stats.interrupted:

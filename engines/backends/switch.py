@@ -89,6 +89,14 @@ def _child_main(spec_text: str) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    parent = os.getppid()
+
+    def watch_parent() -> None:  # a parent that ended without stopping us (killed, crashed): stop too
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     spec = json.loads(spec_text)
     try:
@@ -323,7 +331,7 @@ class UpgradingEngine(Engine):
             for n, h, w in shapes:  # build and warm every shape in use now, so the switch costs no frame
                 if self._closed.is_set():
                     return "stopped"
-                engine.run(torch.zeros(n, 3, h, w, dtype=image.dtype), alpha, code)
+                engine.run(torch.zeros(n, 3, h, w, dtype=image.dtype, device=image.device), alpha, code)
         return None
 
 

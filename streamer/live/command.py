@@ -158,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     outputs: list[Output] = []
     window: Window | None = None
+    stylizer = None
     try:
         log.info("source: %s", source.describe())
         w, h = source.width, source.height
@@ -213,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
                               snapshot_dir=Path(args.snapshot_dir), stdin=not args.no_stdin, sizing=sizing,
                               target_fps=target_fps)
     except BaseException:
+        finish_background_build(stylizer, wait=False)
         source.release()
         if record_output is not None:
             record_output.discard()  # a no-op once the recording owns it (its abort removes it)
