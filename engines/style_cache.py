@@ -4,17 +4,15 @@ The key covers everything that changes the code: model, weights, the image's byt
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import platformdirs
 import torch
 
+from engines.files import Replacing, file_sha256
 from engines.models.base import StyleCode
 
 log = logging.getLogger(__name__)
@@ -24,14 +22,6 @@ CODE_FORMAT = 1
 
 def style_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("streamer")) / "styles"
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def style_key(model: str, weights_id: str, image_digest: str, style_size: int) -> str:
@@ -48,7 +38,7 @@ class StyleCache:
         self.folder = folder or style_cache_dir()
 
     def path_for(self, image_path: Path, style_size: int) -> Path:
-        key = style_key(self.model, self.weights_id, file_digest(image_path), style_size)
+        key = style_key(self.model, self.weights_id, file_sha256(image_path), style_size)
         return self.folder / f"{self.model}-{key}.pt"
 
     def get_or_compute(self, image_path: Path, style_size: int, compute: Callable[[], StyleCode]) -> StyleCode:
@@ -71,20 +61,13 @@ class StyleCache:
         return code
 
     def _store(self, entry: Path, code: StyleCode) -> None:
-        tmp: str | None = None
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".part")
-            with os.fdopen(fd, "wb") as f:
-                torch.save({k: v.cpu() for k, v in code.items()}, f)
-            os.replace(tmp, entry)
-            tmp = None
+            with Replacing(entry) as tmp:  # never a half-written (or empty) temp file left in the cache
+                with tmp.path.open("wb") as f:
+                    torch.save({k: v.cpu() for k, v in code.items()}, f)
         except (OSError, RuntimeError) as exc:  # a read-only or full cache only costs speed (torch's writer
             # reports a full disk as RuntimeError)
             from engines.backends.cache import first_line
 
             log.warning("could not cache the style code (%s); it will be recomputed next time", first_line(exc))
-        finally:
-            if tmp is not None:  # never a half-written (or empty) temp file left in the cache
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)

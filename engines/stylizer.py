@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -99,6 +100,37 @@ def back_to_source(stylized: np.ndarray, source: np.ndarray, upscale_method: str
     if keep_color:
         out = to_uint8(preserve_color(to_tensor(out), to_tensor(source)))
     return out
+
+
+def to_working_size(image: np.ndarray, size: int, fast: bool = False) -> np.ndarray:
+    """The first step of every frame's way: short side at ``size`` (0 = as is). ``fast`` (live): OpenCV's area
+    filter, a few ms; else Lanczos (stills, videos, the cluster), sharper for tens of ms."""
+    if not fast:
+        return resize_short_side(image, size)
+    h, w = short_side_shape(*image.shape[:2], size)
+    return resize_to(image, (w, h))
+
+
+class FrameFilter(Protocol):
+    """A step between the engine and the way back that keeps state across frames (``--temporal``)."""
+
+    def process(self, work: np.ndarray, stylized: np.ndarray) -> np.ndarray: ...
+
+
+def stylize_frame(stylizer: Stylizer, image: np.ndarray, code: StyleCode, *, alpha: float = 1.0, size: int = 0,
+                  upscale_method: str = UPSCALE_METHODS[0], keep_color: bool = False,
+                  temporal: FrameFilter | None = None, fast: bool = False) -> np.ndarray:
+    """The one frame chain: to the working size, the engine, ``temporal``, back to ``image``'s size, colours.
+
+    Stills, live and the Python API call it whole; the video pipeline (and the cluster, which runs it) calls
+    the same steps on three threads: :func:`to_working_size` when decoding, the engine and ``temporal`` when
+    stylizing, :func:`back_to_source` when encoding.
+    """
+    work = to_working_size(image, size, fast)
+    out = stylizer.stylize(work, code, alpha)
+    if temporal is not None:
+        out = temporal.process(work, out)
+    return back_to_source(out, image, upscale_method, keep_color)
 
 
 # -- the same steps on tensors, for frames that stay on the GPU ----------------------------------------

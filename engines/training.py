@@ -8,8 +8,6 @@ to step it and how to write and read an exact checkpoint. Data loading and the c
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engines.errors import InputError
+from engines.files import Replacing
 from engines.models.vgg import VGGAdaIN
 from engines.ops import adain, mean_std
 
@@ -123,14 +122,8 @@ def reset_decoder(decoder: nn.Module, seed: int) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save into a temp file beside ``path``, then rename: a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with Replacing(path) as tmp:
+        torch.save(obj, tmp.path)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,6 @@ import http.client
 import logging
 import os
 import sys
-import tempfile
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
+from engines import files
 from engines.errors import WeightsError
 from engines.progress import tqdm_disable
 
@@ -36,7 +35,6 @@ log = logging.getLogger(__name__)
 ENV_WEIGHTS_DIR = "STREAMER_WEIGHTS_DIR"
 DOWNLOAD_TIMEOUT_S = 30.0
 _CHUNK = 1 << 16
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -127,44 +125,12 @@ def missing_message(model: str, headline: str, missing: list[WeightFile], root: 
 
 # ------------------------------------------------------------------------------------- verification
 
-# (resolved path, size, mtime_ns) -> sha256 hex: hashing a few MB on every model load is wasted work.
-_DIGESTS: dict[tuple[str, int, int], str] = {}
-_DIGESTS_LOCK = threading.Lock()
-
-
-def _digest_key(path: Path) -> tuple[str, int, int]:
-    st = path.stat()
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
 def file_sha256(path: Path) -> str:
-    """The file's sha256 (hex), memoised per (path, size, mtime) so repeated checks are cheap."""
-    path = Path(path)
+    """The file's sha256 (hex), memoised (:func:`engines.files.file_sha256`); an unreadable file is a WeightsError."""
     try:
-        key = _digest_key(path)
-        with _DIGESTS_LOCK:
-            if key in _DIGESTS:
-                return _DIGESTS[key]
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            while chunk := fh.read(_HASH_CHUNK):
-                digest.update(chunk)
+        return files.file_sha256(path)
     except OSError as exc:
         raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
-    value = digest.hexdigest()
-    with _DIGESTS_LOCK:
-        _DIGESTS[key] = value
-    return value
-
-
-def _remember_digest(path: Path, value: str) -> None:
-    """Record a digest computed while downloading, so the first use does not hash the file again."""
-    try:
-        key = _digest_key(path)
-    except OSError:
-        return
-    with _DIGESTS_LOCK:
-        _DIGESTS[key] = value
 
 
 def _check_sha(model: str, wf: WeightFile, path: Path, in_cache: bool) -> None:
@@ -228,18 +194,17 @@ def _download(wf: WeightFile, dest: Path, progress: bool) -> None:
     created = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        tmp = files.Replacing(dest)
     except OSError as exc:
         _remove_empty(created)
         raise _DownloadFailed(f"cannot write to {dest.parent}: {exc.strerror or exc}") from None
-    tmp = Path(tmp_name)
     done = False
     try:
         digest = hashlib.sha256()
         received = 0
         head = b""
         request = urllib.request.Request(wf.url, headers={"User-Agent": "streamer-weights/1"})
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+        with tmp.path.open("wb") as out, urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as resp:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
@@ -261,8 +226,8 @@ def _download(wf: WeightFile, dest: Path, progress: bool) -> None:
                                   f"expected {wf.sha256[:12]}…")
         if wf.sha256 is None and not _looks_like_torch(head):
             raise _DownloadFailed(f"the downloaded {wf.filename} is not a PyTorch weights file")
-        os.replace(tmp, dest)
-        _remember_digest(dest, got)
+        tmp.commit()
+        files.remember_sha256(dest, got)
         done = True
         log.info("downloaded %s (%d bytes) to %s", wf.url, received, dest)
     except _DownloadFailed:
@@ -277,12 +242,7 @@ def _download(wf: WeightFile, dest: Path, progress: bool) -> None:
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise _DownloadFailed(f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}") from None
     finally:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:  # pragma: no cover - e.g. a read-only folder after a successful mkstemp
-            log.warning("could not remove temporary file %s: %s", tmp, exc)
+        tmp.discard()
         if not done:
             _remove_empty(created)  # a failed first download leaves no empty cache folders behind
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,61 +29,68 @@ from engines.errors import InputError, StreamerError, WeightsError
 from engines.models import MODEL_NAMES, StyleModel, load_model, random_weights_model, weights_fingerprint
 from engines.ops import psnr
 from engines.stylizer import encode_style
+from streamer.bench_report import (SWITCH_PAUSE_S, RenderRow, Row, engine_label, format_report, median_ms,
+                                   synced_call, time_side_by_side)
 from streamer.fileutil import AtomicOutput, print_stdout, refuse_same_file
-from streamer.shared import IMAGE_SUFFIXES, VIDEO_SUFFIXES, first_media, shared_weights
+from streamer.imageio import parse_size
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SIZES = ((640, 360), (1280, 720), (256, 256), (512, 512))
 #: on a CPU the default leaves out adain (relu4_1): it alone would take minutes per size
 CPU_DEFAULT_MODELS = ("microast", "adain-r31")
-#: idle time between two engines' runs: runtimes' worker threads spin for a while after a run, which
-#: would otherwise be billed to whichever engine runs next
-SWITCH_PAUSE_S = 0.05
 RENDER_ROUNDS = 2
 #: working short side per output short side for the way-back timing: --size auto's smallest CPU rung (152 of 360)
 UPSCALE_FROM = 152 / 360
+#: engines that only run on an NVIDIA GPU: not listed in a CPU bench
+GPU_ONLY_ENGINES = ("tensorrt", "torch-cuda")
 
 
 # -- small pure helpers -------------------------------------------------------------------------------
-def parse_size(text: str) -> tuple[int, int]:
-    """'640x360' -> (640, 360); '512' -> (512, 512). Width first, as people say it."""
+def frame_size(text: str) -> tuple[int, int]:
+    """--sizes: WIDTHxHEIGHT or N for a square (:func:`streamer.imageio.parse_size`)."""
     try:
-        if "x" in text.lower():
-            w, h = (int(v) for v in text.lower().split("x"))
-        else:
-            w = h = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT or N, not '{text}'") from None
-    if w < 16 or h < 16 or w > 8192 or h > 8192:
-        raise argparse.ArgumentTypeError(f"size {text} is out of range (16..8192)")
-    return w, h
-
-
-def median_ms(times: list[float]) -> float:
-    return statistics.median(times) * 1000.0
+        size = parse_size(text, "size", square=True)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size is None:
+        raise argparse.ArgumentTypeError(f"size must look like 640x360 or 512, not '{text}'")
+    return size
 
 
 # -- inputs -------------------------------------------------------------------------------------------
+#: a folder of real weights and media (``weights/<model>/``, ``media/{video,style}/``): bench's defaults where set
+ENV_SHARED = "STREAMER_SHARED"
+
+
+def _shared(*parts: str) -> Path | None:
+    """``$STREAMER_SHARED/parts...`` when the variable is set and that folder exists."""
+    root = os.environ.get(ENV_SHARED, "").strip()
+    folder = Path(root).expanduser().joinpath(*parts) if root else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def _first_file(kind: str, suffixes: tuple[str, ...]) -> Path | None:
+    folder = _shared("media", kind)
+    if folder is None:
+        return None
+    return next((p for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes and p.is_file()), None)
+
+
 def default_clip() -> Path | None:
-    """The first video of the shared media (``streamer.shared``), if there is one."""
-    return first_media("video", VIDEO_SUFFIXES)
+    """The first video of ``$STREAMER_SHARED/media/video``, if there is one."""
+    return _first_file("video", (".mp4", ".mkv", ".mov", ".webm"))
 
 
 def default_style() -> Path | None:
-    """The first style image of the shared media, if there is one."""
-    return first_media("style", IMAGE_SUFFIXES)
-
-
-def _shared_weights() -> Path | None:
-    weights = shared_weights()
-    return weights if weights.is_dir() else None
+    """The first style image of ``$STREAMER_SHARED/media/style``, if there is one."""
+    return _first_file("style", (".jpg", ".jpeg", ".png"))
 
 
 def load_bench_model(name: str, weights_dir: str | None) -> tuple[StyleModel, str, str]:
     """(model, weights id, note). Weights already on disk are used (never downloaded: speed needs no
     download); without them, random weights of the same architecture, for speed only."""
-    folders = [weights_dir] if weights_dir is not None else [None, _shared_weights()]
+    folders = [weights_dir] if weights_dir is not None else [None, _shared("weights")]
     for folder in folders:
         try:
             model = load_model(name, folder, download=False)
@@ -104,90 +110,13 @@ def frame_tensor(width: int, height: int) -> torch.Tensor:
 
     from engines.stylizer import to_tensor
 
-    photo = first_media("content", IMAGE_SUFFIXES)
+    photo = _first_file("content", (".jpg", ".jpeg", ".png"))
     if photo is not None:
         rgb = np.asarray(Image.open(photo).convert("RGB").resize((width, height), Image.Resampling.BILINEAR))
         return to_tensor(rgb)
     g = torch.Generator().manual_seed(0)
     small = torch.rand(1, 3, max(2, height // 16), max(2, width // 16), generator=g)
     return torch.nn.functional.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
-
-
-# -- results ------------------------------------------------------------------------------------------
-@dataclass
-class Row:
-    model: str
-    engine: str
-    precision: str
-    size: str
-    ms: float | None = None
-    fps: float | None = None
-    speedup: float | None = None
-    psnr_db: float | None = None
-    gflops: float | None = None
-    peak_pct: float | None = None
-    runs: int = 0
-    note: str = ""
-    times_ms: list[float] = field(default_factory=list)
-
-
-@dataclass
-class RenderRow:
-    model: str
-    engine: str
-    precision: str
-    fps: float | None = None
-    frames: int = 0
-    speedup: float | None = None
-    note: str = ""
-
-
-#: engines that only run on an NVIDIA GPU: not listed in a CPU bench
-GPU_ONLY_ENGINES = ("tensorrt", "torch-cuda")
-
-
-def _engine_label(kind: str, precision: str) -> str:
-    return f"{kind}/{precision}"
-
-
-def synced_call(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` that returns only once a GPU has finished its work: CUDA kernels are asynchronous, so a
-    timer around the launch alone measures the launch (the result is a CUDA tensor, not yet computed)."""
-
-    def call() -> object:
-        out = fn()
-        if getattr(out, "is_cuda", False):
-            torch.cuda.synchronize(out.device)
-        return out
-
-    return call
-
-
-def time_side_by_side(runs: dict[str, Callable[[], object]], repeats: int, warmup: int, budget_s: float,
-                      min_repeats: int = 2) -> dict[str, list[float]]:
-    """Interleaved timing: each round calls every runner once; stop at ``repeats`` rounds or when over budget.
-
-    Warm-up matters most for torch eager, whose first frames grow the heap (page faults) and pick oneDNN
-    kernels: MicroAST at 640x360 took 280-350 ms for two or three frames, then 210. Warm-up rounds also
-    stop when over budget, so slow models do not pay minutes for it.
-    """
-    start = time.perf_counter()
-    for _ in range(warmup):
-        for fn in runs.values():
-            fn()
-        if time.perf_counter() - start > budget_s * len(runs):
-            break
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    start = time.perf_counter()
-    for r in range(repeats):
-        for k, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-            time.sleep(SWITCH_PAUSE_S)
-        if r + 1 >= min_repeats and time.perf_counter() - start > budget_s * len(runs):
-            break
-    return times
 
 
 # -- the command --------------------------------------------------------------------------------------
@@ -201,7 +130,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="default: every engine available here (torch fp32 eager is always run as the baseline)")
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
                    help="default: fp32 and int8 (OpenVINO) on a CPU, fp32 and fp16 on a GPU")
-    p.add_argument("--sizes", nargs="+", type=parse_size, default=None, metavar="WxH",
+    p.add_argument("--sizes", nargs="+", type=frame_size, default=None, metavar="WxH",
                    help="frame sizes, WIDTHxHEIGHT or N for a square (default 640x360 1280x720 256 512)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per engine and size, at most (default 5)")
     p.add_argument("--warmup", type=int, default=4,
@@ -302,7 +231,7 @@ def measure(args: argparse.Namespace, device: torch.device, models: list[str], e
         info = model_info[name] = {"weights": weights_note, "gflop": {}}
         code, info["style_encode_ms"] = _style_code(model, style_path)
         built: dict[str, object] = {}
-        labels = ["torch/fp32", *(_engine_label(k, p) for k in engines for p in precisions)]
+        labels = ["torch/fp32", *(engine_label(k, p) for k in engines for p in precisions)]
         for label in dict.fromkeys(labels):  # torch fp32 eager first: the baseline
             kind, prec = label.split("/")
             if prec == "int8" and kind != "openvino" and not args.precisions:
@@ -462,51 +391,3 @@ def _bench_render(name, model, built, base_label, code, clip, args, rows) -> lis
         if r.fps and base:
             r.speedup = round(r.fps / base, 2)
     return out
-
-
-def _fmt(v, spec: str = "", none: str = "-") -> str:
-    return none if v is None else format(v, spec)
-
-
-def format_report(report: dict) -> str:
-    m = report["machine"]
-    lines = [
-        f"machine: {m['cpu']} | {m['physical_cores']} physical cores ({m['logical_cpus']} logical) | "
-        f"ISA {' '.join(m['isa']) or '?'} | GPU: {m['gpu'] or 'none'} | torch {m['torch']} | "
-        + ("freed memory reused (no page faults per torch frame)" if m.get("freed_memory_reused")
-           else "default allocator (torch eager pays page faults per frame)"),
-        f"fp32 peak: {report['peak_gflops']:.0f} GFLOP/s (best 2048^3 matmul measured in this run; %peak is "
-        "against it)",
-        "",
-    ]
-    for name, info in report["models"].items():
-        lines.append(f"{name}: {info['weights']}; style encoding {info['style_encode_ms']:.0f} ms (512 px); "
-                     "GFLOP/frame " + ", ".join(f"{k} {v}" for k, v in info["gflop"].items()))
-    lines.append("")
-    head = (f"{'model':10} {'engine':12} {'prec':5} {'size':>9} {'ms/frame':>9} {'fps':>6} {'x torch':>7} "
-            f"{'PSNR':>6} {'GFLOP/s':>8} {'%peak':>6} {'runs':>4}  note")
-    lines += ["content side (median of timed runs, engines interleaved; x torch = speedup vs torch fp32 eager)",
-              head, "-" * len(head)]
-    for r in report["content"]:
-        lines.append(
-            f"{r['model']:10} {r['engine']:12} {r['precision']:5} {r['size']:>9} {_fmt(r['ms'], '9.1f'):>9} "
-            f"{_fmt(r['fps'], '6.2f'):>6} {_fmt(r['speedup'], '6.2f') + ('x' if r['speedup'] else ''):>7} "
-            f"{_fmt(r['psnr_db'], '6.1f'):>6} {_fmt(r['gflops'], '8.1f'):>8} {_fmt(r['peak_pct'], '5.1f'):>6} "
-            f"{r['runs']:>4}  {r['note']}")
-    if report["render"]:
-        lines += ["", f"end-to-end render of {report['clip']} (decode + stylize + encode of the first frames, "
-                      f"engines taking turns)",
-                  f"{'model':10} {'engine':12} {'prec':5} {'frames':>6} {'fps':>6} {'x torch':>7}  note"]
-        for r in report["render"]:
-            lines.append(f"{r['model']:10} {r['engine']:12} {r['precision']:5} {r['frames']:>6} "
-                         f"{_fmt(r['fps'], '6.2f'):>6} {_fmt(r['speedup'], '6.2f') + ('x' if r['speedup'] else ''):>7}"
-                         f"  {r['note']}")
-    elif report["clip"] is None:
-        lines += ["", "end-to-end render: n/a (no clip; pass --clip VIDEO)"]
-    if report.get("upscale"):
-        lines += ["", "way back to the output size (--upscale; CPU, ms a frame, median, ways interleaved)",
-                  f"{'size':>9} {'from':>9} {'bicubic':>8} {'guided':>8}"]
-        for r in report["upscale"]:
-            lines.append(f"{r['size']:>9} {r['from']:>9} {_fmt(r.get('bicubic_ms'), '8.1f'):>8} "
-                         f"{_fmt(r.get('guided_ms'), '8.1f'):>8}")
-    return "\n".join(lines)

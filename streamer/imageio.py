@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,23 @@ def check_pixels(width: int, height: int, what: str, fix: str = "shrink it first
     if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
         raise InputError(f"{what} is too large ({width}x{height}); the limit is {MAX_SIDE} px a side and "
                          f"{MAX_PIXELS // 1_000_000} megapixels: {fix}")
+
+
+def parse_size(text: str | None, what: str = "size", square: bool = False) -> tuple[int, int] | None:
+    """The one parser of a frame size a user types: ``"640x360"`` -> (640, 360) (width first, as people say it),
+    with ``square`` also ``"512"`` -> (512, 512); ``None``, ``""`` or ``"auto"`` -> None. At least 16 px a side,
+    within :func:`check_pixels`; ``what`` names the flag in the one-line error."""
+    if text is None or text.strip() in ("", "auto"):
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*,]\s*(\d+)\s*)?", text)
+    if m and m[2] is None and not square:
+        m = None
+    if not m or int(m[1]) < 16 or int(m[2] or m[1]) < 16:
+        shape = "640x360 or 512" if square else "640x360"
+        raise InputError(f"{what} must look like {shape} (width x height, at least 16 each), not '{text}'")
+    width, height = int(m[1]), int(m[2] or m[1])
+    check_pixels(width, height, what, fix=f"use a smaller {what}")
+    return width, height
 
 
 def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:

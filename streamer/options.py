@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,9 +99,6 @@ def build_stylizer(args: argparse.Namespace, shape_hint: tuple[int, int] | None 
     steers ``--precision auto`` (engines.precision). ``background`` (render video/folder, live): with
     ``--engine auto`` and no ``--engine-wait``, when the fastest engine has its first-time build ahead, start on
     a ready one and build it behind (engines.backends.switch)."""
-    if _stand_in is not None:
-        _stand_in.built += 1
-        return _stand_in.stylizer
     device = pick_device(args.device)
     name = args.model
     if name == "auto":
@@ -222,8 +218,6 @@ def expand_style_paths(items: list[str], style_size: int | None = None) -> list[
     With ``style_size``, each image's header is read and the size it would be encoded at checked, so a
     broken or oversized style fails before any model loads.
     """
-    if _stand_in is not None and _stand_in.any_style_path:
-        return [Path(item) for item in items]
     paths: list[Path] = []
     for item in items:
         p = Path(item)
@@ -275,44 +269,8 @@ class Style:
     code: StyleCode = field(repr=False)
 
 
-# -- a stand-in model: the one seam for tests (and programs embedding streamer) --------------------------
-@dataclass
-class StandIn:
-    """What every command uses instead of a network while :func:`stand_in_model` is active."""
-
-    stylizer: Any
-    styles: Callable[[list[Path]], list[Style]]
-    any_style_path: bool = False
-    #: how many times a command asked for a model (tests check that a refusal came before any)
-    built: int = 0
-
-
-_stand_in: StandIn | None = None
-
-
-def empty_styles(paths: list[Path]) -> list[Style]:
-    """One style per path with an empty code: for a stand-in stylizer that ignores codes."""
-    return [Style(p.stem, p, {}) for p in paths]
-
-
-@contextlib.contextmanager
-def stand_in_model(stylizer: Any, styles: Callable[[list[Path]], list[Style]] = empty_styles, *,
-                   any_style_path: bool = False) -> Iterator[StandIn]:
-    """Within the block, commands take ``stylizer`` (anything with ``stylize``) instead of building a model
-    and engine, and ``styles(paths)`` instead of encoding style images; ``any_style_path``: ``--style``
-    names are taken as they are, without looking for the files. Everything else runs as it does for users."""
-    global _stand_in
-    previous, _stand_in = _stand_in, StandIn(stylizer, styles, any_style_path)
-    try:
-        yield _stand_in
-    finally:
-        _stand_in = previous
-
-
 def load_styles(paths: list[Path], stylizer: Stylizer, style_size: int, weights_dir: str | None = None) -> list[Style]:
     """Style codes for each image, from the on-disk cache or computed once and cached."""
-    if _stand_in is not None:
-        return _stand_in.styles(paths)
     if style_size < 0:
         raise InputError("--style-size must be 0 (original) or a positive number of pixels")
     cache = StyleCache(stylizer.name, stylizer.weights_id or weights_fingerprint(stylizer.name, weights_dir))

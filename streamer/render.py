@@ -14,7 +14,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from engines.backends.switch import EngineSpans, current_label
 from engines.errors import InputError
 from engines.progress import tqdm_disable
-from engines.stylizer import Stylizer, back_to_source, resize_short_side
+from engines.stylizer import Stylizer, back_to_source, stylize_frame, to_working_size
 from streamer import video
 from streamer.fileutil import AtomicOutput, FolderLock, make_output_folder, refuse_same_file
 from streamer.imageio import (check_output_path, check_output_size, image_size, is_image_path, list_images,
@@ -198,16 +198,15 @@ def folder_jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
 
 
 def render_image(stylizer: Stylizer, rgb: np.ndarray, code, args: argparse.Namespace) -> np.ndarray:
-    work = resize_short_side(rgb, fit_short_side(args.size, *rgb.shape[:2]))
-    out = stylizer.stylize(work, code, args.alpha)
-    return back_to_source(out, rgb, args.upscale, args.preserve_color)
+    return stylize_frame(stylizer, rgb, code, alpha=args.alpha, size=fit_short_side(args.size, *rgb.shape[:2]),
+                         upscale_method=args.upscale, keep_color=args.preserve_color)
 
 
 def render_masked(stylizer: Stylizer, rgb: np.ndarray, styles: list[Style], regions: np.ndarray,
                   args: argparse.Namespace) -> np.ndarray:
     """Spatial control. With one style and a two-region mask, the style goes where the mask is light (the rest is
     the input's own pixels, at its full size)."""
-    work = resize_short_side(rgb, fit_short_side(args.size, *rgb.shape[:2]))
+    work = to_working_size(rgb, fit_short_side(args.size, *rgb.shape[:2]))
     small = regions if work.shape[:2] == rgb.shape[:2] else load_mask(args.mask, work.shape[:2])[0]
     if len(styles) == 1 and len(small) == 2:
         stylized = back_to_source(stylizer.stylize(work, styles[0].code, args.alpha), rgb, args.upscale,
@@ -215,6 +214,8 @@ def render_masked(stylizer: Stylizer, rgb: np.ndarray, styles: list[Style], regi
         return np.where(regions[0][..., None], rgb, stylized)
     if len(styles) != len(small):
         check_regions(len(small), len(styles))
+    log.info("--mask with %d styles: the model's own torch graph on the CPU (the engines' graphs take one style "
+             "code; per-region statistics are not in them)", len(styles))
     out = stylizer.stylize_masked(work, [s.code for s in styles], small, args.alpha)
     return back_to_source(out, rgb, args.upscale, args.preserve_color)
 

@@ -13,7 +13,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -27,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm import tqdm
 
 from engines.errors import InputError
+from engines.files import Replacing
 from engines.models import DECODER_FILES, load_model
 from engines.models.vgg import AdaIN, AdaINR31
 from engines.stylizer import resize_short_side
@@ -341,10 +341,8 @@ def _read_losses(path: Path, upto: int) -> list[dict[str, Any]]:
 
 
 def _rewrite_losses(path: Path, records: list[dict[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, path)
+    with Replacing(path) as tmp:
+        tmp.path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 class _StopFlag:

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from engines.backends.switch import EngineSpans, current_label
 from engines.errors import InputError
 from engines.progress import bars_enabled, tqdm_disable
 from engines.models import StyleCode
-from engines.stylizer import Stylizer, back_to_source, resize_short_side, short_side_shape
+from engines.stylizer import Stylizer, back_to_source, short_side_shape, to_working_size
 from engines.upscale import UPSCALE_METHODS
 from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
 from streamer.pipeline import ThreadedPipeline, run_in_thread
@@ -92,9 +92,6 @@ class RenderStats:
     interrupted: bool = False
     #: the signal that interrupted the render (SIGINT for Ctrl-C; streamer.signals)
     signum: int = int(signal.SIGINT)
-    #: seconds each pipeline thread spent working (decode, stylize, encode): stylize / seconds near 1 means
-    #: the render ran at the engine's speed
-    stage_seconds: dict[str, float] = field(default_factory=dict)
     #: which engine stylized which frames: ``torch fp32 for frames 0-41, then openvino fp32 for frames 42-239``
     engines: str = ""
 
@@ -162,7 +159,7 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
                 continue
             rgb = frame.to_ndarray(format="rgb24")
             if window is not None and pts < window.start_pts:
-                yield "warm", (resize_short_side(rgb, size), rgb), pts  # not counted, not written
+                yield "warm", (to_working_size(rgb, size), rgb), pts  # not counted, not written
                 continue
             report.frames += 1
             if batch > 0:
@@ -171,7 +168,7 @@ def _decode(container: av.container.InputContainer, info: VideoInfo, size: int, 
                 if len(held) >= batch:
                     yield from flush()
             else:
-                yield "video", (resize_short_side(rgb, size), rgb), pts
+                yield "video", (to_working_size(rgb, size), rgb), pts
             if max_frames is not None and report.frames >= max_frames:
                 yield from flush()
                 return
@@ -297,8 +294,7 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         container.close()
     seconds = time.perf_counter() - t0
     return RenderStats(writer.frames, seconds, writer.frames / seconds if seconds > 0 else 0.0, stop is not None,
-                       stage_seconds=dict(zip(pipeline.names, pipeline.busy)), signum=signal_number(stop),
-                       engines=spans.text())
+                       signum=signal_number(stop), engines=spans.text())
 
 
 # -- the command -----------------------------------------------------------------------------------

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from streamer.shared import shared_dir, shared_media, shared_weights
+from tools.shared import shared_dir, shared_media, shared_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = shared_dir()
+os.environ.setdefault("STREAMER_SHARED", str(SHARED))  # what `streamer bench` and the tools take their defaults from
 WEIGHTS = shared_weights()
 MEDIA = shared_media()
 CLIP = MEDIA / "video" / "cutBunny.mp4"
@@ -100,7 +101,7 @@ def no_model(monkeypatch):
 @pytest.fixture()
 def fake_model():
     """Commands use an InvertingStylizer (tests.fakes) instead of loading a network."""
-    from streamer.options import stand_in_model
+    from tests.fakes import stand_in_model
     from tests.fakes import InvertingStylizer
 
     fake = InvertingStylizer()

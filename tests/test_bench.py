@@ -12,18 +12,25 @@ from pathlib import Path
 import pytest
 
 from engines.backends.graph import content_flops
-from streamer.bench import format_report, parse_size, time_side_by_side
+from streamer.bench import frame_size
+from streamer.bench_report import format_report, time_side_by_side
+from engines.errors import InputError
+from streamer.imageio import parse_size
 from streamer.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_parse_size():
-    assert parse_size("640x360") == (640, 360)
-    assert parse_size("512") == (512, 512)
-    for bad in ("640x", "big", "8x8", "99999"):
+    """One parser for every size a user types: bench's squares too, live's WxH only."""
+    assert frame_size("640x360") == (640, 360) == parse_size(" 640 x 360 ", "--out-size")
+    assert frame_size("512") == (512, 512)
+    assert parse_size("auto") is None and parse_size(None) is None
+    for bad in ("640x", "big", "8x8", "99999", "0", "auto"):
         with pytest.raises(argparse.ArgumentTypeError):
-            parse_size(bad)
+            frame_size(bad)
+    with pytest.raises(InputError, match="--out-size must look like 640x360"):
+        parse_size("512", "--out-size")
 
 
 def test_flops_are_counted_without_running_and_scale_with_pixels(microast):
@@ -33,13 +40,13 @@ def test_flops_are_counted_without_running_and_scale_with_pixels(microast):
 
 
 def test_bench_finds_its_default_media_under_streamer_shared(tmp_path, monkeypatch):
-    """The one shared-media lookup follows $STREAMER_SHARED, and the bench's defaults come from it, by kind,
-    not by file name."""
+    """The bench's defaults come from $STREAMER_SHARED, by kind, not by file name, and from nowhere else (no
+    folder beside the checkout)."""
     from streamer import bench
-    from streamer.shared import shared_media, shared_weights
 
+    monkeypatch.delenv("STREAMER_SHARED", raising=False)
+    assert bench.default_clip() is None and bench.default_style() is None
     monkeypatch.setenv("STREAMER_SHARED", str(tmp_path))
-    assert shared_media() == tmp_path / "media" and shared_weights() == tmp_path / "weights"
     assert bench.default_clip() is None and bench.default_style() is None
     (tmp_path / "media" / "video").mkdir(parents=True)
     (tmp_path / "media" / "style").mkdir()

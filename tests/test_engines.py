@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.backends import create_engine, engine_class, pick_engine
+from engines.backends import create_engine, engine_class, usable_engines
 from engines.backends.cache import EngineCache, graph_weights_id
 from engines.backends.cpu_rewrites import cpu_graph
 from engines.backends.graph import example_inputs, export_program, padded_shape
@@ -359,13 +359,13 @@ def test_tensorrt_fp16_matches_torch(microast, media, tmp_path):  # pragma: no c
 def test_auto_picks_the_measured_fastest_available_and_says_so(microast, caplog, monkeypatch):
     from engines.backends import CPU_PREFERENCE
 
-    kind, why = pick_engine("microast", CPU, "fp32")
+    kind, why = usable_engines("microast", CPU, "fp32")[0]
     expected = next(k for k in CPU_PREFERENCE if _available(k))
     assert kind == expected and why
     # without the first choice, the next one is taken and the reason is given
     first = CPU_PREFERENCE[0]
     monkeypatch.setattr(engine_class(first), "unavailable_reason", classmethod(lambda cls, d, p: "not installed"))
-    kind2, why2 = pick_engine("microast", CPU, "fp32")
+    kind2, why2 = usable_engines("microast", CPU, "fp32")[0]
     assert kind2 != first and "not installed" in why2
     with caplog.at_level("INFO", logger="engines.backends"):
         engine = create_engine("auto", microast, CPU)
@@ -373,7 +373,7 @@ def test_auto_picks_the_measured_fastest_available_and_says_so(microast, caplog,
 
 
 def test_auto_with_bf16_falls_back_to_an_engine_that_runs_it(microast):
-    kind, _ = pick_engine("microast", CPU, "bf16")
+    kind, _ = usable_engines("microast", CPU, "bf16")[0]
     assert engine_class(kind).unavailable_reason(CPU, "bf16") is None
 
 

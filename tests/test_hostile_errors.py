@@ -127,7 +127,7 @@ def test_the_flicker_metric_on_frames_too_small_is_one_line(tmp_path, capsys) ->
     "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer of size 123",
 ])
 def test_out_of_memory_from_a_runtime_is_the_documented_line(run, style, media, tmp_path, message) -> None:
-    from streamer.options import stand_in_model
+    from tests.fakes import stand_in_model
 
     class Exhausted:
         def stylize(self, *args, **kwargs):
@@ -299,7 +299,7 @@ def test_mkv_subtitles_are_copied_or_their_loss_said(run, fake_model, style, tmp
 
 
 def test_a_float_tiff_in_0_to_1_is_not_black(run, style, tmp_path) -> None:
-    from streamer.options import stand_in_model
+    from tests.fakes import stand_in_model
 
     class AsIs:
         def stylize(self, frame, *args, **kwargs):

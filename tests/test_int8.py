@@ -73,10 +73,10 @@ def test_int8_model_is_built_once_then_loaded_from_the_cache(adain_r31, int8_eng
 def test_only_the_conv_reading_the_adain_output_stays_fp32(adain_r31):
     import openvino as ov
 
-    from engines.backends.graph import cached_onnx
+    from engines.backends.graph import onnx_entry
     from engines.backends.int8 import fp32_convs
 
-    model = ov.Core().read_model(str(cached_onnx(adain_r31, None)))
+    model = ov.Core().read_model(str(onnx_entry(adain_r31, None).path))
     assert len(fp32_convs(model)) == 1
 
 

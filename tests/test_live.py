@@ -22,7 +22,8 @@ from streamer.live.capture import PatternSource
 from streamer.live.hotkeys import LiveState
 from streamer.live.session import LiveSession
 from streamer.live.slot import LatestSlot
-from streamer.options import Style, stand_in_model
+from streamer.options import Style
+from tests.fakes import stand_in_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

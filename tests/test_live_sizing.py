@@ -12,7 +12,8 @@ from streamer.cli import main
 from streamer.live import sizing
 from streamer.live.hotkeys import Action, LiveState, handle_command, handle_key
 from streamer.live.sizing import COOLDOWN, FAST_STEPS, SLOW_STEPS, ladder, next_size, pin, start, unpin
-from streamer.options import Style, stand_in_model
+from streamer.options import Style
+from tests.fakes import stand_in_model
 
 SIZES = (152, 204, 272, 360)
 

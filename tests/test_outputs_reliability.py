@@ -27,12 +27,12 @@ import pytest
 from PIL import Image
 
 from engines.errors import InputError
-from streamer import options, video
+from streamer import video
 from streamer.fileutil import AtomicOutput, FolderLock, part_path
 from streamer.pipeline import run_in_thread
 from streamer.signals import Interrupted, stop_signals_interrupt
 from streamer.videoio import VideoInfo
-from tests.fakes import InvertingStylizer
+from tests.fakes import InvertingStylizer, stand_in_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 180  # seconds any one subprocess step may take on a loaded 2-core machine
@@ -337,7 +337,7 @@ def test_second_render_to_the_same_output_refuses(run, fake_model, clip, style, 
 def test_second_live_recording_to_the_same_file_refuses_before_the_model(run, style, tmp_path) -> None:
     rec = tmp_path / "rec.mp4"
     held = AtomicOutput(rec)  # as another streamer process recording there holds it
-    with options.stand_in_model(InvertingStylizer()) as stand_in:
+    with stand_in_model(InvertingStylizer()) as stand_in:
         code, err = run("live", "--source", "test", "--record", rec, "--no-stdin", "--max-frames", "2", "--style",
                         style)
     assert stand_in.built == 0, "model built"

@@ -16,7 +16,7 @@ import torch
 
 from engines import weights as W
 from engines.errors import WeightsError
-from streamer.shared import shared_weights
+from tools.shared import shared_weights
 
 SHARED_WEIGHTS = shared_weights()
 

@@ -24,7 +24,7 @@ from engines.backends import create_engine
 from engines.models import load_model
 from engines.stylizer import Stylizer, resize_short_side, to_tensor
 from streamer.imageio import load_image
-from streamer.shared import shared_dir
+from tools.shared import shared_dir
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 

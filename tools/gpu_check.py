@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from streamer.shared import shared_dir, shared_media  # noqa: E402
+from tools.shared import shared_dir, shared_media  # noqa: E402
 
 DEFAULT_DIR = ROOT / ".gpu_check"
 #: the weight folders --prepare copies (adain's VGG-19 relu4_1 files are not in the shared folder)

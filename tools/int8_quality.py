@@ -23,7 +23,7 @@ from engines.models import load_model
 from engines.ops import psnr
 from engines.stylizer import Stylizer, to_tensor
 from streamer.imageio import load_image
-from streamer.shared import shared_dir
+from tools.shared import shared_dir
 
 
 def centre_crop(path: Path, height: int, width: int) -> torch.Tensor:

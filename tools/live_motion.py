@@ -48,7 +48,7 @@ import streamer.live.command as live_command  # noqa: E402
 from streamer import cli  # noqa: E402
 from streamer.evaluate import warping_errors  # noqa: E402
 from streamer.live.session import LiveSession  # noqa: E402
-from streamer.shared import shared_dir  # noqa: E402
+from tools.shared import shared_dir  # noqa: E402
 
 SHARED = shared_dir()
 CLIP = SHARED / "media" / "video" / "cutBunny.mp4"

@@ -24,7 +24,7 @@ from engines.ops import mean_std
 from engines.stylizer import Stylizer
 from streamer.evaluate import read_frames, sharpness, warping_errors
 from streamer.imageio import load_image
-from streamer.shared import shared_dir
+from tools.shared import shared_dir
 from streamer.temporal import TemporalStabilizer
 
 SHARED = shared_dir()

@@ -32,7 +32,7 @@ from engines.models import load_model
 from engines.stylizer import Stylizer
 from streamer.evaluate import read_frames, sharpness, warping_errors
 from streamer.imageio import load_image
-from streamer.shared import shared_dir
+from tools.shared import shared_dir
 from streamer.temporal import DEFAULT_STRENGTH, TemporalStabilizer
 from streamer.video import render_video_file
 

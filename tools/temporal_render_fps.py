@@ -19,7 +19,7 @@ from engines.backends import create_engine
 from engines.models import load_model, weights_fingerprint
 from engines.stylizer import Stylizer
 from streamer.imageio import load_image
-from streamer.shared import shared_dir
+from tools.shared import shared_dir
 from streamer.temporal import TemporalStabilizer
 from streamer.video import render_video_file
 

@@ -46,7 +46,7 @@ from streamer import cli  # noqa: E402
 from streamer.evaluate import (gradient_correlation, mean_distance, read_frames, ssim_luma,  # noqa: E402
                                warping_errors)
 from streamer.live.session import LiveSession  # noqa: E402
-from streamer.shared import shared_dir  # noqa: E402
+from tools.shared import shared_dir  # noqa: E402
 
 SHARED = shared_dir()
 CLIP = SHARED / "media" / "video" / "cutBunny.mp4"

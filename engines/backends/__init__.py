@@ -76,11 +76,6 @@ def usable_engines(model_name: str, device: torch.device, precision: str) -> lis
     return usable
 
 
-def pick_engine(model_name: str, device: torch.device, precision: str) -> tuple[str, str]:
-    """(engine kind, why) for ``--engine auto``: the first in the measured order that works here."""
-    return usable_engines(model_name, device, precision)[0]
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{exc.__class__.__name__}: {text[0] if text else ''}".rstrip(": ")
@@ -132,4 +127,4 @@ def create_engine(kind: str, model, device: torch.device, precision: str = "fp32
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-__all__ = ["DTYPES", "ENGINE_NAMES", "PRECISIONS", "Engine", "create_engine", "pick_engine", "usable_engines", "CPU_PREFERENCE"]
+__all__ = ["DTYPES", "ENGINE_NAMES", "PRECISIONS", "Engine", "create_engine", "usable_engines", "CPU_PREFERENCE"]

@@ -15,10 +15,8 @@ import hashlib
 import io
 import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -30,6 +28,7 @@ import platformdirs
 import torch
 
 from engines.errors import StreamerError
+from engines.files import Replacing
 from engines.progress import bars_enabled
 
 log = logging.getLogger(__name__)
@@ -96,19 +95,11 @@ class EngineCache:
         """Build into a temporary file with ``write(tmp_path)``, then publish the entry and its key atomically."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path_for(stem, key, ext)
-        fd, tmp_name = tempfile.mkstemp(dir=self.folder, prefix=f".{path.stem}.", suffix=f".{ext}")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            write(tmp)
-            meta_tmp = tmp.with_name(tmp.name + ".json")
-            meta_tmp.write_text(json.dumps(_normalise(key), indent=1, sort_keys=True))
-            os.replace(tmp, path)  # the payload first: a sidecar never points at a half-written file
-            os.replace(meta_tmp, path.with_name(path.name + ".json"))
-        finally:
-            for leftover in (tmp, tmp.with_name(tmp.name + ".json")):
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
+        with Replacing(path, suffix=f".{ext}") as payload, Replacing(path.with_name(path.name + ".json")) as meta:
+            write(payload.path)
+            meta.path.write_text(json.dumps(_normalise(key), indent=1, sort_keys=True))
+            payload.commit()  # the payload first: a sidecar never points at a half-written file
+            meta.commit()
         return path
 
     def get_or_build(self, stem: str, key: Mapping[str, Any], ext: str, write: Callable[[Path], None]) -> Path:

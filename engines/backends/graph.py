@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from engines.backends.cpu_rewrites import cpu_graph, onnx_translations
-from engines.models.base import StyleModel, min_side as _min_side, padded_size
+from engines.models.base import StyleModel, min_side, padded_size
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,6 @@ def input_names(model: StyleModel) -> list[str]:
     return [*INPUT_NAMES_HEAD, *model.code_names]
 
 
-def min_side(model: StyleModel) -> int:
-    """The smallest H or W the graph accepts (:func:`engines.models.base.min_side`)."""
-    return _min_side(model.factor)
-
-
 def code_shapes(model: StyleModel) -> dict[str, tuple[int, ...]]:
     """Shape of each style-code tensor, found by encoding a small image once."""
     with torch.inference_mode():
@@ -75,8 +70,8 @@ def dynamic_shapes(model: StyleModel, max_side: int = MAX_SIDE) -> dict:
     from torch.export import Dim
 
     f = model.factor
-    h = Dim("h", min=min_side(model) // f, max=max_side // f)
-    w = Dim("w", min=min_side(model) // f, max=max_side // f)
+    h = Dim("h", min=min_side(model.factor) // f, max=max_side // f)
+    w = Dim("w", min=min_side(model.factor) // f, max=max_side // f)
     spec: dict = {"image": {2: f * h, 3: f * w}, "alpha": None}
     spec.update({name: None for name in model.code_names})
     return spec
@@ -229,8 +224,3 @@ def onnx_entry(model: StyleModel, weights_id: str | None, runtime: str | None = 
             export_onnx(model, path, runtime)
 
     return CacheEntry(cache or EngineCache(), f"{model.name}-{runtime}" if runtime else model.name, key, "onnx", build)
-
-
-def cached_onnx(model: StyleModel, weights_id: str | None, runtime: str | None = "openvino", cache=None) -> Path:
-    """The export's file, built once and reused (see :func:`onnx_entry`)."""
-    return onnx_entry(model, weights_id, runtime, cache).path

@@ -40,9 +40,9 @@ from torch import Tensor
 from engines.backends.base import Engine
 from engines.backends.cache import EngineCache, build_progress, graph_weights_id
 from engines.backends.graph import (RECIPE_VERSION, code_shapes, export_program, gpu_example_inputs, gpu_graph,
-                                    graph_code_id, min_side, padded_shape)
+                                    graph_code_id, padded_shape)
 from engines.errors import DeviceError
-from engines.models.base import StyleModel
+from engines.models.base import StyleModel, min_side
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ class Profile:
     @classmethod
     def around(cls, model: StyleModel, h: int, w: int, batch: int = 1) -> Profile:
         opt = padded_shape(model, h, w)
-        low = padded_shape(model, max(opt[0] // 2, min_side(model)), max(opt[1] // 2, min_side(model)))
+        least = min_side(model.factor)
+        low = padded_shape(model, max(opt[0] // 2, least), max(opt[1] // 2, least))
         return cls(min=low, opt=opt, max=opt, batch=max(1, batch))
 
     def image_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:

@@ -26,7 +26,6 @@ import cv2
 import numpy as np
 
 from engines.errors import DeviceError, InputError
-from streamer.imageio import check_pixels
 from streamer.live.slot import LatestSlot
 
 log = logging.getLogger(__name__)
@@ -59,17 +58,6 @@ class Source(Protocol):
     def describe(self) -> str: ...
 
     def release(self) -> None: ...
-
-
-def parse_size(text: str | None, what: str = "size") -> tuple[int, int] | None:
-    """``"640x360"`` -> (640, 360), within the image size limit (``what`` names the flag in errors)."""
-    if text in (None, "", "auto"):
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*[xX*,]\s*(\d+)\s*", text)
-    if not m or int(m[1]) < 16 or int(m[2]) < 16:
-        raise InputError(f"{what} must look like 640x360 (width x height, at least 16 each), not '{text}'")
-    check_pixels(int(m[1]), int(m[2]), what, fix=f"use a smaller {what}")
-    return int(m[1]), int(m[2])
 
 
 def fit_size(width: int, height: int, box: tuple[int, int]) -> tuple[int, int]:

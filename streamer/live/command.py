@@ -24,7 +24,8 @@ from engines.backends.switch import UpgradingEngine
 from engines.errors import DeviceError, InputError
 from engines.stylizer import short_side_shape
 from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
-from streamer.live.capture import open_source, parse_size
+from streamer.imageio import parse_size
+from streamer.live.capture import open_source
 from streamer.live.hotkeys import LiveState
 from streamer.live.outputs import Output, Recording, VirtualCamera, Window, display_problem, open_window
 from streamer.live.session import LiveSession, stylize_frame

@@ -23,7 +23,8 @@ import torch
 
 from engines.backends.switch import EngineSpans, current_label
 from engines.errors import InputError
-from engines.stylizer import Stylizer, back_to_source, resize_to, short_side_shape
+from engines.stylizer import Stylizer, short_side_shape
+from engines.stylizer import stylize_frame as chain
 from streamer.live.capture import CaptureThread, Frame, Source
 from streamer.live.hotkeys import Action, LiveState, handle_command, handle_key, status_line
 from streamer.live.hud import draw_overlays
@@ -119,15 +120,10 @@ class Summary:
 # -- engine thread -----------------------------------------------------------------------------
 def stylize_frame(stylizer: Stylizer, image: np.ndarray, code, state: LiveState, size: int,
                   temporal: Temporal | None) -> np.ndarray:
-    """One frame: scaled to ``size`` (short side, 0 = as is), stylized, temporally filtered, back to its size
-    (``state.upscale``) with its colours if kept. In the engine thread, so ``--size auto`` counts the way back."""
-    h, w = image.shape[:2]
-    work_h, work_w = short_side_shape(h, w, size)
-    work = resize_to(image, (work_w, work_h))
-    out = stylizer.stylize(work, code, state.alpha)
-    if temporal is not None:
-        out = temporal.process(work, out)
-    return back_to_source(out, image, state.upscale, state.keep_color)
+    """The frame chain (:func:`engines.stylizer.stylize_frame`) with the live controls, fast resizing; in the
+    engine thread, so ``--size auto`` counts the way back."""
+    return chain(stylizer, image, code, alpha=state.alpha, size=size, upscale_method=state.upscale,
+                 keep_color=state.keep_color, temporal=temporal, fast=True)
 
 
 class EngineThread(threading.Thread):

@@ -1,0 +1,68 @@
+"""A stylization job: what to stylize with and how, typed and picklable, checked once.
+
+The Python API builds one from keyword arguments, the commands from their flags (:meth:`Job.from_args`); below
+them, code reads a ``Job``, never an argparse namespace. It pickles, so a cluster worker gets the same one.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass, fields
+
+from engines.backends import ENGINE_NAMES, PRECISIONS
+from engines.errors import InputError
+from engines.models import MODEL_NAMES
+from engines.upscale import UPSCALE_METHODS
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Job:
+    """The options every command and the API share (names as the flags, without dashes)."""
+
+    model: str = "auto"
+    weights_dir: str | None = None
+    decoder: str | None = None
+    device: str = "auto"
+    engine: str = "auto"
+    precision: str = "auto"
+    style_size: int = 512
+    style_weights: tuple[float, ...] | None = None
+    alpha: float = 1.0
+    preserve_color: bool = False
+    size: int = 0
+    upscale: str = UPSCALE_METHODS[0]
+    temporal: bool = False
+    temporal_strength: float = 0.8
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Every value within its range, in one line each: cheap, so it runs before any model loads."""
+        for name, allowed in (("model", ("auto", *MODEL_NAMES)), ("device", DEVICE_CHOICES),
+                              ("engine", ENGINE_NAMES), ("precision", ("auto", *PRECISIONS)),
+                              ("upscale", UPSCALE_METHODS)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
+            raise InputError(f"alpha must be a number in [0, 1], not {self.alpha!r}")
+        if not 0.0 <= self.temporal_strength <= 1.0:
+            raise InputError(f"temporal strength must be in [0, 1], not {self.temporal_strength!r}")
+        for name in ("size", "style_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise InputError(f"{name} must be 0 (as is) or a positive number of pixels, not {value!r}")
+        if self.style_weights is not None and not all(math.isfinite(w) and w >= 0 for w in self.style_weights):
+            raise InputError("style weights must be finite numbers >= 0")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides) -> Job:
+        """The job a command's flags describe (flags a command does not have keep their defaults)."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+        if values.get("style_weights") is not None:
+            values["style_weights"] = tuple(values["style_weights"])
+        if isinstance(values.get("size"), str):  # live's "auto": the job holds a number; live sizes itself
+            values.pop("size")
+        return cls(**{**values, **overrides})
