@@ -61,10 +61,9 @@ def build_in_child(spec: dict, started: Callable[[subprocess.Popen], None] | Non
     """Build an engine into the engine cache in a child process (``python -m engines.backends.switch SPEC``);
     None when done, else why not (one line).
 
-    A process, not a thread of this one: an ONNX export or a compile is Python that holds the GIL for long
-    stretches (a running torch engine beside it in the same process slowed 3-5x here), a process can be stopped
-    at any moment (an interpreter that exits while a thread exports aborts), and a crash in a converter
-    cannot take the running command with it. ``started(process)`` is told the process, to stop it early.
+    A process, not a thread of this one: it can be stopped at any moment (an interpreter that exits while one
+    of its threads exports aborts), an ONNX export or a compile is Python that would hold the running engine's
+    GIL for long stretches, and a crash in a converter cannot take the running command with it. ``started(process)`` is told the process, to stop it early.
     """
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])
