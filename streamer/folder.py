@@ -18,11 +18,13 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from engines.backends.switch import EngineSpans, current_label
 from engines.errors import InputError
 from engines.progress import tqdm_disable
 from streamer.fileutil import AtomicOutput, FolderLock, make_output_folder, refuse_same_file
 from streamer.imageio import check_output_size, image_size, is_image_path, list_images, not_files, save_image
-from streamer.options import build_stylizer, expand_style_paths, fit_short_side, load_styles, mixed_code, run_inputs
+from streamer.options import (build_stylizer, expand_style_paths, finish_background_build, fit_short_side, load_styles,
+                              mixed_code, run_inputs)
 from streamer.signals import Interrupted, exit_code, signal_number, stopped_by
 from streamer.stills import render_file
 from streamer.temporal import make_temporal
@@ -139,8 +141,10 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
         skipped.append((path, kind))
     total = len(tasks) + len(skipped)
     look = {"size": args.size, "alpha": args.alpha, "upscale": args.upscale, "keep_color": args.preserve_color}
+    spans = EngineSpans(what)  # which engine made which files (the fast one may take over part way)
+    stylizer = None
     try:
-        stylizer = build_stylizer(args)
+        stylizer = build_stylizer(args, background=True)  # the first files on torch while OpenVINO builds
         code = mixed_code(load_styles(style_paths, stylizer, args.style_size, args.weights_dir), args.style_weights)
         with logging_redirect_tqdm():  # log lines (a skipped file) on their own line, not through the bar
             for task in tqdm(tasks, desc="render", unit="file", disable=tqdm_disable(len(tasks) > 1)):
@@ -156,6 +160,7 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
                         check_output_size(task.dst, *image_size(task.src, "input image"))
                         rgb, alpha_channel = render_file(stylizer, task.src, code, **look)
                         save_image(task.dst, rgb, alpha_channel, output=output)
+                        spans.note(current_label(stylizer))
                         log.info("wrote %s (%dx%d)", task.dst, rgb.shape[1], rgb.shape[0])
                 except InputError as exc:  # this file only: say so, go on with the others
                     log.warning("skipped: %s", exc)
@@ -167,11 +172,17 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
     except KeyboardInterrupt as exc:
         signum = signal_number(exc)
         kept = f"{out.written} of {total} {what} are in {dst}" if out.written else f"no {what[:-1]} was finished"
+        finish_background_build(stylizer, wait=False)
         print(f"streamer: interrupted{stopped_by(signum)}: {kept}", file=sys.stderr)
         return exit_code(signum)
+    except BaseException:
+        finish_background_build(stylizer, wait=False)
+        raise
     finally:
         out.close()
     if skipped:
+        finish_background_build(stylizer, wait=False)
         raise InputError(skipped_summary([p.name for p, _ in skipped], total, out.written, dst, what))
-    log.info("wrote %d %s into %s", out.written, what, dst)
+    log.info("wrote %d %s into %s%s", out.written, what, dst, f"; engine {spans.text()}" if spans.text() else "")
+    finish_background_build(stylizer)
     return 0

@@ -41,6 +41,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="inference backend; auto = the fastest available (default)")
 
 
+def add_engine_wait_option(p: argparse._ActionsContainer) -> None:
+    """--engine-wait: render and live start on a ready engine while the fastest one builds, unless told to wait."""
+    p.add_argument("--engine-wait", action="store_true",
+                   help="with --engine auto: wait for the fastest engine's first-time build (ONNX export, TensorRT, "
+                        "compile) before the first frame, instead of starting on a ready engine (torch) and "
+                        "switching to the fast one, built and checked in the background, between two frames")
+
+
 def add_style_options(p: argparse.ArgumentParser, several_means: str = "mixed") -> None:
     g = p.add_argument_group("style")
     g.add_argument("--style", "-s", action="extend", nargs="+", required=True, metavar="IMAGE",
@@ -85,9 +93,12 @@ def resolve_precision(name: str, device: torch.device, use: str = "render") -> s
     return name if name != "auto" else auto_precision(device.type, use)[0]
 
 
-def build_stylizer(args: argparse.Namespace, shape_hint: tuple[int, int] | None = None, use: str = "render") -> Stylizer:
+def build_stylizer(args: argparse.Namespace, shape_hint: tuple[int, int] | None = None, use: str = "render",
+                   background: bool = False) -> Stylizer:
     """The model (weights resolved or downloaded) and the engine the options ask for; ``use`` (render, live)
-    steers ``--precision auto`` (engines.precision)."""
+    steers ``--precision auto`` (engines.precision). ``background`` (render video/folder, live): with
+    ``--engine auto`` and no ``--engine-wait``, when the fastest engine has its first-time build ahead, start on
+    a ready one and build it behind (engines.backends.switch)."""
     device = pick_device(args.device)
     name = args.model
     if name == "auto":
@@ -99,6 +110,10 @@ def build_stylizer(args: argparse.Namespace, shape_hint: tuple[int, int] | None 
     model = load_model(name, args.weights_dir, decoder=decoder)
     weights_id = weights_fingerprint(name, args.weights_dir, decoder)
     precision = resolve_precision(args.precision, device, use)
+    if background and args.engine == "auto" and not getattr(args, "engine_wait", False):
+        engine = _without_waiting(args, model, device, precision, weights_id, shape_hint)
+        if engine is not None:
+            return Stylizer(model, engine, weights_id)
     if args.precision == "auto" and device.type == "cpu" and precision != "fp32":
         engine = _native_low_precision(args.engine, model, precision, weights_id, shape_hint)
         if engine is not None:
@@ -106,6 +121,45 @@ def build_stylizer(args: argparse.Namespace, shape_hint: tuple[int, int] | None 
         precision = "fp32"
     engine = create_engine(args.engine, model, device, precision, weights_id=weights_id, shape_hint=shape_hint)
     return Stylizer(model, engine, weights_id)
+
+
+def _without_waiting(args: argparse.Namespace, model, device: torch.device, precision: str, weights_id: str,
+                     shape_hint: tuple[int, int] | None) -> Any:
+    """A ready engine with the fastest building behind it, or None: nothing to wait for (built already, or
+    nothing faster than the ready engine). The candidates are ``--engine auto``'s, in its order. ``--precision
+    auto``'s bf16 on a CPU builds the fp32 engines here: OpenVINO's bf16 reads the same ONNX export, so from the
+    next start live takes it as always, after its check (:func:`check_live_precision`)."""
+    from engines.backends import usable_engines
+    from engines.backends.switch import start_without_waiting
+
+    if args.precision == "auto" and device.type == "cpu":
+        precision = "fp32"
+    try:
+        candidates = [(kind, precision) for kind, _ in usable_engines(model.name, device, precision)]
+    except DeviceError:
+        return None  # no engine runs this precision here: the usual path says so
+    source = {"weights_dir": args.weights_dir, "decoder": getattr(args, "decoder", None)}
+    return start_without_waiting(model, device, candidates, weights_id, shape_hint, source)
+
+
+def finish_background_build(stylizer: Any, wait: bool = True) -> None:
+    """At the end of a render or live session: a faster engine still building in the background is let finish
+    (``wait``), so the engine cache holds it and the next run starts on it; said in one line. Ctrl-C stops the
+    wait. Without ``wait`` (the run was interrupted, or failed) the build is stopped: the next run builds again.
+    Safe with any ``stylizer`` (None, a stand-in, a plain engine: nothing to do)."""
+    from engines.backends.switch import UpgradingEngine
+
+    engine = getattr(stylizer, "engine", None)
+    if not isinstance(engine, UpgradingEngine):
+        return
+    engine.close()  # no more frames: the build thread stops after the build itself (the cache is written then)
+    if not wait:
+        engine.abandon()  # its child process stops; the next run builds again
+        engine.wait_for_build(10.0)
+        return
+    if engine.building:
+        log.info("engine: letting the background build finish, so the next run starts on it (Ctrl-C skips it)")
+    engine.wait_for_build()
 
 
 def _native_low_precision(kind: str, model, precision: str, weights_id: str, shape_hint) -> Any:

@@ -11,9 +11,9 @@ from streamer import video
 from streamer.fileutil import AtomicOutput, refuse_same_file
 from streamer.folder import render_folder
 from streamer.imageio import check_output_path, check_output_size, image_size, is_image_path, load_mask, save_image
-from streamer.options import (add_model_options, add_style_options, add_upscale_option, alpha_value, build_stylizer,
-                              check_short_side, check_style_weights, expand_style_paths, load_styles, mixed_code,
-                              run_inputs)
+from streamer.options import (add_engine_wait_option, add_model_options, add_style_options, add_upscale_option,
+                              alpha_value, build_stylizer, check_short_side, check_style_weights, expand_style_paths,
+                              load_styles, mixed_code, run_inputs)
 from streamer.stills import check_regions, render_file
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     video.add_video_options(p)
     add_model_options(p)
+    add_engine_wait_option(p)
     from streamer.cluster import add_cluster_options
 
     add_cluster_options(p)

@@ -22,6 +22,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from engines.backends.switch import EngineSpans, current_label
 from engines.errors import InputError
 from engines.progress import bars_enabled, tqdm_disable
 from engines.models import StyleCode
@@ -95,6 +96,8 @@ class RenderStats:
     bad_packets: int = 0
     #: with a window (a chunk): the source pts of its first written frame, where its file's time 0 is
     first_pts: int | None = None
+    #: which engine stylized which frames: ``torch fp32 for frames 0-41, then openvino fp32 for frames 42-239``
+    engines: str = ""
 
 
 # -- decoding (first thread) ---------------------------------------------------------------------
@@ -220,6 +223,7 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         mover = FrameMover(stylizer.device)
     container, info = open_video(src)
     decoded = _Decoded()
+    spans = EngineSpans()  # noted in the stylize thread, the one that switches engines (engines.backends.switch)
     if temporal is not None:
         temporal.reset()
 
@@ -228,11 +232,14 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
         if kind == "videos":
             dev = mover.upload(full_batch(data, batch))
             out = stylizer.stylize_frames(dev, code, alpha, keep_color=keep_color, size=size, upscale_method=upscale)
+            spans.note(current_label(stylizer), len(data))
             return kind, mover.download(out).result()[:len(data)], pts  # back at the source size
         if kind not in ("video", "warm"):
             return item
         work, source = data
         out = stylizer.stylize(work, code, alpha)
+        if kind == "video":
+            spans.note(current_label(stylizer))
         if temporal is not None:
             out = temporal.process(work, out)
         return kind, (out, source), pts
@@ -304,7 +311,7 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
     seconds = time.perf_counter() - t0
     return RenderStats(writer.frames, seconds, writer.frames / seconds if seconds > 0 else 0.0, stop is not None,
                        signum=signal_number(stop), bad_packets=decoded.bad_packets,
-                       first_pts=first[0] if first else None)
+                       first_pts=first[0] if first else None, engines=spans.text())
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -339,18 +346,19 @@ def check_video_job(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any
 
 def render_video(args: argparse.Namespace) -> int:
     """`streamer render IN.mp4 OUT.mp4`: check everything cheap first, then build the model and render."""
-    from streamer.options import (build_stylizer, check_style_weights, expand_style_paths, fit_short_side, load_styles,
-                                  mixed_code)
+    from streamer.options import (build_stylizer, check_style_weights, expand_style_paths, finish_background_build,
+                                  fit_short_side, load_styles, mixed_code)
 
     src, dst, encoder, info = check_video_job(args)
     style_paths = expand_style_paths(args.style, args.style_size)
     check_style_weights(args.style_weights, len(style_paths))
     temporal = make_temporal(args)
     output = AtomicOutput(dst, overwrite=args.overwrite)  # read-only folder, or another run on it: fail now
+    stylizer = None
     try:
         args.size = fit_short_side(args.size, info.height, info.width, "the video")
         work = short_side_shape(info.height, info.width, args.size)
-        stylizer = build_stylizer(args, shape_hint=work)
+        stylizer = build_stylizer(args, shape_hint=work, background=True)
         styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
         code = mixed_code(styles, args.style_weights)
         log.info("rendering %s (%dx%d, %s fps, %d frames) at %dx%d with %s", src, info.width, info.height,
@@ -358,16 +366,23 @@ def render_video(args: argparse.Namespace) -> int:
         stats = render_video_file(src, dst, stylizer, code, args.alpha, args.preserve_color, **encoder,
                                   progress=bars_enabled(), temporal=temporal,
                                   max_frames=args.max_frames, size=args.size, output=output, upscale=args.upscale)
+    except BaseException:
+        finish_background_build(stylizer, wait=False)  # an error or Ctrl-C before the pipeline: the build stops
+        raise
     finally:
         output.discard()  # a no-op once the writer has renamed it
     if stats.interrupted:
+        finish_background_build(stylizer, wait=False)
         print(f"streamer: interrupted{stopped_by(stats.signum)}: {dst} holds the first {stats.frames} frames and "
               "plays", file=sys.stderr)
         return exit_code(stats.signum)
     missing = missing_frames(stats.frames, info, args.max_frames)
     if missing:
+        finish_background_build(stylizer, wait=False)
         raise InputError(ended_early(src, dst, stats.frames, stats.frames + missing))
-    log.info("wrote %s: %d frames in %.1f s (%.1f frames/s)", dst, stats.frames, stats.seconds, stats.fps)
+    log.info("wrote %s: %d frames in %.1f s (%.1f frames/s); engine %s", dst, stats.frames, stats.seconds, stats.fps,
+             stats.engines)
+    finish_background_build(stylizer)
     return 0
 
 

@@ -48,6 +48,14 @@ class Engine(ABC):
         """None if this engine can run ``precision`` on ``device`` here, else one line saying why not."""
         return None
 
+    @classmethod
+    def is_built(cls, model: StyleModel, device: torch.device, precision: str, weights_id: str | None = None,
+                 shape_hint: tuple[int, int] | None = None) -> bool:
+        """Whether this engine's slow first-time work (an export, a calibration, a TensorRT build, a checked
+        compile) is in the engine cache already, so building it now takes about a second. Nothing to build:
+        True. Looks only; builds nothing."""
+        return True
+
     def prepare(self, height: int, width: int) -> None:
         """Build whatever a (H, W) input needs now, so the first frame of that size is not slow."""
 

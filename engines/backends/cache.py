@@ -154,6 +154,10 @@ class CacheEntry:
         """The entry's file, built now if missing or stale."""
         return self.cache.get_or_build(self.stem, self.key, self.ext, self.write)
 
+    def is_built(self) -> bool:
+        """Whether the entry is in the cache, its key matching (builds nothing)."""
+        return self.cache.lookup(self.stem, self.key, self.ext) is not None
+
     def load(self, read: Callable[[Path], T]) -> T:
         """``read(path)``; a file that fails to load is removed and rebuilt once, with a warning."""
         return self.cache.load(self.stem, self.key, self.ext, self.write, read)

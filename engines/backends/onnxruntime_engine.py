@@ -71,6 +71,12 @@ class OnnxRuntimeEngine(Engine):
         if shape_hint is not None:
             self.prepare(*padded_shape(model, *shape_hint))
 
+    @classmethod
+    def is_built(cls, model: StyleModel, device: torch.device, precision: str, weights_id: str | None = None,
+                 shape_hint: tuple[int, int] | None = None) -> bool:
+        """The ONNX export cached (a session per frame size takes a fraction of a second)."""
+        return onnx_entry(model, weights_id, "onnxruntime" if device.type == "cpu" else None).is_built()
+
     def _providers(self) -> list:
         if self.device.type != "cuda":
             return ["CPUExecutionProvider"]

@@ -288,6 +288,25 @@ class TensorRTEngine(Engine):
         if shape_hint is not None:
             self.prepare(*shape_hint)
 
+    @classmethod
+    def is_built(cls, model: StyleModel, device: torch.device, precision: str, weights_id: str | None = None,
+                 shape_hint: tuple[int, int] | None = None) -> bool:
+        """An engine for the hinted frame size (the profile :meth:`prepare` would build) is cached."""
+        if shape_hint is None:
+            return False
+        try:
+            import tensorrt
+            import torch_tensorrt
+        except ImportError:
+            return False
+        versions = {"tensorrt": tensorrt.__version__, "torch_tensorrt": torch_tensorrt.__version__,
+                    "torch": torch.__version__}
+        profile = Profile.around(model, *padded_shape(model, *shape_hint), batch=cls.max_batch)
+        key = tensorrt_cache_key(model.name, weights_id or graph_weights_id(model), profile, precision,
+                                 torch.cuda.get_device_name(device),
+                                 ".".join(map(str, torch.cuda.get_device_capability(device))), versions)
+        return EngineCache().lookup(f"{model.name}-trt-{precision}", key, "engine") is not None
+
     def describe(self) -> str:
         return f"tensorrt {self.versions['tensorrt']} {self.precision} on {self.gpu}"
 

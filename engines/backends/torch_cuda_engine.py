@@ -242,6 +242,22 @@ class TorchCudaEngine(Engine):
         if shape_hint is not None:
             self.prepare(*shape_hint)
 
+    @classmethod
+    def is_built(cls, model: StyleModel, device: torch.device, precision: str, weights_id: str | None = None,
+                 shape_hint: tuple[int, int] | None = None) -> bool:
+        """The hinted frame size compiled and checked before (its verdict cached beside inductor's kernels); no
+        compiler here: nothing to build."""
+        options = compile_options(device.type, True, triton_available())
+        if options is None:
+            return True
+        if shape_hint is None:
+            return False
+        shape = (1, *padded_shape(model, *shape_hint))
+        key = torch_cuda_cache_key(model.name, weights_id or graph_weights_id(model), shape, precision,
+                                   torch.cuda.get_device_name(device),
+                                   ".".join(map(str, torch.cuda.get_device_capability(device))), options, versions())
+        return EngineCache().lookup(f"{model.name}-torchcuda-{precision}", key, "json") is not None
+
     def describe(self) -> str:
         how = f"torch.compile {self.options.get('mode', 'default')}" if self.options else "eager"
         return f"torch-cuda {self.precision} channels-last ({how}) on {self.gpu}"

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.backends.switch import UpgradingEngine
 from engines.errors import DeviceError, InputError
 from engines.stylizer import short_side_shape
 from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
@@ -29,9 +30,9 @@ from streamer.live.hotkeys import LiveState
 from streamer.live.outputs import Output, Recording, VirtualCamera, Window, display_problem, open_window
 from streamer.live.session import LiveSession, stylize_frame
 from streamer.live.sizing import Sizing, ladder, start
-from streamer.options import (add_model_options, add_style_options, add_upscale_option, alpha_value, build_stylizer,
-                              check_live_precision, check_short_side, expand_style_paths, fit_short_side, load_styles,
-                              pick_device, run_inputs)
+from streamer.options import (add_engine_wait_option, add_model_options, add_style_options, add_upscale_option,
+                              alpha_value, build_stylizer, check_live_precision, check_short_side, expand_style_paths,
+                              finish_background_build, fit_short_side, load_styles, pick_device, run_inputs)
 from streamer.temporal import add_temporal_options, make_temporal
 from streamer.video import add_encoder_options, encoder_options
 
@@ -97,6 +98,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="stop after N output frames (with --record alone: N recorded frames; 0 = until q/Ctrl-C)")
     c.add_argument("--no-stdin", action="store_true", help="do not read commands from stdin")
     add_model_options(p)
+    add_engine_wait_option(p)
     add_temporal_options(p)
     p.set_defaults(run=run)
 
@@ -157,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     outputs: list[Output] = []
     window: Window | None = None
+    stylizer = None
     try:
         log.info("source: %s", source.describe())
         w, h = source.width, source.height
@@ -176,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         work_h, work_w = short_side_shape(h, w, args.size)
         if (work_w, work_h) != (w, h) and not auto:
             log.info("stylizing at %dx%d, shown at %dx%d (--size %d)", work_w, work_h, w, h, args.size)
-        stylizer = build_stylizer(args, shape_hint=(work_h, work_w), use="live")
+        stylizer = build_stylizer(args, shape_hint=(work_h, work_w), use="live", background=True)
         sizing: Sizing | None = None
         if auto:
             factor = getattr(getattr(stylizer, "model", None), "factor", 1)  # test stand-ins have no model
@@ -195,9 +198,13 @@ def run(args: argparse.Namespace) -> int:
         motion = _motion_on(args.motion, gpu, steady=want_window or args.vcam)
         state = LiveState(n_styles=len(styles), alpha=args.alpha, keep_color=args.preserve_color, hud=args.hud,
                           sizes=sizing.sizes if sizing else (), size=args.size, motion=motion, upscale=args.upscale)
-        with torch.inference_mode():  # warm-up: the first run allocates and picks kernels; auto builds every size
-            for size in sizing.sizes if sizing else (args.size,):
-                stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, size, None)
+        if isinstance(getattr(stylizer, "engine", None), UpgradingEngine):  # torch now: nothing to build; the fast
+            for size in sizing.sizes if sizing else (args.size,):  # engine is warmed at these before it takes over
+                stylizer.engine.prepare(*short_side_shape(h, w, size))
+        else:
+            with torch.inference_mode():  # warm-up: the first run allocates and picks kernels; auto builds every size
+                for size in sizing.sizes if sizing else (args.size,):
+                    stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, size, None)
         if args.record:
             outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite, output=record_output,
                                      **args.encoder))
@@ -208,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
                               snapshot_dir=Path(args.snapshot_dir), stdin=not args.no_stdin, sizing=sizing,
                               target_fps=target_fps)
     except BaseException:
+        finish_background_build(stylizer, wait=False)
         source.release()
         if record_output is not None:
             record_output.discard()  # a no-op once the recording owns it (its abort removes it)
@@ -220,11 +228,17 @@ def run(args: argparse.Namespace) -> int:
         log.info("window open (%s): h for keys, q or Esc to quit", window.toolkit)
     elif not args.no_stdin and _stdin_is_terminal():
         log.info("no window: type n, p, 1-9, +, -, c, space, s or q then Enter ('help' for more)")
-    summary = session.run()  # SIGTERM/SIGHUP arrive as Ctrl-C (streamer.signals, installed by the CLI)
-    log.info("%d frames out in %.1f s; engine %.1f fps (%.0f ms a frame); captured %d, dropped %d; "
+    try:
+        summary = session.run()  # SIGTERM/SIGHUP arrive as Ctrl-C (streamer.signals, installed by the CLI)
+    except BaseException:
+        finish_background_build(stylizer, wait=False)
+        raise
+    log.info("%d frames out in %.1f s; engine %.1f fps (%.0f ms a frame)%s; captured %d, dropped %d; "
              "latency %.0f ms; working size %s; %s; %s; stopped: %s", summary.frames_out, summary.seconds,
-             summary.engine_fps, summary.step_ms, summary.frames_captured, summary.dropped, summary.latency_ms,
+             summary.engine_fps, summary.step_ms, f" ({summary.engines})" if summary.engines else "",
+             summary.frames_captured, summary.dropped, summary.latency_ms,
              summary.sizes_text(), summary.upscale_text(), summary.motion_text(), summary.stop_reason)
+    finish_background_build(stylizer)
     return 0
 
 

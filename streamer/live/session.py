@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.backends.switch import EngineSpans, current_label
 from engines.errors import InputError
 from engines.stylizer import Stylizer, short_side_shape
 from engines.stylizer import stylize_frame as chain
@@ -94,6 +95,9 @@ class Summary:
     stop_reason: str = ""
     sizes: dict[int, int] = field(default_factory=dict)  # working short side -> frames stylized at it
     upscales: dict[str, int] = field(default_factory=dict)  # --upscale way -> frames that took it back up
+    #: which engine stylized which frames (counting stylized frames from 0): ``torch fp32 for frames 0-41, then
+    #: openvino fp32 for frames 42-300`` when the fast engine took over while running (engines.backends.switch)
+    engines: str = ""
 
     def motion_text(self) -> str:
         """``600 new frames, 410 carried along the motion (91% of pixels)``, or ``motion off``."""
@@ -139,6 +143,7 @@ class EngineThread(threading.Thread):
         self.step_avg = 0.0
         self.sizes: dict[int, int] = {}  # working size -> frames stylized at it
         self.upscales: dict[str, int] = {}  # --upscale way -> frames that took it (frames smaller than captured)
+        self.spans = EngineSpans()  # noted here: this thread is the one that switches engines
 
     def _pick_size(self, state: LiveState) -> int:
         """--size auto: the hand-pinned size, or the controller's."""
@@ -191,6 +196,7 @@ class EngineThread(threading.Thread):
                     if not state.bypass:  # the stylize time, not the pass-through's
                         self.step_avg = step if self.step_avg == 0 else 0.9 * self.step_avg + 0.1 * step
                         self.sizes[size] = self.sizes.get(size, 0) + 1
+                        self.spans.note(current_label(self.stylizer))
                         if short_side_shape(*frame.image.shape[:2], size) != frame.image.shape[:2]:
                             self.upscales[state.upscale] = self.upscales.get(state.upscale, 0) + 1
                         self._measured(step)
@@ -238,9 +244,11 @@ class LiveSession:
                                    lambda: self.state.motion, self.stop, 0.9 / fps)
         self._carried: CarriedFrom | None = None
         self._snapshots = 0
-        engine = getattr(stylizer, "engine", None)  # test stand-ins have none
-        #: the HUD's name for the engine: ``openvino bf16``
-        self.engine_label = f"{engine.name} {engine.precision}" if engine is not None else ""
+
+    @property
+    def engine_label(self) -> str:
+        """The HUD's name for the engine running now: ``openvino bf16`` ('' for test stand-ins)."""
+        return current_label(self.stylizer)
 
     # state changes ----------------------------------------------------------------------------
     def apply(self, new: LiveState, actions: list[Action]) -> bool:
@@ -468,6 +476,7 @@ class LiveSession:
         s.latency_ms = self.latency * 1000
         s.sizes = dict(self.engine.sizes)
         s.upscales = dict(self.engine.upscales)
+        s.engines = self.engine.spans.text() if self.engine.spans.spans else ""
         s.motion = self.state.motion
         error = error or self.motion.error
         if error is not None:
