@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import fractions
 import logging
+import os
 import queue
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -118,6 +120,44 @@ def safe_url(url: str) -> str:
     port = f":{parts.port}" if parts.port else ""
     path = parts.path.rsplit("/", 1)[0] + "/***" if parts.path.count("/") >= 2 else parts.path
     return f"{parts.scheme}://{host}{port}{path}"
+
+
+# -- a stalled server ------------------------------------------------------------------------------------
+#: sockets a stream has taken as its own (so another stream's watchdog never cuts them)
+_CLAIMED: set[int] = set()
+_CLAIMED_LOCK = threading.Lock()
+
+
+def _socket_fds() -> set[int]:
+    """This process's open sockets (Linux: /proc/self/fd; elsewhere none are known, and a stall is not cut)."""
+    found = set()
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                found.add(int(name))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def _cut(fds: set[int]) -> None:
+    """Shut these sockets down under FFmpeg: its blocked connect or write returns an error. PyAV opens an output's
+    connection with no timeout and no interrupt callback, so this is the only way to unblock it."""
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            sock.close()
 
 
 # -- what a sink writes into -------------------------------------------------------------------------
@@ -314,6 +354,10 @@ class Sink(threading.Thread):
         self.fatal_raised = False  # a file's failure was raised in the live loop already
         #: a sound source feeds this sink (set by the live session); else a stream gets silence
         self.sound_fed = False
+        self._busy_since: float | None = None  # when the current connect or write began (the watchdog's)
+        self._sockets_before: set[int] = set()
+        self._own_sockets: set[int] = set()
+        self._stalled = False
         self._lock = threading.Lock()
 
     # -- the live loop's side: never waits ------------------------------------------------------------
@@ -383,7 +427,21 @@ class Sink(threading.Thread):
             (" (gave up)" if self.gave_up else "")
 
     # -- the sink's thread ------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """A stream whose connect or write has hung for NETWORK_TIMEOUT (a server that stalls): cut its socket."""
+        while self.is_alive():
+            time.sleep(0.25)
+            since = self._busy_since
+            if since is None or self._stalled or time.perf_counter() - since < NETWORK_TIMEOUT:
+                continue
+            with _CLAIMED_LOCK:
+                mine = self._own_sockets or (_socket_fds() - self._sockets_before - _CLAIMED)
+            self._stalled = True
+            _cut(mine)
+
     def run(self) -> None:
+        if not self.fatal:
+            threading.Thread(target=self._watch, name=f"{self.name} watchdog", daemon=True).start()
         try:
             while True:
                 item = self.queue.get()
@@ -400,11 +458,14 @@ class Sink(threading.Thread):
                         self.dropped += 1
                     continue
                 try:
+                    self._busy_since = time.perf_counter()
                     if kind == "video":
                         self._picture(payload, t)
                     else:
                         self._audio(payload)
+                    self._busy_since = None
                 except Exception as exc:  # noqa: BLE001 - a file: raised in the live loop; a stream: reconnect
+                    self._busy_since = None
                     if self.fatal:
                         self.error = exc
                         self._drop_target()
@@ -427,6 +488,7 @@ class Sink(threading.Thread):
             if self.frames == 0:
                 self._drop_target()
             else:
+                self._busy_since = time.perf_counter()  # a stalled server cannot hold the end either
                 self.target.close()
                 self.target = None
         except Exception as exc:  # noqa: BLE001
@@ -440,18 +502,28 @@ class Sink(threading.Thread):
         if self.target is not None:
             self.target.abort()
             self.target = None
+        with _CLAIMED_LOCK:
+            _CLAIMED.difference_update(self._own_sockets)
+            self._own_sockets = set()
 
     def _connect(self) -> bool:
         """Open the target now, or at the next back-off time; False while it is not open."""
         if self.gave_up or time.perf_counter() < self._retry_at:
             return False
+        self._sockets_before = _socket_fds()
+        self._busy_since, self._stalled = time.perf_counter(), False
         try:
             self.target = self.open_target()
         except Exception as exc:  # noqa: BLE001 - a server that refuses: warned once, tried again later
+            self._busy_since = None
             if self.fatal:
                 raise
             self._lost(exc)
             return False
+        self._busy_since = None
+        with _CLAIMED_LOCK:
+            self._own_sockets = _socket_fds() - self._sockets_before - _CLAIMED
+            _CLAIMED.update(self._own_sockets)
         if self._attempts:
             self.reconnects += 1
             log.warning("%s: connected again", self.label)
@@ -463,6 +535,9 @@ class Sink(threading.Thread):
     def _lost(self, exc: BaseException) -> None:
         self._drop_target()
         self.connected = False
+        if self._stalled:
+            exc = ConnectionError(f"the server took nothing for {NETWORK_TIMEOUT:g} s")
+            self._stalled = False
         if self._attempts >= self.retries:
             self.gave_up = True
             log.warning("%s: gave up after %d reconnects (%s); the other outputs go on", self.label, self.retries,

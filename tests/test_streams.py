@@ -167,6 +167,42 @@ def test_a_server_killed_mid_stream_leaves_the_session_and_the_recording_whole(t
     assert sent >= 1 and dropped > 0 and sent + dropped == 90, summary  # every frame counted, sent or dropped
 
 
+class NoisyStylizer(FakeStylizer):
+    """Pictures no encoder can squeeze: a stream at --bitrate fills the sockets' buffers within seconds."""
+
+    def stylize(self, frame, code, alpha=1.0, keep_color=False):
+        self.calls += 1
+        return np.random.default_rng(self.calls).integers(0, 256, frame.shape, np.uint8)
+
+
+def test_a_server_that_stalls_is_cut_and_the_session_goes_on(tmp_path, rtmp, capsys):
+    """A server that stops reading (SIGSTOP) blocks FFmpeg's write for good once the sockets' buffers are full:
+    the sink's watchdog cuts it after 5 s, warns once and reconnects; the recording beside it stays whole."""
+    rec = tmp_path / "rec.mkv"
+
+    def stop_when_streaming() -> None:
+        deadline = time.monotonic() + 30
+        while len(rtmp.arrivals()) < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(rtmp.proc.pid, signal.SIGSTOP)
+
+    stopper = threading.Thread(target=stop_when_streaming)
+    stopper.start()
+    try:
+        with stand_in_model(NoisyStylizer(), lambda paths: fake_styles(0), any_style_path=True):
+            rc = run_cli("--source", "test", "--capture-size", "320x240", "--stream", rtmp.url, "--bitrate", "30000",
+                         "--record", str(rec), "--codec", "ffv1", "--max-frames", "360", "--style", "x.png")
+    finally:
+        stopper.join()
+        os.kill(rtmp.proc.pid, signal.SIGCONT)
+    assert rc == 0 and len(frames_of(rec)) == 360
+    err = capsys.readouterr().err.splitlines()
+    warnings = [line for line in err if "reconnect" in line or "gave up" in line]
+    assert len(warnings) == 1 and "the server took nothing for 5 s" in warnings[0], err[-3:]
+    (summary,) = [line for line in err if line.startswith("streamer: rtmp://127.0.0.1") and "frames," in line]
+    assert "dropped" in summary and ", 0 dropped" not in summary
+
+
 def test_a_server_that_is_not_there_costs_the_other_outputs_nothing(tmp_path, fake_model, capsys):
     rec = tmp_path / "rec.mp4"
     url = f"rtmp://127.0.0.1:{free_port()}/live/x"
