@@ -101,7 +101,6 @@ def encoder_cost(stylized: Path, fps: int) -> str:
         time.sleep(1.5)
         h, w = pictures[0].shape[:2]
         target = sinks.UrlTarget(url, w, h, fps)
-        silence = np.zeros((sinks.SOUND_RATE // fps, 2), np.float32)
         cpu = time.process_time()
         samples = 0
         for i, picture in enumerate(pictures):

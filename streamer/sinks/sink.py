@@ -1,54 +1,28 @@
-"""Sinks: an encoder and a muxer on their own thread behind a bounded queue, writing a file or a URL.
-
-A sink takes each new frame once with its capture time (``send``) and sound with its capture time
-(``send_audio``); both are put on a bounded queue and return at once, so the live output loop never waits
-for an encoder, a disk or a network. When the queue is full the frame is dropped and counted.
-
-Time: everything is placed on the capture clock (``time.perf_counter()``), from the sink's first frame. A
-picture reaches the sink an engine step after its capture, the sound at once: since both are stamped
-with their capture time, the sound is delayed to meet its picture and lips and sound agree.
-
-* A file (:class:`FileTarget`): variable frame rate (each frame at its capture time, in ms), written to a
-  hidden ``.part`` and renamed when closed (streamer.fileutil); a failure ends the session.
-* A URL (:class:`UrlTarget`): constant frame rate at ``--fps`` (a frame repeated until the next),
-  H.264 with a keyframe every 2 s at ``--bitrate``, yuv420p, AAC 48 kHz stereo (Opus for WHIP). A server
-  that refuses, goes away or stalls: one warning, then reconnection with back-off, ``retries`` times;
-  the other outputs go on, frames meanwhile are dropped and counted.
-"""
+"""The sink: a recording or a stream, encoding and writing on its own thread behind a bounded queue (see
+streamer.sinks)."""
 from __future__ import annotations
 
-import fractions
 import logging
-import os
 import queue
-import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Protocol
-from urllib.parse import urlsplit
+from typing import Callable, ClassVar
 
-import av
 import numpy as np
 
 from engines.errors import InputError
 from engines.stylizer import resize_to
-from streamer.videoio import (SOUND_RATE, VideoWriter, add_sound_stream, even_padding, pad_edges, sound_frame)
+from streamer.sinks.targets import DEFAULT_BITRATE, NETWORK_TIMEOUT, FileTarget, Target, UrlTarget
+from streamer.sinks.urls import _CLAIMED, _CLAIMED_LOCK, _cut, _socket_fds, safe_url
+from streamer.videoio import SOUND_RATE
 
 log = logging.getLogger(__name__)
 
-#: URL scheme -> (FFmpeg muxer, protocol the URL is opened with, the URL FFmpeg is given)
-SCHEMES = {"rtmp": ("flv", "rtmp"), "rtmps": ("flv", "rtmps"), "rtsp": ("rtsp", "tcp"),
-           "whip": ("whip", "http"), "whips": ("whip", "https"), "srt": ("mpegts", "srt")}
-DEFAULT_BITRATE = 2500  # kbit/s: what Twitch and YouTube suggest for 720p at 30 fps
-KEYFRAME_SECONDS = 2.0
-SOUND_BITRATE = 128_000
 #: seconds of frames a stream's queue holds before it drops: a network hiccup passes, a stall does not grow memory
 STREAM_QUEUE_SECONDS = 1.0
 FILE_QUEUE_SECONDS = 2.0
-NETWORK_TIMEOUT = 5.0  # seconds a connect or a write may take before the server counts as gone
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0)  # seconds between reconnects
 RESYNC_SAMPLES = SOUND_RATE // 100  # 10 ms: sound further than this from where its clock says is put back there
 MAX_REPEAT_SECONDS = 2.0  # a gap longer than this (a stall) starts the stream's clock again instead of repeating
@@ -60,219 +34,6 @@ class AudioChunk:
 
     samples: np.ndarray  # (n, 2) float32 in -1..1 at SOUND_RATE
     t_capture: float
-
-
-# -- URLs ----------------------------------------------------------------------------------------
-def _protocols() -> set[str] | None:
-    """The output protocols this PyAV's FFmpeg has (``rtmp``, ``tls``, ...); None where they cannot be listed."""
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as maps:
-            lib = next((line.split()[-1] for line in maps if "libavformat" in line and ".so" in line), None)
-        if lib is None:
-            return None
-        enum = ctypes.CDLL(lib).avio_enum_protocols
-    except (OSError, AttributeError):
-        return None
-    enum.restype, enum.argtypes = ctypes.c_char_p, [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
-    opaque, names = ctypes.c_void_p(None), set()
-    while (name := enum(ctypes.byref(opaque), 1)) is not None:
-        names.add(name.decode())
-    return names
-
-
-def supported_schemes() -> list[str]:
-    """The ``--stream`` URL schemes this FFmpeg build can send to."""
-    protocols = _protocols()
-    return [s for s, (fmt, proto) in SCHEMES.items()
-            if fmt in av.formats_available and (protocols is None or proto in protocols)]
-
-
-def check_stream_url(url: str) -> str:
-    """``--stream URL`` checked before anything loads: its muxer name, or one InputError line."""
-    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", url)
-    if not m:
-        raise InputError(f"--stream {url}: not a URL; give rtmp://host/app/key (or {', '.join(supported_schemes())})")
-    scheme = m[1].lower()
-    if scheme not in SCHEMES:
-        raise InputError(f"--stream {url}: {scheme}:// is not a streaming protocol streamer sends to; use "
-                         f"{', '.join(s + '://' for s in supported_schemes())}")
-    if scheme not in supported_schemes():
-        raise InputError(f"--stream {url}: this PyAV's FFmpeg cannot send {scheme}:// (built without it); it can "
-                         f"send {', '.join(s + '://' for s in supported_schemes())}")
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        raise InputError(f"--stream {url}: the port is not a number") from None
-    if not parts.hostname:
-        raise InputError(f"--stream {url}: no server named; e.g. rtmp://live.twitch.tv/app/KEY")
-    if scheme.startswith("rtmp") and len([p for p in parts.path.split("/") if p]) < 1:
-        raise InputError(f"--stream {url}: an RTMP URL names an application, e.g. rtmp://host/live/KEY")
-    return SCHEMES[scheme][0]
-
-
-def safe_url(url: str) -> str:
-    """A URL for logs: a stream key (the last part of an RTMP path) and passwords hidden."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    path = parts.path.rsplit("/", 1)[0] + "/***" if parts.path.count("/") >= 2 else parts.path
-    return f"{parts.scheme}://{host}{port}{path}"
-
-
-# -- a stalled server ------------------------------------------------------------------------------------
-#: sockets a stream has taken as its own (so another stream's watchdog never cuts them)
-_CLAIMED: set[int] = set()
-_CLAIMED_LOCK = threading.Lock()
-
-
-def _socket_fds() -> set[int]:
-    """This process's open sockets (Linux: /proc/self/fd; elsewhere none are known, and a stall is not cut)."""
-    found = set()
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        return found
-    for name in names:
-        try:
-            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
-                found.add(int(name))
-        except (OSError, ValueError):
-            pass
-    return found
-
-
-def _cut(fds: set[int]) -> None:
-    """Shut these sockets down under FFmpeg: its blocked connect or write returns an error. PyAV opens an output's
-    connection with no timeout and no interrupt callback, so this is the only way to unblock it."""
-    for fd in fds:
-        try:
-            sock = socket.socket(fileno=os.dup(fd))
-        except OSError:
-            continue
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        finally:
-            sock.close()
-
-
-# -- what a sink writes into -------------------------------------------------------------------------
-class Target(Protocol):
-    """An open container: pictures at ``pts`` in ``time_base``, sound at sample ``pts``."""
-
-    time_base: fractions.Fraction
-    has_sound: bool
-
-    def write(self, rgb: np.ndarray, pts: int) -> None: ...
-
-    def write_audio(self, samples: np.ndarray, pts: int) -> None: ...
-
-    def close(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-class UrlTarget:
-    """A live stream to a server: H.264 CBR-ish at ``bitrate``, keyframe every 2 s, AAC 48 kHz stereo."""
-
-    has_sound = True
-
-    def __init__(self, url: str, width: int, height: int, fps: float, bitrate_kbps: int = DEFAULT_BITRATE) -> None:
-        fmt = check_stream_url(url)
-        scheme = url.split(":", 1)[0].lower()
-        target = re.sub(r"^whips?", "https" if scheme == "whips" else "http", url) if fmt == "whip" else url
-        self.fps = fractions.Fraction(fps).limit_denominator(1001)
-        self.time_base = 1 / self.fps
-        self.pad_w, self.pad_h = even_padding(width, height, "yuv420p")
-        self.priming_shift, self._priming = fmt == "flv", None
-        # each packet to the network at once (no 32 KB buffer in the delay), and never held long waiting for
-        # the other stream's packets to interleave with
-        options = {"flush_packets": "1", "max_interleave_delta": "500000"}
-        if fmt == "flv":
-            options["flvflags"] = "no_duration_filesize"  # a live server cannot seek back to fill them in
-        if fmt == "rtsp":
-            options["rtsp_transport"] = "tcp"
-        self.container = av.open(target, "w", format=fmt, options=options,
-                                 timeout=(NETWORK_TIMEOUT, NETWORK_TIMEOUT))
-        try:
-            gop = max(1, round(float(self.fps) * KEYFRAME_SECONDS))
-            bits = bitrate_kbps * 1000
-            stream = self.container.add_stream("libx264", rate=self.fps, options={
-                "preset": "veryfast", "tune": "zerolatency", "g": str(gop), "keyint_min": str(gop),
-                "sc_threshold": "0", "maxrate": str(bits), "bufsize": str(2 * bits), "b": str(bits)})
-            ctx = stream.codec_context
-            ctx.width, ctx.height = width + self.pad_w, height + self.pad_h
-            ctx.pix_fmt = "yuv420p"
-            ctx.time_base = self.time_base
-            ctx.framerate = self.fps
-            stream.time_base = self.time_base
-            ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range = 1, 1, 1, 1
-            self.stream = stream
-            self.sound = add_sound_stream(self.container, f"{scheme}://", "libopus" if fmt == "whip" else "aac",
-                                          SOUND_BITRATE)
-            self.container.start_encoding()
-        except BaseException:
-            self.abort()
-            raise
-
-    def write(self, rgb: np.ndarray, pts: int) -> None:
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pad_edges(rgb, self.pad_w, self.pad_h)), "rgb24")
-        frame = frame.reformat(format="yuv420p", dst_colorspace="itu709", dst_color_range="MPEG")
-        frame.pts, frame.time_base = pts, self.time_base
-        self.container.mux(self.stream.encode(frame))
-
-    def write_audio(self, samples: np.ndarray, pts: int) -> None:
-        self._mux_sound(self.sound.encode(sound_frame(samples, pts, self.sound.codec_context.format.name)))
-
-    def _mux_sound(self, packets: list[av.Packet]) -> None:
-        """FLV has no field for the encoder's priming (AAC: 1024 samples before the first, at pts -1024) and
-        players play it: measured 21 ms early on a 127.0.0.1 stream; so the packets move later by it."""
-        for packet in packets:
-            if self._priming is None:
-                self._priming = max(0, -(packet.pts or 0)) if self.priming_shift else 0
-            if self._priming:
-                packet.pts, packet.dts = packet.pts + self._priming, packet.dts + self._priming
-            self.container.mux(packet)
-
-    def close(self) -> None:
-        try:
-            self.container.mux(self.stream.encode(None))
-            self._mux_sound(self.sound.encode(None))
-        finally:
-            self.container.close()
-
-    def abort(self) -> None:
-        try:
-            self.container.close()
-        except Exception:  # noqa: BLE001 - a connection already gone
-            pass
-
-
-class FileTarget:
-    """A video file with sound: streamer.videoio's writer (``.part`` then rename), timestamps in ms."""
-
-    time_base = fractions.Fraction(1, 1000)  # every container holds ms exactly (WebM/Matroska count in ms)
-
-    def __init__(self, path: Path, width: int, height: int, fps: float, sound: bool, **encoder) -> None:
-        self.writer = VideoWriter(path, width, height, fps, time_base=self.time_base, realtime=True, sound=sound,
-                                  **encoder)
-        self.has_sound = sound
-
-    def write(self, rgb: np.ndarray, pts: int) -> None:
-        self.writer.write(rgb, pts=pts)
-
-    def write_audio(self, samples: np.ndarray, pts: int) -> None:
-        self.writer.write_audio(samples, pts)
-
-    def close(self) -> None:
-        self.writer.close()
-
-    def abort(self) -> None:
-        self.writer.abort()
 
 
 # -- the sink ----------------------------------------------------------------------------------------
@@ -605,8 +366,8 @@ class Sink(threading.Thread):
 
 
 def _reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return text or exc.__class__.__name__
+    text = str(exc).strip()
+    return getattr(exc, "strerror", None) or (text.splitlines()[0] if text else exc.__class__.__name__)
 
 
 # -- the two kinds ---------------------------------------------------------------------------------------
