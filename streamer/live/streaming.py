@@ -81,6 +81,10 @@ def open_sound(args: argparse.Namespace) -> SoundSource | None:
 
 
 def stream_outputs(args: argparse.Namespace, width: int, height: int) -> list[Sink]:
-    return [stream_sink(url, width, height, args.fps, bitrate_kbps=args.bitrate, retries=args.stream_retries,
-                        audio_delay=args.audio_delay / 1000) for url in args.stream]
+    """One sink a ``--stream``, connecting at once on its own thread (the first frames need not wait for it)."""
+    sinks = [stream_sink(url, width, height, args.fps, bitrate_kbps=args.bitrate, retries=args.stream_retries,
+                         audio_delay=args.audio_delay / 1000) for url in args.stream]
+    for sink in sinks:
+        sink.start()
+    return sinks
 

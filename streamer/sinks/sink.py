@@ -204,6 +204,8 @@ class Sink(threading.Thread):
         if not self.fatal:
             threading.Thread(target=self._watch, name=f"{self.name} watchdog", daemon=True).start()
         try:
+            if self.target is None:
+                self._connect()  # started early (stream_outputs): connected by the first frame
             while True:
                 item = self.queue.get()
                 if item is _STOP or self._aborting:
