@@ -134,18 +134,20 @@ def add_sound_stream(container: av.container.OutputContainer, what: str, codec: 
         raise InputError(f"a {what} output cannot hold sound in any codec this FFmpeg has ({', '.join(SOUND_CODECS)})")
     stream = container.add_stream(codec, rate=SOUND_RATE)
     stream.codec_context.layout = "stereo"
-    stream.codec_context.format = "fltp" if codec != "libmp3lame" else "s16p"
+    formats = [f.name for f in av.Codec(codec, "w").audio_formats or ()]
+    stream.codec_context.format = next((f for f in ("fltp", "flt", "s16p", "s16") if f in formats), "fltp")
     stream.codec_context.bit_rate = bitrate
     stream.time_base = fractions.Fraction(1, SOUND_RATE)
     return stream
 
 
 def sound_frame(samples: np.ndarray, pts: int, fmt: str = "fltp") -> av.AudioFrame:
-    """``(n, 2)`` float32 samples in -1..1 as a planar 48 kHz stereo frame starting at sample ``pts``."""
-    planar = np.ascontiguousarray(samples.T, dtype=np.float32)
-    if fmt == "s16p":
-        planar = np.ascontiguousarray((np.clip(planar, -1, 1) * 32767).astype(np.int16))
-    frame = av.AudioFrame.from_ndarray(planar, format=fmt, layout="stereo")
+    """``(n, 2)`` float32 samples in -1..1 as a 48 kHz stereo frame in ``fmt`` (the encoder's) from sample ``pts``."""
+    data = samples.T if fmt.endswith("p") else samples.reshape(1, -1)  # planar: one row a channel
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if fmt.startswith("s16"):
+        data = np.ascontiguousarray((np.clip(data, -1, 1) * 32767).astype(np.int16))
+    frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="stereo")
     frame.sample_rate = SOUND_RATE
     frame.pts = pts
     frame.time_base = fractions.Fraction(1, SOUND_RATE)

@@ -307,3 +307,21 @@ def test_a_microphone_that_does_not_exist_is_one_line(tmp_path, pulse, fake_mode
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--audio nosuch: no such input; there are: " in err[0] and "null.monitor" in err[0]
     assert fake_model.calls == 0 and not any(tmp_path.glob("r.mp4*"))
+
+
+@pytest.mark.parametrize("name, codec", [("rec.webm", "opus"), ("rec.mkv", "aac")])
+def test_a_recording_of_a_file_source_takes_its_sound_in_the_codec_its_container_holds(tmp_path, clip, fake_model,
+                                                                                     name, codec):
+    rec = tmp_path / name
+    assert run_cli("--source", str(clip), "--record", str(rec), "--max-frames", "45", "--style", "x.png") == 0
+    with av.open(str(rec)) as c:
+        assert c.streams.audio[0].codec_context.name == codec
+    assert np.abs(sound_of(rec)).max() > 0.3  # the burst at 1 s is in the first 1.5 s
+
+
+def test_audio_none_leaves_a_file_sources_sound_out(tmp_path, clip, fake_model):
+    rec = tmp_path / "rec.mp4"
+    assert run_cli("--source", str(clip), "--record", str(rec), "--audio", "none", "--max-frames", "10",
+                   "--style", "x.png") == 0
+    with av.open(str(rec)) as c:
+        assert not c.streams.audio and len(frames_of(rec)) == 10
