@@ -257,7 +257,7 @@ def pulse(tmp_path):
     env.pop("PULSE_SERVER", None)
     proc = subprocess.Popen(["pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "-n", "--disable-shm",
                              "--load=module-native-protocol-unix", "--load=module-null-sink sink_name=null",
-                             "--load=module-sine sink=null frequency=440"],
+                             "--load=module-sine sink=null frequency=440", "--load=module-null-sink sink_name=clicks"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     old = {k: os.environ.get(k) for k in ("XDG_RUNTIME_DIR", "HOME", "PULSE_RUNTIME_PATH")}
     os.environ.update(XDG_RUNTIME_DIR=str(runtime), HOME=str(runtime), PULSE_RUNTIME_PATH=str(runtime))
@@ -325,3 +325,72 @@ def test_audio_none_leaves_a_file_sources_sound_out(tmp_path, clip, fake_model):
                    "--style", "x.png") == 0
     with av.open(str(rec)) as c:
         assert not c.streams.audio and len(frames_of(rec)) == 10
+
+
+class MarkSource:
+    """A live picture (paced by the session at 30 fps) whose square jumps right at ``marks`` (perf_counter times) for
+    0.3 s, as tests/avclock.py's clip does: what a camera would see of a hand clap."""
+
+    width, height, fps, live = 96, 64, 30.0, False
+
+    def __init__(self, marks: list[float]) -> None:
+        self.marks = marks
+
+    def read(self) -> np.ndarray:
+        now = time.perf_counter()
+        lit = any(m <= now < m + 0.3 for m in self.marks)
+        img = np.full((64, 96, 3), 16, np.uint8)
+        x0 = 60 if lit else 12
+        img[16:48, x0:x0 + 24] = 235
+        img[56:, (int(now * 120) % 88):(int(now * 120) % 88) + 8] = 160  # a bar moving every frame
+        return img
+
+    def describe(self) -> str:
+        return "marks"
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_microphone_on_pulseaudio_is_in_sync_with_the_picture(tmp_path, pulse):
+    """A burst played into a PulseAudio sink (``pactl play-sample``, a few ms to start) at each instant the
+    picture's square jumps; the microphone is that sink's monitor. In the recording, sound minus picture within
+    45 ms (the picture's own step is up to a frame, 33 ms, after the instant; the player adds its start)."""
+    import wave
+
+    from streamer.live.audio import PulseMic
+    from streamer.live.hotkeys import LiveState
+    from streamer.live.outputs import Recording
+    from streamer.live.session import LiveSession
+
+    burst = tmp_path / "burst.wav"
+    with wave.open(str(burst), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(48000)
+        w.writeframes(np.full((4800, 2), 26000, np.int16).tobytes())  # 0.1 s
+    subprocess.run(["pactl", "upload-sample", str(burst), "burst"], check=True, timeout=20)
+    mic = PulseMic("clicks.monitor")
+    start = time.perf_counter() + 2.5  # parec takes up to 2 s to start delivering
+    marks = [start + k for k in range(1, 4)]
+    rec = tmp_path / "rec.mkv"
+    played: list[float] = []
+
+    def play() -> None:
+        for m in marks:
+            time.sleep(max(0.0, m - time.perf_counter()))
+            subprocess.run(["pactl", "play-sample", "burst", "clicks"], timeout=10)
+            played.append(time.perf_counter() - m)  # how long the player took, at most
+
+    playing = threading.Thread(target=play)
+    playing.start()
+    time.sleep(max(0.0, start - time.perf_counter()))
+    session = LiveSession(MarkSource(marks), FakeStylizer(), fake_styles(None), LiveState(1),
+                          outputs=[Recording(rec, 96, 64, 30, sound=True)], fps=30, max_frames=130, sound=mic)
+    try:
+        session.run()
+    finally:
+        playing.join()
+    found = offsets(rec)
+    assert len(found) >= 2, (picture_onsets(rec), found)
+    assert all(abs(o) <= SYNC for o in found), (found, played)

@@ -181,7 +181,7 @@ def list_audio() -> str:
 
 class PulseMic:
     """A PulseAudio/PipeWire input read by ``parec`` as 48 kHz stereo float; a chunk is stamped with the time
-    it arrived less its length and the server's buffer (asked at 20 ms)."""
+    it arrived less its length."""
 
     def __init__(self, source: str | None) -> None:
         self.source = source
@@ -207,7 +207,9 @@ class PulseMic:
                 raise DeviceError(f"the microphone {self.source or 'default'} stopped"
                                   f"{': ' + err[0] if err else ''}")
             samples = np.frombuffer(data[:len(data) // 8 * 8], np.float32).reshape(-1, 2)
-            arrived = time.perf_counter() - len(samples) / SOUND_RATE - CHUNK_SECONDS
+            # the chunk's first sample, as it arrived (taking off parec's asked latency too made the stamps 16-21 ms
+            # early against the moment a burst was played into PulseAudio, measured with pacat)
+            arrived = time.perf_counter() - len(samples) / SOUND_RATE
             if anchor is None or abs(anchor + counted / SOUND_RATE - arrived) > DRIFT:
                 anchor, counted = arrived, 0
             yield AudioChunk(samples, anchor + counted / SOUND_RATE)

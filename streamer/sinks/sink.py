@@ -120,6 +120,17 @@ class Sink(threading.Thread):
         self._own_sockets: set[int] = set()
         self._stalled = False
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._launched = False
+
+    def start(self) -> None:
+        """Start the thread once, whichever of the live loop and the sound thread sends first (``ident`` stays
+        None for a moment after ``start``: two starts broke the thread, and every frame was dropped)."""
+        with self._start_lock:
+            if self._launched:
+                return
+            self._launched = True
+            super().start()
 
     # -- the live loop's side: never waits ------------------------------------------------------------
     def send(self, frame_rgb: np.ndarray, t_capture: float) -> None:
@@ -127,7 +138,7 @@ class Sink(threading.Thread):
             error, self.error = self.error, None
             self.fatal_raised = True
             raise error
-        if self.ident is None:
+        if not self._launched:
             self.start()
         with self._lock:
             full = self._frames_waiting >= self._max_frames or not self.is_alive()
@@ -145,7 +156,7 @@ class Sink(threading.Thread):
                             self.label)
 
     def send_audio(self, chunk: AudioChunk) -> None:
-        if self.ident is None:
+        if not self._launched:
             self.start()
         try:
             self.queue.put_nowait(("audio", chunk, chunk.t_capture))
@@ -154,7 +165,7 @@ class Sink(threading.Thread):
 
     def close(self) -> None:
         """Write what is queued, finish the container (a file: renamed into place); a file's failure is raised."""
-        if self.ident is not None and self.is_alive():
+        if self._launched and self.is_alive():
             wait = None if self.fatal else 3 * NETWORK_TIMEOUT  # a stalled server is not waited for long
             try:
                 self.queue.put(_STOP, timeout=wait)
@@ -163,14 +174,14 @@ class Sink(threading.Thread):
                 pass
             if self.is_alive():
                 log.warning("%s: the server did not take the end of the stream in time; left", self.label)
-        elif self.ident is None:
+        elif not self._launched:
             self._finish()
         if self.error is not None and self.fatal and not self.fatal_raised:
             raise self.error
 
     def abort(self) -> None:
         """Drop everything: a file leaves nothing behind."""
-        if self.ident is not None and self.is_alive():
+        if self._launched and self.is_alive():
             self._aborting = True
             try:
                 self.queue.put(_STOP, timeout=NETWORK_TIMEOUT)
