@@ -394,3 +394,15 @@ def test_a_microphone_on_pulseaudio_is_in_sync_with_the_picture(tmp_path, pulse)
     found = offsets(rec)
     assert len(found) >= 2, (picture_onsets(rec), found)
     assert all(abs(o) <= SYNC for o in found), (found, played)
+
+
+def test_a_looped_file_source_keeps_its_sound_in_step(tmp_path, fake_model, tmp_path_factory):
+    """--loop: the sound starts again with the pictures (it follows the frame the capture thread read last)."""
+    short = tmp_path / "short.mp4"
+    make_clip(short, seconds=3.0, fps=30)  # marks at 1 and 2 s; the second pass's at 4 and 5 s
+    rec = tmp_path / "rec.mp4"
+    assert run_cli("--source", str(short), "--loop", "--record", str(rec), "--max-frames", "170",
+                   "--style", "x.png") == 0
+    found = offsets(rec)
+    assert len(found) >= 3 and any(t > 3.5 for t in picture_onsets(rec)), found  # marks of the second pass too
+    assert all(abs(o) <= SYNC for o in found), found

@@ -79,7 +79,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="send to a virtual camera (v4l2loopback on Linux, OBS on Windows/macOS) at --fps (default 30)")
     o.add_argument("--record", default=None, metavar="FILE",
                    help="record the output to a video file (.mp4, .mkv, .webm, ...): each stylized frame once, at "
-                        "its capture time (variable frame rate), encoded with --codec/--crf/--preset")
+                        "its capture time (variable frame rate), encoded with --codec/--crf/--preset, with the "
+                        "sound (a file source's own, or --audio)")
     o.add_argument("--out-size", default=None, metavar="WxH",
                    help="size of the virtual camera and recording (default: the capture size)")
     o.add_argument("--vcam-backend", default=None, metavar="NAME|module:Class",
@@ -95,7 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--hud", action="store_true", help="start with the HUD on (key i toggles it)")
     c.add_argument("--snapshot-dir", default=".", help="where s saves PNG snapshots (default: current folder)")
     c.add_argument("--max-frames", type=int, default=0,
-                   help="stop after N output frames (with --record alone: N recorded frames; 0 = until q/Ctrl-C)")
+                   help="stop after N output frames (with --record/--stream alone: N new frames; 0 = until q/Ctrl-C)")
     c.add_argument("--no-stdin", action="store_true", help="do not read commands from stdin")
     add_model_options(p)
     add_temporal_options(p)
