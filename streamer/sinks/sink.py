@@ -143,10 +143,11 @@ class Sink(threading.Thread):
         with self._lock:
             full = self._frames_waiting >= self._max_frames or not self.is_alive()
             if not full:
+                self._frames_waiting += 1  # first: a Ctrl-C just after the put leaves the count right
                 try:
                     self.queue.put_nowait(("video", frame_rgb, t_capture))
-                    self._frames_waiting += 1
                 except queue.Full:
+                    self._frames_waiting -= 1
                     full = True
         if full:
             self.dropped += 1
