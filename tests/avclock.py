@@ -81,7 +81,7 @@ def _right_minus_left(gray: np.ndarray) -> float:
     return float(gray[:, half:].mean() - gray[:, :half].mean())
 
 
-def sound_onsets(path: Path, first_picture: float | None = None) -> list[float]:
+def sound_onsets(path: Path) -> list[float]:
     """Times (s, from the first frame's time) where a tone burst starts."""
     with av.open(str(path)) as c:
         v0 = None
@@ -98,12 +98,11 @@ def sound_onsets(path: Path, first_picture: float | None = None) -> list[float]:
         rate = stream.codec_context.sample_rate
     loud = np.concatenate(chunks) > 0.2
     edges = np.flatnonzero(loud[1:] & ~loud[:-1]) + 1
-    onsets, last = [], -1.0
+    onsets: list[float] = []
     for e in edges:
         t = start + e / rate - v0
-        if t - last > 0.5:
+        if not onsets or t - onsets[-1] > 0.5:  # a burst's first loud sample, not its later zero crossings
             onsets.append(t)
-        last = t if t - last > 0.5 else last
     return onsets
 
 
