@@ -71,10 +71,10 @@ def listening(port: int) -> bool:
 class RtmpServer:
     """tests/rtmp_server.py in a subprocess: one publisher, saved to ``out`` (Matroska)."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.port = free_port()
+    def __init__(self, tmp_path: Path, port: int | None = None, name: str = "received.mkv") -> None:
+        self.port = port or free_port()
         self.url = f"rtmp://127.0.0.1:{self.port}/live/secretkey"
-        self.out = tmp_path / "received.mkv"
+        self.out = tmp_path / name
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "rtmp_server.py"), self.url, str(self.out)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
@@ -173,6 +173,39 @@ class NoisyStylizer(FakeStylizer):
     def stylize(self, frame, code, alpha=1.0, keep_color=False):
         self.calls += 1
         return np.random.default_rng(self.calls).integers(0, 256, frame.shape, np.uint8)
+
+
+def test_a_server_that_comes_back_gets_the_stream_again(tmp_path, rtmp, fake_model, capsys):
+    """Killed mid-stream and started again on the same port: the sink reconnects (back-off 1 s) and the new server
+    receives pictures and sound."""
+    rec = tmp_path / "rec.mp4"
+    again: list[RtmpServer] = []
+
+    def restart_when_streaming() -> None:
+        deadline = time.monotonic() + 30
+        while len(rtmp.arrivals()) < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        rtmp.stop()
+        again.append(RtmpServer(tmp_path, rtmp.port, "again.mkv"))
+
+    restarter = threading.Thread(target=restart_when_streaming)
+    restarter.start()
+    try:
+        rc = run_cli("--source", "test", "--capture-size", "96x64", "--stream", rtmp.url, "--record", str(rec),
+                     "--max-frames", "150", "--style", "x.png")
+    finally:
+        restarter.join()
+    assert rc == 0 and len(frames_of(rec)) == 150
+    (server,) = again
+    try:
+        assert server.wait() == 0
+    finally:
+        server.stop()
+    err = capsys.readouterr().err
+    assert "connected again" in err and ", 1 reconnect" in err
+    assert len(frames_of(server.out)) >= 30  # a second or more of pictures on the new connection
+    with av.open(str(server.out)) as c:
+        assert c.streams.audio  # and its (silent) sound track
 
 
 def test_a_server_that_stalls_is_cut_and_the_session_goes_on(tmp_path, rtmp, capsys):
