@@ -266,6 +266,7 @@ class Sink(threading.Thread):
                 self._busy_since = time.perf_counter()  # a stalled server cannot hold the end either
                 self.target.close()
                 self.target = None
+                self._release_sockets()
         except Exception as exc:  # noqa: BLE001
             if self.fatal:
                 self.error = self.error or exc
@@ -277,6 +278,10 @@ class Sink(threading.Thread):
         if self.target is not None:
             self.target.abort()
             self.target = None
+        self._release_sockets()
+
+    def _release_sockets(self) -> None:
+        """Once closed, its socket numbers are free for the next connection to take (and claim)."""
         with _CLAIMED_LOCK:
             _CLAIMED.difference_update(self._own_sockets)
             self._own_sockets = set()
