@@ -26,9 +26,9 @@ from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
 from streamer.live.capture import open_source, parse_size
 from streamer.live.hotkeys import LiveState
 from streamer.live.outputs import Output, Recording, VirtualCamera, Window, display_problem, open_window
-from streamer.live.streaming import add_stream_options, check_stream_args, open_sound, stream_outputs
 from streamer.live.session import LiveSession, stylize_frame
 from streamer.live.sizing import Sizing, ladder, start
+from streamer.live.streaming import add_stream_options, check_stream_args, open_sound, stream_outputs
 from streamer.options import (add_model_options, add_style_options, add_upscale_option, alpha_value, build_stylizer,
                               check_live_precision, check_short_side, expand_style_paths, fit_short_side, load_styles,
                               pick_device, run_inputs)
