@@ -125,6 +125,40 @@ def encoder_settings(codec: str, crf: int, preset: str | None, realtime: bool = 
     return options
 
 
+#: live sound: the rate and layout every streaming service takes (AAC 48 kHz stereo)
+SOUND_RATE = 48000
+SOUND_CODECS = ("aac", "libopus", "libmp3lame")  # first the container takes; WebM takes Opus only
+
+
+def add_sound_stream(container: av.container.OutputContainer, what: str, codec: str | None = None,
+                     bitrate: int = 128_000) -> av.audio.stream.AudioStream:
+    """A 48 kHz stereo sound stream in ``container``: ``codec``, or the first of :data:`SOUND_CODECS` it takes."""
+    supported = container.supported_codecs
+    codec = codec or next((c for c in SOUND_CODECS if c in supported), None)
+    if codec is None:
+        raise InputError(f"a {what} output cannot hold sound in any codec this FFmpeg has ({', '.join(SOUND_CODECS)})")
+    stream = container.add_stream(codec, rate=SOUND_RATE)
+    stream.codec_context.layout = "stereo"
+    formats = [f.name for f in av.Codec(codec, "w").audio_formats or ()]
+    stream.codec_context.format = next((f for f in ("fltp", "flt", "s16p", "s16") if f in formats), "fltp")
+    stream.codec_context.bit_rate = bitrate
+    stream.time_base = fractions.Fraction(1, SOUND_RATE)
+    return stream
+
+
+def sound_frame(samples: np.ndarray, pts: int, fmt: str = "fltp") -> av.AudioFrame:
+    """``(n, 2)`` float32 samples in -1..1 as a 48 kHz stereo frame in ``fmt`` (the encoder's) from sample ``pts``."""
+    data = samples.T if fmt.endswith("p") else samples.reshape(1, -1)  # planar: one row a channel
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if fmt.startswith("s16"):
+        data = np.ascontiguousarray((np.clip(data, -1, 1) * 32767).astype(np.int16))
+    frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="stereo")
+    frame.sample_rate = SOUND_RATE
+    frame.pts = pts
+    frame.time_base = fractions.Fraction(1, SOUND_RATE)
+    return frame
+
+
 def _subsampled(pix_fmt: str) -> tuple[bool, bool]:
     """(width must be even, height must be even) for a pixel format."""
     try:
@@ -174,13 +208,15 @@ class VideoWriter:
     ``preset``: x264/x265 speed preset (default ``veryfast``); ``threads``: encoder threads (default: FFmpeg's).
     ``realtime``: the encoder keeps up with a live source (VP9's realtime deadline; x264 has its preset).
     ``output``: an :class:`~streamer.fileutil.AtomicOutput` taken earlier (default: one is taken here).
+    ``sound``: an encoded sound track (AAC 48 kHz stereo, Opus in WebM) fed by :meth:`write_audio` (live's).
     """
 
     def __init__(self, path: Path, width: int, height: int, fps: fractions.Fraction | float, codec: str = "libx264",
                  crf: int = 18, pix_fmt: str = "yuv420p", time_base: fractions.Fraction | None = None,
                  audio_from: av.container.InputContainer | None = None, *, preset: str | None = None,
                  threads: int | None = None, faststart: bool = True, rotation: int = 0,
-                 realtime: bool = False, output: AtomicOutput | None = None, subtitles: bool = False) -> None:
+                 realtime: bool = False, output: AtomicOutput | None = None, subtitles: bool = False,
+                 sound: bool = False) -> None:
         self.path = Path(path)
         if width <= 0 or height <= 0:
             raise InputError(f"cannot write a {width}x{height} video")
@@ -208,6 +244,7 @@ class VideoWriter:
         self._audio: dict[int, av.stream.Stream] = {}
         self._audio_shift: dict[int, int] = {}
         self._reencode: dict[int, tuple[av.codec.context.CodecContext, av.stream.Stream]] = {}
+        self.sound: av.audio.stream.AudioStream | None = None
 
         # the caller may have taken the output (and its lock) before loading a model: see streamer.fileutil
         self.output = output if output is not None else AtomicOutput(self.path)
@@ -220,6 +257,8 @@ class VideoWriter:
                 self.stream.set_display_rotation(rotation)  # players turn it, as they did the source
             if audio_from is not None:
                 self._add_audio_streams(audio_from, subtitles)
+            if sound:
+                self.sound = add_sound_stream(self.container, self.path.suffix)
             self.container.start_encoding()  # fail now, not after the first frame, on bad combinations
         except InputError:
             self.abort()
@@ -340,6 +379,10 @@ class VideoWriter:
                 frame.pts = None  # let the encoder count samples: keeps audio gapless
                 self._mux(out.encode(frame))
 
+    def write_audio(self, samples: np.ndarray, pts: int) -> None:
+        """Encode ``(n, 2)`` float32 samples at :data:`SOUND_RATE` starting at sample ``pts`` (``sound=True``)."""
+        self._mux(self.sound.encode(sound_frame(samples, pts, self.sound.codec_context.format.name)))
+
     def mux_encoded(self, packet: av.Packet) -> None:
         """Copy one already-encoded video packet (pts/dts in its ``time_base``) from a stream encoded with this
         writer's settings: streamer.cluster.chunks joins a cluster's chunks this way, without re-encoding."""
@@ -374,6 +417,8 @@ class VideoWriter:
             return self.path
         try:
             self._mux(self._sane(self.stream.encode(None)))
+            if self.sound is not None:
+                self._mux(self.sound.encode(None))
             for decoder, out in self._reencode.values():
                 for frame in decoder.decode(None):
                     frame.pts = None

@@ -285,7 +285,7 @@ def test_recording_is_vfr_at_capture_times_while_the_vcam_keeps_a_steady_rate(tm
     """What a 60-frame CPU recording got wrong (6 distinct frames, each repeated at 1/fps): with an engine
     slower than the output rate, the steady output still gets every tick, the recording each stylized frame
     once, stamped with its capture time to the millisecond."""
-    from streamer.live.outputs import Recording
+    from streamer.sinks import Recording
 
     captured: dict[int, float] = {}
     session = LiveSession(GraySource(), FakeStylizer(delay=0.15), fake_styles(None), LiveState(1),

@@ -16,7 +16,7 @@ import pytest
 from streamer.live.command import _motion_on
 from streamer.live.hotkeys import Action, LiveState, handle_command, handle_key, status_line
 from streamer.live.motion import MotionCarrier, carry_weight
-from streamer.live.outputs import Recording
+from streamer.sinks import Recording
 from streamer.live.session import LiveSession
 from tests.fakes import InvertingStylizer
 from tests.test_live import Collector, fake_styles, frames_of

@@ -374,20 +374,22 @@ def test_stale_part_of_the_same_name_is_replaced(tmp_path) -> None:
 
 
 def test_a_signal_inside_a_recording_write_still_leaves_a_playable_recording(tmp_path) -> None:
-    """SIGTERM/Ctrl-C can land while a frame is being encoded; the frames before it must still be saved."""
-    from streamer.live.outputs import Recording
+    """SIGTERM/Ctrl-C can land while a frame is handed to the recording; the frames before it must still be saved.
+    (The encoder runs on the recording's own thread, which signals never interrupt: Python delivers them to the
+    main thread, here inside ``send``.)"""
+    from streamer.sinks import Recording
 
     out = tmp_path / "rec.mp4"
     rec = Recording(out, 64, 48, 30.0)
     frame = np.full((48, 64, 3), 120, np.uint8)
     rec.send(frame, 0.0)
-    real_write = rec.writer.write
+    real_put = rec.queue.put_nowait
 
-    def interrupted_write(*args, **kwargs):
-        real_write(*args, **kwargs)
-        raise KeyboardInterrupt  # what the signal handler raises, here just after the encoder call
+    def interrupted_put(item):
+        real_put(item)
+        raise KeyboardInterrupt  # what the signal handler raises, here just after the frame was queued
 
-    rec.writer.write = interrupted_write
+    rec.queue.put_nowait = interrupted_put
     with pytest.raises(KeyboardInterrupt):
         rec.send(frame, 0.1)
     rec.close()

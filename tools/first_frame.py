@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from streamer.cli import main
-from streamer.live.outputs import Recording
+from streamer.sinks import Recording
 from streamer.videoio import VideoWriter
 
 

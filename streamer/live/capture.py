@@ -42,6 +42,8 @@ class Frame:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     index: int  # counts frames read from the source
     t_capture: float  # time.perf_counter() when it was read
+    #: a file's (pass, seconds into it) of this frame (a pass counts --loop's rounds); None for live sources
+    media: tuple[int, float] | None = None
 
 
 # -- sources -----------------------------------------------------------------------------------
@@ -151,6 +153,8 @@ class CvSource:
         self.target, self.kind, self.loop = target, kind, loop
         self.requested_size, self.requested_fps = size, fps
         self.live = kind != "file"
+        self.passes, self._in_pass = 0, 0  # for position: --loop's rounds, frames read in this one
+        self.position: tuple[int, float] | None = None  # the last frame's (pass, seconds into the file)
         self.cap: cv2.VideoCapture | None = None
         self._open()
         first = self._first_frame()
@@ -223,6 +227,13 @@ class CvSource:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def read(self) -> np.ndarray | None:
+        frame = self._read()
+        if frame is not None and self.kind == "file":
+            self.position = (self.passes, self._in_pass / self.fps)  # where its sound is (streamer.live.audio)
+            self._in_pass += 1
+        return frame
+
+    def _read(self) -> np.ndarray | None:
         if self._pending is not None:
             frame, self._pending = self._pending, None
             return frame
@@ -236,6 +247,7 @@ class CvSource:
     def _rewind(self) -> np.ndarray | None:
         """``--loop``: the file's first frame again. Seeking back fails on some files (one with a single frame
         among them), so it is opened again then; None only when it no longer gives any frame."""
+        self.passes, self._in_pass = self.passes + 1, 0
         self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
         frame = self._grab()
         if frame is None:
@@ -296,6 +308,10 @@ class Resized:
         if frame is None or frame.shape[:2] == (self.height, self.width):
             return frame
         return cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_AREA)
+
+    @property
+    def position(self) -> tuple[int, float] | None:
+        return getattr(self.source, "position", None)
 
     def describe(self) -> str:
         return f"{self.source.describe()}, scaled to {self.width}x{self.height}"
@@ -362,7 +378,7 @@ class CaptureThread(threading.Thread):
                 if image is None:
                     log.info("source ended after %d frames", self.count)
                     break
-                frame = Frame(image, self.count, time.perf_counter())
+                frame = Frame(image, self.count, time.perf_counter(), getattr(self.source, "position", None))
                 self.latest = frame  # one reference assignment: readers see the old frame or the new one
                 self.slot.put(frame)
                 self.count += 1

@@ -27,12 +27,14 @@ from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
 from streamer.imageio import parse_size
 from streamer.live.capture import open_source
 from streamer.live.hotkeys import LiveState
-from streamer.live.outputs import Output, Recording, VirtualCamera, Window, display_problem, open_window
+from streamer.live.outputs import Output, VirtualCamera, Window, display_problem, open_window
 from streamer.live.session import LiveSession, stylize_frame
 from streamer.live.sizing import Sizing, ladder, start
+from streamer.live.streaming import add_stream_options, check_stream_args, open_sound, stream_outputs
 from streamer.options import (add_engine_wait_option, add_model_options, add_style_options, add_upscale_option,
                               alpha_value, build_stylizer, check_live_precision, check_short_side, expand_style_paths,
                               finish_background_build, fit_short_side, load_styles, pick_device, run_inputs)
+from streamer.sinks import Recording
 from streamer.temporal import add_temporal_options, make_temporal
 from streamer.video import add_encoder_options, encoder_options
 
@@ -80,7 +82,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="send to a virtual camera (v4l2loopback on Linux, OBS on Windows/macOS) at --fps (default 30)")
     o.add_argument("--record", default=None, metavar="FILE",
                    help="record the output to a video file (.mp4, .mkv, .webm, ...): each stylized frame once, at "
-                        "its capture time (variable frame rate), encoded with --codec/--crf/--preset")
+                        "its capture time (variable frame rate), encoded with --codec/--crf/--preset, with the "
+                        "sound (a file source's own, or --audio)")
     o.add_argument("--out-size", default=None, metavar="WxH",
                    help="size of the virtual camera and recording (default: the capture size)")
     o.add_argument("--vcam-backend", default=None, metavar="NAME|module:Class",
@@ -91,11 +94,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="auto: Tk (default), else OpenCV's window where that works (needs opencv-python)")
     o.add_argument("--overwrite", action="store_true", help="replace an existing --record file")
     add_encoder_options(p.add_argument_group("recording (--record)"))
+    add_stream_options(p)
     c = p.add_argument_group("control")
     c.add_argument("--hud", action="store_true", help="start with the HUD on (key i toggles it)")
     c.add_argument("--snapshot-dir", default=".", help="where s saves PNG snapshots (default: current folder)")
     c.add_argument("--max-frames", type=int, default=0,
-                   help="stop after N output frames (with --record alone: N recorded frames; 0 = until q/Ctrl-C)")
+                   help="stop after N output frames (with --record/--stream alone: N new frames; 0 = until q/Ctrl-C)")
     c.add_argument("--no-stdin", action="store_true", help="do not read commands from stdin")
     add_model_options(p)
     add_engine_wait_option(p)
@@ -133,11 +137,12 @@ def _check_args(args: argparse.Namespace) -> None:
         args.encoder = encoder_options(args, rec)  # container, codec and crf checked before the model loads
     if not Path(args.snapshot_dir).is_dir():
         raise InputError(f"--snapshot-dir is not a folder: {args.snapshot_dir}")
+    check_stream_args(args)
 
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
-    want_window = args.window or not (args.vcam or args.record)
+    want_window = args.window or not (args.vcam or args.record or args.stream)
     if want_window:
         problem = display_problem()  # before the camera and the model: fail in a second, not after loading
         if problem:
@@ -151,16 +156,23 @@ def run(args: argparse.Namespace) -> int:
         refuse_same_file([args.record], [*source_file, *run_inputs(args, style_paths)])
     # the recording's file (and its lock) first: a read-only folder or another run on it fails before the model
     record_output = AtomicOutput(args.record, overwrite=args.overwrite) if args.record else None
+    sound = None
     try:
+        sound = open_sound(args)  # a microphone that does not exist fails here, in one line
         source = open_source(args.source, capture_size, args.fps, loop=args.loop)
     except BaseException:
         if record_output is not None:
             record_output.discard()
+        if sound is not None:
+            sound.close()
         raise
     outputs: list[Output] = []
     window: Window | None = None
     stylizer = None
     try:
+        if sound is not None:
+            log.info("sound: %s%s", sound.describe(),
+                     f", {args.audio_delay:+g} ms" if args.audio_delay else "")
         log.info("source: %s", source.describe())
         w, h = source.width, source.height
         gpu = pick_device(args.device).type == "cuda"
@@ -207,16 +219,19 @@ def run(args: argparse.Namespace) -> int:
                     stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, size, None)
         if args.record:
             outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite, output=record_output,
-                                     **args.encoder))
+                                     sound=sound is not None, audio_delay=args.audio_delay / 1000, **args.encoder))
+        outputs += stream_outputs(args, out_w, out_h)
         if want_window:
             window = open_window(args.window_toolkit)
         session = LiveSession(source, stylizer, styles, state, window=window, outputs=outputs, fps=args.fps,
                               size=args.size, max_frames=args.max_frames, temporal=temporal,
                               snapshot_dir=Path(args.snapshot_dir), stdin=not args.no_stdin, sizing=sizing,
-                              target_fps=target_fps)
+                              target_fps=target_fps, sound=sound)
     except BaseException:
         finish_background_build(stylizer, wait=False)
         source.release()
+        if sound is not None:
+            sound.close()
         if record_output is not None:
             record_output.discard()  # a no-op once the recording owns it (its abort removes it)
         for out in outputs:
@@ -238,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
              summary.engine_fps, summary.step_ms, f" ({summary.engines})" if summary.engines else "",
              summary.frames_captured, summary.dropped, summary.latency_ms,
              summary.sizes_text(), summary.upscale_text(), summary.motion_text(), summary.stop_reason)
+    for line in summary.sinks:
+        log.info("%s", line)
     finish_background_build(stylizer)
     return 0
 

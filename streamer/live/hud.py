@@ -53,7 +53,8 @@ def _scale(frame: np.ndarray) -> float:
 
 
 def hud_lines(state: LiveState, style_name: str, engine_fps: float, dropped: int, latency_ms: float,
-              engine_label: str = "") -> list[str]:
+              engine_label: str = "", sink_dropped: int | None = None) -> list[str]:
+    """``sink_dropped``: frames the recordings and streams lost (queue full, server away); None: there are none."""
     mode = "BYPASS (raw camera)" if state.bypass else f"style {state.style_index + 1}/{state.n_styles}: {style_name}"
     colour = "  colours kept" if state.keep_color else ""
     how = (" pinned" if state.size_pinned else " auto") if state.sizes else ""
@@ -61,11 +62,12 @@ def hud_lines(state: LiveState, style_name: str, engine_fps: float, dropped: int
     motion = "   motion" if state.motion and not state.bypass else ""
     return [mode, f"alpha {state.alpha:.2f}{colour}   {size}{motion}",
             f"engine{' ' + engine_label if engine_label else ''} {engine_fps:4.1f} fps   dropped {dropped}   "
-            f"latency {latency_ms:3.0f} ms"]
+            f"latency {latency_ms:3.0f} ms"
+            + (f"   out dropped {sink_dropped}" if sink_dropped is not None else "")]
 
 
 def draw_overlays(frame: np.ndarray, state: LiveState, style_name: str, engine_fps: float, dropped: int,
-                  latency_ms: float, engine_label: str = "") -> np.ndarray:
+                  latency_ms: float, engine_label: str = "", sink_dropped: int | None = None) -> np.ndarray:
     """The frame with the HUD and/or help drawn on (a copy), or the frame itself when neither is on."""
     if not (state.hud or state.help):
         return frame
@@ -74,7 +76,8 @@ def draw_overlays(frame: np.ndarray, state: LiveState, style_name: str, engine_f
     margin = max(4, round(10 * scale))
     top = margin
     if state.hud:
-        top = _text_box(out, hud_lines(state, style_name, engine_fps, dropped, latency_ms, engine_label),
+        top = _text_box(out, hud_lines(state, style_name, engine_fps, dropped, latency_ms, engine_label,
+                                             sink_dropped),
                          (margin, margin), scale)
         top += margin
     if state.help:

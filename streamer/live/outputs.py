@@ -1,4 +1,4 @@
-"""Where live frames go: a preview window, a virtual camera, a recording. Any combination.
+"""Where live frames go: a preview window, a virtual camera, a recording, streams. Any combination.
 
 Window: Tk by default (tkinter ships with Python): it works with the ``opencv-python-headless``
 dependency (which imports on servers without X or OpenGL libraries) and beside PyAV. OpenCV's own
@@ -11,23 +11,18 @@ environment variable ``STREAMER_VCAM_BACKEND``.
 """
 from __future__ import annotations
 
-import fractions
 import importlib
 import logging
 import os
 import platform
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import cv2
 import numpy as np
 
 from engines.errors import DeviceError, InputError
 from engines.stylizer import resize_to
-
-if TYPE_CHECKING:
-    from streamer.fileutil import AtomicOutput
 
 log = logging.getLogger(__name__)
 
@@ -340,67 +335,3 @@ class VirtualCamera:
 
     def abort(self) -> None:
         self.cam.close()  # nothing to undo: a virtual camera keeps no frames
-
-
-# -- recording ---------------------------------------------------------------------------------
-class Recording:
-    """The live output into a video file: each stylized frame once, at its capture time.
-
-    Variable frame rate: a frame's timestamp is its capture time (from the first recorded frame's), so the
-    file plays at real speed whatever the engine's rate, and no repeat is encoded (the virtual camera and
-    the window, which want a steady rate, repeat frames instead). Encoder options are render's
-    (``--codec``/``--crf``/``--preset``, see :func:`streamer.video.encoder_options`). Uses
-    streamer.videoio's writer: temp file + rename (streamer.fileutil.AtomicOutput), so a crash never leaves
-    a broken file at the final name, and Ctrl-C, SIGTERM or SIGHUP still finalise a playable one.
-    """
-
-    #: LiveSession sends this output each new frame once, with its capture time, instead of every tick
-    timestamped = True
-    #: timestamps in milliseconds: every container holds them exactly (WebM/Matroska count in ms)
-    TIME_BASE = fractions.Fraction(1, 1000)
-
-    def __init__(self, path: str | Path, width: int, height: int, fps: float, overwrite: bool = False,
-                 codec: str = "auto", crf: int = 18, preset: str | None = None,
-                 output: AtomicOutput | None = None) -> None:
-        from streamer.fileutil import AtomicOutput
-        from streamer.videoio import VideoWriter
-
-        self.path = Path(path)
-        self.size = (width, height)
-        if output is None:  # or taken earlier by the caller (an AtomicOutput), before loading the model
-            output = AtomicOutput(self.path, overwrite=overwrite)  # refuses an existing file, or another run's
-        try:
-            self.writer = VideoWriter(self.path, width, height, fps, codec=codec, crf=crf, preset=preset,
-                                      time_base=self.TIME_BASE, realtime=True, output=output)
-        except BaseException:
-            output.discard()
-            raise
-        self.frames = 0
-        self.failed = False
-        self._t0: float | None = None
-
-    def send(self, frame_rgb: np.ndarray, t_capture: float) -> None:
-        """One new frame, captured at ``t_capture`` (``time.perf_counter()`` seconds)."""
-        if self._t0 is None:
-            self._t0 = t_capture
-        try:
-            self.writer.write(np.ascontiguousarray(resize_to(frame_rgb, self.size)),
-                              pts=round((t_capture - self._t0) / self.TIME_BASE))
-        except Exception:
-            self.failed = True  # the writer has removed its temp file (e.g. disk full); nothing to finalise
-            raise
-        # a Ctrl-C/SIGTERM landing inside the write is not a failure: close() still finalises what was written
-        self.frames += 1
-
-    def close(self) -> None:
-        if self.failed:
-            return
-        if self.frames == 0:
-            self.writer.abort()
-            log.warning("nothing recorded: no frame reached the output, so %s was not written", self.path)
-            return
-        path = self.writer.close()
-        log.info("wrote %s (%d frames)", path, self.frames)
-
-    def abort(self) -> None:
-        self.writer.abort()

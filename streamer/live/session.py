@@ -25,6 +25,7 @@ from engines.backends.switch import EngineSpans, current_label
 from engines.errors import InputError
 from engines.stylizer import Stylizer, short_side_shape
 from engines.stylizer import stylize_frame as chain
+from streamer.live.audio import SoundSource, SoundThread
 from streamer.live.capture import CaptureThread, Frame, Source
 from streamer.live.hotkeys import Action, LiveState, handle_command, handle_key, status_line
 from streamer.live.hud import draw_overlays
@@ -98,6 +99,8 @@ class Summary:
     #: which engine stylized which frames (counting stylized frames from 0): ``torch fp32 for frames 0-41, then
     #: openvino fp32 for frames 42-300`` when the fast engine took over while running (engines.backends.switch)
     engines: str = ""
+    sinks: list[str] = field(default_factory=list)  # each recording's and stream's frames, drops, reconnects
+    sink_dropped: int = 0  # frames the recordings and streams had no time or connection for
 
     def motion_text(self) -> str:
         """``600 new frames, 410 carried along the motion (91% of pixels)``, or ``motion off``."""
@@ -223,8 +226,10 @@ class LiveSession:
     def __init__(self, source: Source, stylizer: Stylizer, styles: list[Style], state: LiveState, *,
                  window: Window | None = None, outputs: list[Output] | None = None, fps: float = 30.0, size: int = 0,
                  max_frames: int = 0, temporal: Temporal | None = None, snapshot_dir: Path = Path("."),
-                 stdin: bool = False, sizing: Sizing | None = None, target_fps: float = 0.0) -> None:
-        """``state.motion`` switches ``--motion`` (key m); it acts where frames are shown at a steady rate."""
+                 stdin: bool = False, sizing: Sizing | None = None, target_fps: float = 0.0,
+                 sound: SoundSource | None = None) -> None:
+        """``state.motion`` switches ``--motion`` (key m); it acts where frames are shown at a steady rate.
+        ``sound``: what goes with the pictures into the outputs that take sound (recordings, streams)."""
         self.source, self.stylizer, self.styles = source, stylizer, styles
         self.state = state
         self.window, self.outputs = window, list(outputs or [])
@@ -236,6 +241,11 @@ class LiveSession:
         self.engine = EngineThread(stylizer, [s.code for s in styles], lambda: self.state, self.in_slot,
                                    self.out_slot, self.stop, temporal, size, sizing, target_fps)
         self.stdin = StdinCommands(self.stop) if stdin else None
+        self.sound: SoundThread | None = None
+        if sound is not None:
+            if hasattr(sound, "follow"):  # a file's sound keeps pace with the frames read from it
+                sound.follow(self._capture_position)
+            self.sound = SoundThread(sound, [o for o in self.outputs if hasattr(o, "send_audio")], self.stop)
         self.summary = Summary()
         self.latency = 0.0
         self.current: Result | None = None
@@ -249,6 +259,18 @@ class LiveSession:
     def engine_label(self) -> str:
         """The HUD's name for the engine running now: ``openvino bf16`` ('' for test stand-ins)."""
         return current_label(self.stylizer)
+
+    def _capture_position(self) -> tuple[tuple[int, float], float] | None:
+        frame = self.capture.latest
+        return None if frame is None or frame.media is None else (frame.media, frame.t_capture)
+
+    @property
+    def _sinks(self) -> bool:
+        return any(hasattr(o, "send_audio") for o in self.outputs)
+
+    @property
+    def sink_dropped(self) -> int:
+        return sum(getattr(o, "dropped", 0) for o in self.outputs if hasattr(o, "send_audio"))
 
     # state changes ----------------------------------------------------------------------------
     def apply(self, new: LiveState, actions: list[Action]) -> bool:
@@ -374,7 +396,8 @@ class LiveSession:
         if self.window is not None:
             style = self.styles[result.style_index].name
             image = draw_overlays(shown.image, self.state, style, self.engine.meter.rate,
-                                  self.in_slot.dropped, self.latency * 1000, self.engine_label)
+                                  self.in_slot.dropped, self.latency * 1000, self.engine_label,
+                                  self.sink_dropped if self._sinks else None)
             self.window.show(image)
 
     def _count_new(self, shown: Carried) -> None:
@@ -391,6 +414,8 @@ class LiveSession:
         t_start = time.perf_counter()
         self.capture.start()
         self.engine.start()
+        if self.sound is not None:
+            self.sound.start()
         if self.stdin is not None:
             self.stdin.start()
         try:
@@ -451,7 +476,8 @@ class LiveSession:
         """Stop and join the threads, release the source, close every output; the first error wins."""
         self.stop.set()
         self.in_slot.close()
-        for thread, timeout in ((self.capture, 5.0), (self.engine, JOIN_TIMEOUT), (self.motion, 5.0)):
+        threads = [(self.capture, 5.0), (self.engine, JOIN_TIMEOUT), (self.motion, 5.0)]
+        for thread, timeout in threads + ([(self.sound, 5.0)] if self.sound is not None else []):
             if thread.ident is None:
                 continue  # never started
             thread.join(timeout)
@@ -478,6 +504,8 @@ class LiveSession:
         s.upscales = dict(self.engine.upscales)
         s.engines = self.engine.spans.text() if self.engine.spans.spans else ""
         s.motion = self.state.motion
+        s.sinks = [o.describe() for o in self.outputs if hasattr(o, "describe")]
+        s.sink_dropped = self.sink_dropped
         error = error or self.motion.error
         if error is not None:
             if raise_errors:
