@@ -178,6 +178,9 @@ def _serve(args, source, style_paths: list[Path], guard, tls) -> int:
     studio = Studio(plan, guard, info, Path(platformdirs.user_cache_dir("streamer")) / "serve-styles",
                     args.style_size, args.weights_dir, limits, source)
     rtc.keep_ice_on(args.host)
+    if args.verbose < 2:  # aioice logs every ICE check at INFO
+        for noisy in ("aioice", "aiortc", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         asyncio.run(_main(studio, args, tls))
     finally:

@@ -38,8 +38,9 @@ def new_peer() -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
 
-def parse_offer(body: object) -> RTCSessionDescription:
-    """The page's offer, or ValueError with why (the server answers 400)."""
+def parse_offer(body: object, loopback: bool = False) -> RTCSessionDescription:
+    """The page's offer, or ValueError with why (the server answers 400). ``loopback``: the browser's candidates
+    on other addresses are dropped, so the media stays on 127.0.0.1 as the server does."""
     if not isinstance(body, dict):
         raise ValueError("the offer must be a JSON object")
     sdp, kind = body.get("sdp"), body.get("type")
@@ -47,7 +48,23 @@ def parse_offer(body: object) -> RTCSessionDescription:
         raise ValueError("not a WebRTC offer")
     if "m=video" not in sdp:
         raise ValueError("the offer has no video")
+    if loopback:
+        sdp = loopback_candidates(sdp)
     return RTCSessionDescription(sdp=sdp, type="offer")
+
+
+def loopback_candidates(sdp: str) -> str:
+    """``sdp`` without the ICE candidates whose address is not a loopback one (a=candidate's fifth field)."""
+    from streamer.serve.security import is_loopback
+
+    kept = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            if len(fields) < 6 or not is_loopback(fields[4]):
+                continue
+        kept.append(line)
+    return "\r\n".join(kept) + "\r\n"
 
 
 class HubTrack(MediaStreamTrack):

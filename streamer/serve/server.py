@@ -143,6 +143,7 @@ def make_app(studio: Studio) -> web.Application:
 
     for route in PAGE_FILES:
         app.router.add_get(route, page)
+    app.router.add_get("/favicon.ico", lambda request: web.Response(status=204))
     app.router.add_get("/api/state", _state)
     app.router.add_get("/api/styles", _styles)
     app.router.add_get("/api/styles/{ident}/thumb", _thumb)
@@ -310,7 +311,7 @@ async def _offer(request: web.Request) -> web.Response:
     studio: Studio = request.app["studio"]
     body = await _json(request)
     try:
-        offer = rtc.parse_offer(body)
+        offer = rtc.parse_offer(body, loopback=studio.guard.loopback)
     except ValueError as exc:
         raise Refused(400, str(exc)) from None
     mode = body.get("mode", "server")
