@@ -177,10 +177,22 @@ async def _guarded(request: web.Request, handler):
         return web.json_response({"error": "internal error (see the server's log)"}, status=500)
 
 
+async def read_body(request: web.Request, cap: int) -> bytes:
+    """The body, read up to ``cap + 1`` bytes (one more says it is too large): never more into memory."""
+    chunks, size = [], 0
+    while size <= cap:
+        chunk = await request.content.read(min(1 << 16, cap + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 async def _json(request: web.Request) -> dict:
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
         raise Refused(413, "request too large")
-    raw = await request.content.read(MAX_JSON_BYTES + 1)
+    raw = await read_body(request, MAX_JSON_BYTES)
     if len(raw) > MAX_JSON_BYTES:
         raise Refused(413, "request too large")
     try:
@@ -222,7 +234,7 @@ async def _upload(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > cap:
         raise Refused(413, f"the file is too large ({request.content_length / 1e6:.1f} MB); the limit is "
                            f"{cap / 1e6:.0f} MB")
-    data = await request.content.read(cap + 1)
+    data = await read_body(request, cap)
     loop = asyncio.get_running_loop()
     rgb = await loop.run_in_executor(None, check_upload, data, cap, studio.limits.upload_pixels)
     digest = hashlib.sha256(data).hexdigest()
