@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import ssl
 import threading
 import time
@@ -15,6 +16,7 @@ from streamer.live.capture import open_source, parse_size
 from streamer.options import (add_model_options, add_style_options, add_upscale_option, alpha_value, build_stylizer,
                               check_live_precision,
                               check_short_side, expand_style_paths, pick_device)
+from streamer.signals import STOP_SIGNALS, Interrupted
 from streamer.temporal import DEFAULT_STRENGTH, TemporalStabilizer, add_temporal_options, check_strength
 
 log = logging.getLogger(__name__)
@@ -191,7 +193,7 @@ def _serve(args, source, style_paths: list[Path], guard, tls) -> int:
 async def _main(studio, args, tls) -> None:
     from aiohttp import web
 
-    from streamer.serve.server import make_app
+    from streamer.serve.server import _close_peers, make_app
 
     runner = web.AppRunner(make_app(studio), access_log=None, handle_signals=False)
     await runner.setup()
@@ -210,8 +212,21 @@ async def _main(studio, args, tls) -> None:
     print(f"streamer serve: open {url}", flush=True)
     if not args.no_browser:
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+    stopped = await _until_stopped()
     try:
-        while True:
-            await asyncio.sleep(3600)
-    finally:
-        await runner.cleanup()
+        await asyncio.wait_for(_close_peers(runner.app), 10.0)
+    except asyncio.TimeoutError:
+        log.warning("WebRTC connections did not close in time")
+    await runner.cleanup()
+    raise Interrupted(stopped)
+
+
+async def _until_stopped() -> int:
+    """Wait for Ctrl-C, SIGTERM or SIGHUP (as handlers of this loop, so the server closes its connections in order
+    rather than being cut inside the loop); the signal's number."""
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Future = loop.create_future()
+    for signum in (signal.SIGINT, *STOP_SIGNALS):
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+            loop.add_signal_handler(signum, lambda s=signum: stop.done() or stop.set_result(s))
+    return await stop
