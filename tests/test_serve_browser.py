@@ -137,6 +137,19 @@ def test_studio_in_chromium(weights_dir: Path, media: Path, clip: Path, tmp_path
             mondrian = look(page)
             assert np.abs(mondrian - brick).max() > 12, (mondrian, brick)
 
+            # a file that is not an image: refused, said on the page, the gallery unchanged
+            (tmp_path / "notes.png").write_text("not a picture")
+            page.get_by_label("Add a style image").set_input_files(str(tmp_path / "notes.png"))
+            until(lambda: "not an image" in page.locator("#message").text_content(), "refusal shown")
+            assert page.get_by_role("button", name="Style notes", exact=True).count() == 0
+
+            # snapshot: a PNG download of what is shown, at the source's size
+            with page.expect_download() as download:
+                page.get_by_role("button", name="Snapshot").click()
+            from PIL import Image
+
+            assert Image.open(download.value.path()).size == (256, 144)
+
             # the window's keys work on the page: n goes to the next style (wraps to the first)
             page.locator("body").press("n")
             settle(page, server, "style_name", "la_muse")

@@ -133,6 +133,7 @@ function showState(body) {
     button.setAttribute("aria-pressed", String(Number(button.dataset.index) === s.style));
   }
   if (s.error) say(`The session stopped: ${s.error}`);
+  else if (!s.running && target === "server") say("The server's source has ended.");
 }
 
 async function poll() {
