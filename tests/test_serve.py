@@ -212,3 +212,35 @@ def test_style_book_never_fails_an_old_index() -> None:
     assert book.remove("zz") == -1
     book.remove("b")
     assert book.remove("a") == -2  # the last one stays
+
+
+def test_a_flood_of_bad_requests_gets_4xx_and_the_server_goes_on(served: Served) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    bad = [("POST", "/api/offer", {"type": "offer", "sdp": "v=0\r\nm=video 9 x\r\n"}),
+           ("POST", "/api/styles", b"\x89PNG\r\n\x1a\nnot really"), ("GET", "/etc/passwd", None),
+           ("GET", "/api/styles/..%2F..%2Fetc%2Fpasswd/thumb", None), ("DELETE", "/api/styles/nope", None),
+           ("POST", "/api/control", {"target": "x" * 5000, "alpha": 0.1}), ("PUT", "/api/styles", b"x")]
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda i: served.request(*bad[i % len(bad)])[0], range(350)))
+    assert all(400 <= s < 500 for s in statuses), sorted(set(statuses))
+    assert served.alive() and names(served)[:2] == ["la_muse", "brick"]
+    assert served.request("POST", "/api/control", {"alpha": 1.0})[0] == 200
+
+
+def test_controls_reach_the_session(served: Served) -> None:
+    import time
+
+    change = {"alpha": 0.3, "keep_color": True, "temporal": True, "motion": False, "bypass": True}
+    assert served.request("POST", "/api/control", change)[0] == 200
+    deadline = time.monotonic() + 20
+    while True:
+        session = served.request("GET", "/api/state")[1]["session"]
+        if all(session[k] == v for k, v in change.items()):
+            break
+        assert time.monotonic() < deadline, session
+        time.sleep(0.1)
+    undo = {"alpha": 1.0, "keep_color": False, "temporal": False, "bypass": False}
+    assert served.request("POST", "/api/control", undo)[0] == 200
+    status, body = served.request("GET", "/api/snapshot.png?target=server")  # nobody watches: nothing shown yet
+    assert status == 409 and body["error"]

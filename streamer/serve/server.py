@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ PAGE = Path(__file__).with_name("page")
 PAGE_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
               "/style.css": ("style.css", "text/css")}
 MAX_JSON_BYTES = 128 * 1024
+MAX_PEERS = 32  # WebRTC connections at once (each one encodes its own stream)
+MAX_UPLOADS = 2  # style images being checked and encoded at once
 CONTROL_KEYS = {"style", "alpha", "keep_color", "bypass", "motion", "temporal", "size", "key"}
 
 
@@ -65,11 +68,12 @@ class Studio:
     server: SessionRunner | None = None
     cameras: CameraSlots = field(default_factory=lambda: CameraSlots(1))
     peers: set = field(default_factory=set)
+    uploads: int = 0  # in flight
 
     def start(self) -> None:
         self.cameras = CameraSlots(self.limits.cameras)
         if self.source is not None:
-            gated = GatedSource(self.source, threading_event())
+            gated = GatedSource(self.source, threading.Event())
             self.server = build_session(self.plan, gated, "server", on_viewers=lambda n: _gate(gated, n))
             gated.stop = self.server.session.stop
             self.server.start()
@@ -92,12 +96,6 @@ class Studio:
                 r.session.source.close()
         for r in runners:
             r.stop()
-
-
-def threading_event():
-    import threading
-
-    return threading.Event()
 
 
 def _gate(source: GatedSource, viewers: int) -> None:
@@ -230,6 +228,16 @@ async def _thumb(request: web.Request) -> web.Response:
 
 async def _upload(request: web.Request) -> web.Response:
     studio: Studio = request.app["studio"]
+    if studio.uploads >= MAX_UPLOADS:
+        raise Refused(429, "another style is being added: try again in a moment")
+    studio.uploads += 1
+    try:
+        return await _add_style(request, studio)
+    finally:
+        studio.uploads -= 1
+
+
+async def _add_style(request: web.Request, studio: Studio) -> web.Response:
     cap = studio.limits.upload_bytes
     if request.content_length is not None and request.content_length > cap:
         raise Refused(413, f"the file is too large ({request.content_length / 1e6:.1f} MB); the limit is "
@@ -327,6 +335,8 @@ async def _offer(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise Refused(400, str(exc)) from None
     mode = body.get("mode", "server")
+    if len(studio.peers) >= MAX_PEERS:
+        raise Refused(503, f"busy: {MAX_PEERS} connections already; close a tab and try again")
     if mode == "server":
         return await _watch(studio, offer)
     if mode == "camera":
