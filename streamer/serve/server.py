@@ -357,10 +357,11 @@ async def _watch(studio: Studio, offer) -> web.Response:
     server = studio.server
     pc = rtc.new_peer()
     studio.peers.add(pc)
-    track = rtc.HubTrack(server.hub, server.session.fps, (studio.source.width, studio.source.height))
+    tracks: list = []  # made once the offer is understood: a garbage offer never wakes the source
 
     async def cleanup() -> None:
-        track.stop()
+        for track in tracks:
+            track.stop()
         studio.peers.discard(pc)
         await pc.close()
 
@@ -369,7 +370,8 @@ async def _watch(studio: Studio, offer) -> web.Response:
         await pc.setRemoteDescription(offer)
         if not any(t.kind == "video" for t in pc.getTransceivers()):
             raise Refused(400, "the offer has no video")
-        pc.addTrack(track)
+        tracks.append(rtc.HubTrack(server.hub, server.session.fps, (studio.source.width, studio.source.height)))
+        pc.addTrack(tracks[0])
         await pc.setLocalDescription(await pc.createAnswer())
     except Refused:
         await cleanup()
