@@ -17,7 +17,7 @@ from streamer.options import (add_model_options, add_style_options, add_upscale_
                               check_live_precision,
                               check_short_side, expand_style_paths, pick_device)
 from streamer.signals import STOP_SIGNALS, Interrupted
-from streamer.temporal import DEFAULT_STRENGTH, TemporalStabilizer, add_temporal_options, check_strength
+from streamer.temporal import TemporalStabilizer, add_temporal_options, check_strength
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def _serve(args, source, style_paths: list[Path], guard, tls) -> int:
                        size=args.size, target_fps=args.target_fps or (args.fps if gpu else CPU_TARGET_FPS), gpu=gpu,
                        alpha=args.alpha, keep_color=args.preserve_color,
                        motion=args.motion == "on" or (args.motion == "auto" and not gpu), upscale=args.upscale,
-                       temporal_on=args.temporal, make_temporal=lambda: TemporalStabilizer(strength or DEFAULT_STRENGTH))
+                       temporal_on=args.temporal, make_temporal=lambda: TemporalStabilizer(strength))
     info = {"model": plan.model, "engine": f"{engine.name} {engine.precision}" if engine is not None else "",
             "source": source.describe() if source is not None else "none (browser cameras only)",
             "device": "GPU" if gpu else "CPU", "token_needed": guard.token is not None}

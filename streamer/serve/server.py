@@ -33,7 +33,7 @@ from streamer.serve import rtc
 from streamer.serve.security import (MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, TOKEN_COOKIE, TOKEN_HEADER, Guard, Refused,
                                      check_upload, style_name)
 from streamer.serve.studio import (SESSION_KEYS, CameraSlots, Entry, FrameHub, GatedSource, PushSource,
-                                   SessionPlan, SessionRunner, StyleBook, build_session, thumbnail)
+                                   SessionPlan, SessionRunner, build_session, thumbnail)
 
 log = logging.getLogger(__name__)
 

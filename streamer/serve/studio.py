@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -320,8 +319,21 @@ class SessionRunner:
     def start(self) -> None:
         self.thread.start()
 
+    def _warm_up(self) -> None:
+        """The engine builds the starting working size before the first frame (as live does), so the first
+        viewer does not wait on it frame by frame."""
+        import torch
+
+        from streamer.live.session import stylize_frame
+
+        s = self.session
+        with torch.inference_mode():
+            stylize_frame(s.stylizer, np.zeros((s.source.height, s.source.width, 3), np.uint8), s.styles[0].code,
+                          s.state, s.engine.size, None)
+
     def _run(self) -> None:
         try:
+            self._warm_up()
             summary = self.session.run()
             log.info("%s session ended: %s; engine %.1f fps, latency %.0f ms", self.label, summary.stop_reason,
                      summary.engine_fps, summary.latency_ms)
