@@ -242,3 +242,26 @@ def test_controls_reach_the_session(served: Served) -> None:
         time.sleep(0.1)
     undo = {"alpha": 1.0, "keep_color": False, "temporal": False, "bypass": False}
     assert served.request("POST", "/api/control", undo)[0] == 200
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--port", "70000"], "--port"),
+    (["--tls-cert", "cert.pem"], "go together"),
+    (["--token", "short"], "--token"),
+    (["--size", "big"], "--size"),
+    (["--camera-sessions", "-1"], "--camera-sessions"),
+    (["--max-upload-mb", "0"], "--max-upload-mb"),
+])
+def test_bad_flags_one_line_before_the_model(run, no_model, media: Path, flags: list[str], words: str) -> None:
+    code, err = run("serve", "--no-browser", "--style", media / "style" / "brick.jpg", *flags)
+    assert code == 2 and words in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_port_in_use_one_line_before_the_model(run, no_model, media: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, err = run("serve", "--no-browser", "--port", busy.getsockname()[1], "--style", media / "style" / "brick.jpg")
+    assert code == 3 and "cannot listen on 127.0.0.1" in err and err.count("\n") == 1

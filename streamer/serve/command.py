@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise DeviceError(f"streamer serve needs aiohttp and aiortc ({exc.name} is missing): "
                           "pip install -e '.[serve]' (or STREAMER_EXTRAS=serve ./run.sh)") from None
+    _check_port(args.host, args.port)  # before the model: a port in use fails in a second
     loopback = is_loopback(args.host)
     token = None if loopback else (args.token or new_token())
     tls = _tls_context(args, loopback)
@@ -122,6 +123,26 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if source is not None:
             source.release()  # a no-op once its session released it
+
+
+def _check_port(host: str, port: int) -> None:
+    """DeviceError when ``host:port`` cannot be listened on (in use, not this machine's address)."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InputError(f"--host {host}: {exc.strerror or exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise DeviceError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another program, or another "
+                              "streamer serve? try --port)") from None
 
 
 def _tls_context(args: argparse.Namespace, loopback: bool) -> ssl.SSLContext | None:
