@@ -265,3 +265,41 @@ def test_port_in_use_one_line_before_the_model(run, no_model, media: Path) -> No
         busy.listen()
         code, err = run("serve", "--no-browser", "--port", busy.getsockname()[1], "--style", media / "style" / "brick.jpg")
     assert code == 3 and "cannot listen on 127.0.0.1" in err and err.count("\n") == 1
+
+
+def test_webrtc_answer_stays_on_loopback_and_streams(served: Served, monkeypatch) -> None:
+    """A WebRTC client (aiortc, held to 127.0.0.1 too) watches the server's source: the answer offers 127.0.0.1
+    candidates only, and frames of the source's size arrive."""
+    import asyncio
+    import re
+
+    import aioice.ice
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from streamer.serve.rtc import keep_ice_on
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)  # undone after the test
+    keep_ice_on("127.0.0.1")
+
+    async def watch() -> tuple[str, tuple[int, int]]:
+        pc = RTCPeerConnection()
+        try:
+            pc.addTransceiver("video", direction="recvonly")
+            got: asyncio.Future = asyncio.get_running_loop().create_future()
+            pc.on("track", lambda track: got.done() or got.set_result(track))
+            await pc.setLocalDescription(await pc.createOffer())
+            status, answer = await asyncio.to_thread(served.request, "POST", "/api/offer",
+                                                     {"sdp": pc.localDescription.sdp, "type": "offer"})
+            assert status == 200, answer
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            track = await asyncio.wait_for(got, 30)
+            for _ in range(3):  # past the black frames sent before the first stylized one
+                frame = await asyncio.wait_for(track.recv(), 30)
+            return answer["sdp"], (frame.width, frame.height)
+        finally:
+            await pc.close()
+
+    sdp, size = asyncio.run(watch())
+    addresses = re.findall(r"a=candidate:\S+ \d+ \S+ \d+ (\S+) ", sdp)
+    assert addresses and set(addresses) == {"127.0.0.1"}
+    assert size == (128, 72)
