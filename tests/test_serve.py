@@ -303,3 +303,17 @@ def test_webrtc_answer_stays_on_loopback_and_streams(served: Served, monkeypatch
     addresses = re.findall(r"a=candidate:\S+ \d+ \S+ \d+ (\S+) ", sdp)
     assert addresses and set(addresses) == {"127.0.0.1"}
     assert size == (128, 72)
+
+
+def test_own_certificate_serves_https(weights_dir: Path, media: Path, tmp_path: Path) -> None:
+    from streamer.serve.security import self_signed
+
+    cert, key = self_signed(tmp_path, "127.0.0.1")
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    server = Served("--source", "none", "--size", "64", "--tls-cert", str(cert), "--tls-key", str(key),
+                    "--style", str(media / "style" / "brick.jpg"), weights_dir=weights_dir)
+    try:
+        assert server.url.startswith("https://127.0.0.1:") and server.token is None  # loopback: no token
+        assert server.request("GET", "/api/styles")[0] == 200
+    finally:
+        assert server.stop() in (0, 130)
