@@ -14,7 +14,8 @@ from streamer.signals import exit_code, signal_number, stop_signals_interrupt, s
 log = logging.getLogger("streamer")
 
 #: subcommand -> module offering ``add_parser(subparsers)`` and ``run(args) -> int``
-COMMAND_MODULES = ("render", "live", "models_cmd", "styles_cmd", "cache_cmd", "bench", "evaluate", "train")
+COMMAND_MODULES = ("render", "live", "models_cmd", "styles_cmd", "cache_cmd", "bench", "evaluate", "train",
+                   "serve.command")
 #: exit status when the reader of stdout goes away (``streamer eval flicker ... --json | head``): 128 + SIGPIPE,
 #: what a shell reports for any Unix tool stopped by a closed pipe
 EXIT_BROKEN_PIPE = 141
