@@ -371,8 +371,11 @@ class VideoWriter:
 def sane_dts(pts: int | None, dts: int | None, last_dts: int | None, max_delay: int) -> int | None:
     """An encoded video packet's dts as a muxer can take it. libx265 derives dts from its B-frame delay, which it
     leaves unset on a clip shorter than that delay (MP4: "pts/dts pair unsupported", now and then): a dts after
-    its pts, or further before it than any encoder reorders (``max_delay``), is not a real one, and the pts
-    stands in, kept after the previous dts."""
-    if pts is None or (dts is not None and dts <= pts and pts - dts <= max_delay):
+    its pts, one not after the previous dts, or a first one further before its pts than any encoder reorders
+    (``max_delay``) is not a real one, and the pts stands in, kept after the previous dts. A real dts may lie far
+    before its pts later on: a live recording's frame after a long pause keeps the previous frame's time."""
+    if pts is None:
+        return dts
+    if dts is not None and dts <= pts and (dts > last_dts if last_dts is not None else pts - dts <= max_delay):
         return dts
     return pts if last_dts is None or pts > last_dts else last_dts + 1

@@ -683,7 +683,7 @@ def test_device_frame_render_gives_the_engine_full_batches_only(microast, media,
     class Recording:
         """The torch engine, counting the frames of each call."""
 
-        name, max_batch, device, model = inner.name, inner.max_batch, inner.device, inner.model
+        name, max_batch, device, model, precision = inner.name, inner.max_batch, inner.device, inner.model, "fp32"
 
         def run(self, image, alpha, code):
             sizes.append(image.shape[0])

@@ -76,6 +76,7 @@ def test_sane_dts_keeps_real_ones_and_replaces_garbage():
     assert sane_dts(4, 9, 3, 16) == 4  # after its own pts: impossible
     assert sane_dts(3, 9, 3, 16) == 4  # ... and kept after the previous dts
     assert sane_dts(None, 7, 3, 16) == 7
+    assert sane_dts(12000, 100, 90, 16) == 100  # a frame after a 12 s pause: its dts is the frame before's, kept
 
 
 def test_best_effort_pts_follows_ffmpegs_rule():
