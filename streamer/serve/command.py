@@ -12,7 +12,8 @@ import webbrowser
 from pathlib import Path
 
 from engines.errors import DeviceError, InputError
-from streamer.live.capture import open_source, parse_size
+from streamer.imageio import parse_size
+from streamer.live.capture import open_source
 from streamer.options import (add_model_options, add_style_options, add_upscale_option, alpha_value, build_stylizer,
                               check_live_precision,
                               check_short_side, expand_style_paths, pick_device)
