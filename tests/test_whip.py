@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from tests.avclock import make_clip
+from tests.fakes import stand_in_model
+from tests.test_live import FakeStylizer
 from tests.test_streams import ROOT, free_port, listening, run_cli
 
 pytest.importorskip("aiortc")
@@ -87,3 +89,19 @@ def test_a_whip_stream_reaches_a_webrtc_endpoint_with_the_stylized_picture_and_t
     # the sound: Opus at 48 kHz, a second and more of it, with the clip's tone bursts in it
     assert got["audio_rate"] == 48000 and got["audio_samples"] / 48000 > 1.0, got
     assert got["audio_peak"] > 0.3, got
+
+
+def test_whip_without_the_cryptography_package_is_one_line_before_anything_loads(monkeypatch, capsys):
+    import importlib.util
+
+    import streamer.sinks.urls as urls
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(urls.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "cryptography" else find_spec(name, *args))
+    with stand_in_model(FakeStylizer(), any_style_path=True) as stand_in:
+        rc = run_cli("--source", "test", "--stream", "whip://127.0.0.1:9/whip", "--max-frames", "5",
+                     "--style", "x.png")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "whip:// needs the cryptography package" in err[0], err
+    assert stand_in.built == 0

@@ -125,8 +125,8 @@ class UrlTarget:
 def dtls_certificate(folder: Path) -> tuple[str, str]:
     """A self-signed ECDSA P-256 certificate and its key (PEM files in ``folder``) for a WHIP stream's DTLS. The
     key FFmpeg makes itself with GnuTLS (PyAV's wheels) is on P-224, which OpenSSL (aiortc) refuses mid-handshake
-    ("A TLS fatal alert has been received"), as BoringSSL (browsers) and Go would; P-256 is the curve WebRTC
-    stacks take. Only the fingerprint in the offer authenticates it: self-signed is what WebRTC expects."""
+    ("A TLS fatal alert has been received"); P-256 is the curve WebRTC's own stacks use. Only the fingerprint in
+    the offer authenticates it: self-signed is what WebRTC expects."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
