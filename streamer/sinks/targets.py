@@ -1,8 +1,11 @@
 """What a sink writes into: a video file (streamer.videoio's writer) or a live stream to a server."""
 from __future__ import annotations
 
+import contextlib
+import datetime
 import fractions
 import re
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -53,28 +56,38 @@ class UrlTarget:
             options["flvflags"] = "no_duration_filesize"  # a live server cannot seek back to fill them in
         if fmt == "rtsp":
             options["rtsp_transport"] = "tcp"
-        self.container = av.open(target, "w", format=fmt, options=options,
-                                 timeout=(NETWORK_TIMEOUT, NETWORK_TIMEOUT))
-        try:
-            gop = max(1, round(float(self.fps) * KEYFRAME_SECONDS))
-            bits = bitrate_kbps * 1000
-            stream = self.container.add_stream("libx264", rate=self.fps, options={
-                "preset": "veryfast", "tune": "zerolatency", "g": str(gop), "keyint_min": str(gop),
-                "sc_threshold": "0", "maxrate": str(bits), "bufsize": str(2 * bits), "b": str(bits)})
-            ctx = stream.codec_context
-            ctx.width, ctx.height = width + self.pad_w, height + self.pad_h
-            ctx.pix_fmt = "yuv420p"
-            ctx.time_base = self.time_base
-            ctx.framerate = self.fps
-            stream.time_base = self.time_base
-            ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range = 1, 1, 1, 1
-            self.stream = stream
-            self.sound = add_sound_stream(self.container, f"{scheme}://", "libopus" if fmt == "whip" else "aac",
-                                          SOUND_BITRATE)
-            self.container.start_encoding()
-        except BaseException:
-            self.abort()
-            raise
+        whip_keys = tempfile.TemporaryDirectory(prefix="streamer-whip-") if fmt == "whip" else contextlib.nullcontext()
+        with whip_keys as folder:  # the key is read during the DTLS handshake, then removed
+            if folder is not None:
+                options["cert_file"], options["key_file"] = dtls_certificate(Path(folder))
+            self.container = av.open(target, "w", format=fmt, options=options,
+                                     timeout=(NETWORK_TIMEOUT, NETWORK_TIMEOUT))
+            try:
+                self._add_streams(fmt, scheme, bitrate_kbps, width + self.pad_w, height + self.pad_h)
+                self.container.start_encoding()  # WHIP: the offer, ICE and the DTLS handshake
+            except BaseException:
+                self.abort()
+                raise
+
+    def _add_streams(self, fmt: str, scheme: str, bitrate_kbps: int, width: int, height: int) -> None:
+        gop = max(1, round(float(self.fps) * KEYFRAME_SECONDS))
+        bits = bitrate_kbps * 1000
+        stream = self.container.add_stream("libx264", rate=self.fps, options={
+            "preset": "veryfast", "tune": "zerolatency", "g": str(gop), "keyint_min": str(gop),
+            "sc_threshold": "0", "maxrate": str(bits), "bufsize": str(2 * bits), "b": str(bits),
+            # WebRTC's H.264 is Constrained Baseline (RFC 7742; what aiortc and browsers take): x264's default,
+            # High, makes a WHIP endpoint refuse the offer
+            **({"profile": "baseline"} if fmt == "whip" else {})})
+        ctx = stream.codec_context
+        ctx.width, ctx.height = width, height
+        ctx.pix_fmt = "yuv420p"
+        ctx.time_base = self.time_base
+        ctx.framerate = self.fps
+        stream.time_base = self.time_base
+        ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range = 1, 1, 1, 1
+        self.stream = stream
+        self.sound = add_sound_stream(self.container, f"{scheme}://", "libopus" if fmt == "whip" else "aac",
+                                      SOUND_BITRATE)
 
     def write(self, rgb: np.ndarray, pts: int) -> None:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pad_edges(rgb, self.pad_w, self.pad_h)), "rgb24")
@@ -107,6 +120,30 @@ class UrlTarget:
             self.container.close()
         except Exception:  # noqa: BLE001 - a connection already gone
             pass
+
+
+def dtls_certificate(folder: Path) -> tuple[str, str]:
+    """A self-signed ECDSA P-256 certificate and its key (PEM files in ``folder``) for a WHIP stream's DTLS. The
+    key FFmpeg makes itself with GnuTLS (PyAV's wheels) is on P-224, which OpenSSL (aiortc) refuses mid-handshake
+    ("A TLS fatal alert has been received"); P-256 is the curve WebRTC's own stacks use. Only the fingerprint in
+    the offer authenticates it: self-signed is what WebRTC expects."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "streamer")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    key_path.touch(0o600)
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(cert_path), str(key_path)
 
 
 class FileTarget:

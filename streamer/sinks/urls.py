@@ -2,6 +2,7 @@
 and the one way to unblock a connection to a server that stalls (PyAV gives outputs no timeout)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import socket
@@ -56,6 +57,9 @@ def check_stream_url(url: str) -> str:
     if scheme not in supported_schemes():
         raise InputError(f"--stream {url}: this PyAV's FFmpeg cannot send {scheme}:// (built without it); it can "
                          f"send {', '.join(s + '://' for s in supported_schemes())}")
+    if scheme.startswith("whip") and importlib.util.find_spec("cryptography") is None:
+        raise InputError(f"--stream {url}: whip:// needs the cryptography package for its DTLS key "
+                         "(pip install cryptography)")
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number
