@@ -200,6 +200,23 @@ class GatedSource:
         self.inner, self.stop = source, stop
         self.width, self.height, self.fps, self.live = source.width, source.height, source.fps, source.live
         self.open = threading.Event()
+        self._viewers, self._holds = 0, 0
+        self._lock = threading.Lock()
+
+    def watched(self, viewers: int) -> None:
+        """The number of tabs watching now."""
+        with self._lock:
+            self._viewers = viewers
+            self._update()
+
+    def hold(self, delta: int) -> None:
+        """+1: read even while no tab watches (a recording, a virtual camera); -1: that need ended."""
+        with self._lock:
+            self._holds = max(0, self._holds + delta)
+            self._update()
+
+    def _update(self) -> None:
+        (self.open.set if self._viewers > 0 or self._holds > 0 else self.open.clear)()
 
     def read(self) -> np.ndarray | None:
         while not self.open.wait(0.1):
@@ -419,8 +436,9 @@ class SessionPlan:
 
 
 def build_session(plan: SessionPlan, source: Any, label: str, on_viewers=None, on_end=None,
-                  hub: FrameHub | None = None) -> SessionRunner:
-    """A session on ``source`` with the plan's model, styles and controls (live's sizing rules)."""
+                  hub: FrameHub | None = None, outputs: list | None = None) -> SessionRunner:
+    """A session on ``source`` with the plan's model, styles and controls (live's sizing rules); ``outputs``:
+    more than the page's (the server's --record and --vcam)."""
     from engines.stylizer import short_side_shape
     from streamer.live.command import AUTO_MIN_SOURCE, CPU_SIZE
     from streamer.live.sizing import ladder, start
@@ -441,7 +459,7 @@ def build_session(plan: SessionPlan, source: Any, label: str, on_viewers=None, o
     temporal = SwitchTemporal(plan.make_temporal, plan.temporal_on)
     state = LiveState(n_styles=len(plan.book), alpha=plan.alpha, keep_color=plan.keep_color,
                       sizes=sizing.sizes if sizing else (), size=size, motion=plan.motion, upscale=plan.upscale)
-    session = ServedSession(source, plan.stylizer, list(plan.book), state, outputs=[hub],
+    session = ServedSession(source, plan.stylizer, list(plan.book), state, outputs=[hub, *(outputs or [])],
                             fps=plan.fps, size=size, temporal=temporal, snapshot_dir=plan.snapshot_dir,
                             sizing=sizing, target_fps=plan.target_fps, book=plan.book)
     log.debug("%s session: %s, working size %s", label, source.describe(),
