@@ -55,7 +55,7 @@ def setup_logging(verbose: int, quiet: bool) -> None:
     if verbose < 2:
         for noisy in ("torch", "onnxruntime", "PIL"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    # codec libraries' own lines (x265's [info] banner; streamer.videoio reads this level): only with -v
+    # codec libraries' own lines (x265's [info] banner; streamer.encoding reads this level): only with -v
     logging.getLogger("libav").setLevel((logging.ERROR, logging.INFO)[verbose] if verbose < 2 else logging.NOTSET)
 
 

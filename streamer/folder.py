@@ -21,6 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from engines.backends.switch import EngineSpans, current_label
 from engines.errors import InputError
 from engines.progress import tqdm_disable
+from streamer.encoding import CONTAINERS, check_output
 from streamer.fileutil import AtomicOutput, FolderLock, make_output_folder, refuse_same_file
 from streamer.imageio import check_output_size, image_size, is_image_path, list_images, not_files, save_image
 from streamer.options import (build_stylizer, expand_style_paths, finish_background_build, fit_short_side, load_styles,
@@ -29,7 +30,6 @@ from streamer.signals import Interrupted, exit_code, signal_number, stopped_by
 from streamer.stills import render_file
 from streamer.temporal import make_temporal
 from streamer.video import is_video_path, render_video_file
-from streamer.videoio import CONTAINERS, check_output
 from streamer.videoread import open_video
 
 log = logging.getLogger(__name__)

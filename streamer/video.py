@@ -28,11 +28,12 @@ from engines.progress import bars_enabled, tqdm_disable
 from engines.models import StyleCode
 from engines.stylizer import Stylizer, back_to_source, short_side_shape, to_working_size
 from engines.upscale import UPSCALE_METHODS
+from streamer.encoding import CONTAINERS, DEFAULT_PRESET, PRESET_NAMES, check_encoder, check_output
 from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
 from streamer.pipeline import ThreadedPipeline, run_in_thread
 from streamer.signals import exit_code, signal_number, stopped_by
 from streamer.temporal import add_temporal_options, make_temporal
-from streamer.videoio import CONTAINERS, DEFAULT_PRESET, PRESET_NAMES, VideoWriter, check_encoder, check_output
+from streamer.videoio import VideoWriter
 from streamer.videoread import BestEffortPts, VideoInfo, open_video, video_stream
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Reading and writing video files with PyAV, the way a user expects.
+"""Writing video files with PyAV, the way a user expects (what an output may be: :mod:`streamer.encoding`).
 
 The writer encodes to a temporary file beside the target and renames it on close, so a crash never
 leaves a half-written file at the final name; closing after Ctrl-C still yields a valid, playable
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import fractions
-import io
 import logging
 from pathlib import Path
 
@@ -24,28 +23,19 @@ import av.container
 import numpy as np
 
 from engines.errors import InputError
+from streamer.encoding import PRESET_NAMES, check_output, container_format, encoder_settings
 from streamer.fileutil import AtomicOutput
 
 log = logging.getLogger(__name__)
 
-#: output suffix -> FFmpeg muxer name; the temp file's ".part" suffix means we must name the muxer
-CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
 #: muxers that get the index at the front, so players and browsers can start before the end
 FASTSTART = {"mp4", "mov"}
-#: container -> video codec used by ``codec="auto"``
-AUTO_CODEC = {"webm": "libvpx-vp9"}
-#: encoder-specific quality and speed options, keyed by encoder name
-#: encoders with x264-style presets; "veryfast" leaves the CPU to the network (see streamer.video)
-X264_PRESETS = ("libx264", "libx264rgb", "libx265")
-PRESET_NAMES = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-DEFAULT_PRESET = "veryfast"
 #: muxers that count frames rather than store timestamps: their time base is one frame (1/fps), and they
 #: cannot hold B-frames (a reordered frame has no place of its own)
 FRAME_COUNTING = {"avi"}
 #: seconds a dts may lie before its pts: far more than any encoder reorders (B-frames: a few frames, even at a
 #: live recording's slowest rate); x265's unset delay gives dts hours or years before it
 MAX_REORDER_SECONDS = 10
-_CRF_CODECS = {"libx264", "libx264rgb", "libx265", "libvpx-vp9", "libvpx", "libaom-av1", "libsvtav1"}
 
 
 def _fraction(value: fractions.Fraction | float | int) -> fractions.Fraction:
@@ -55,74 +45,6 @@ def _fraction(value: fractions.Fraction | float | int) -> fractions.Fraction:
     if isinstance(value, int):
         return fractions.Fraction(value)
     return fractions.Fraction(value).limit_denominator(1001)
-
-
-def _container_format(path: Path) -> str:
-    fmt = CONTAINERS.get(path.suffix.lower())
-    if fmt is None:
-        raise InputError(f"unsupported video output type '{path.suffix or path.name}': use one of "
-                         f"{', '.join(CONTAINERS)}")
-    return fmt
-
-
-def resolve_codec(path: Path, codec: str) -> str:
-    """``auto`` -> H.264, or VP9 for WebM (which allows nothing else)."""
-    if codec != "auto":
-        return codec
-    return AUTO_CODEC.get(_container_format(path), "libx264")
-
-
-def check_output(path: Path, codec: str = "auto") -> str:
-    """Fail early (before any model loads) when ``path`` cannot hold ``codec`` video; returns the encoder name."""
-    path = Path(path)
-    fmt = _container_format(path)
-    codec = resolve_codec(path, codec)
-    try:
-        encoder = av.Codec(codec, "w")
-    except (av.FFmpegError, ValueError):
-        raise InputError(f"video codec '{codec}' is not available in this PyAV/FFmpeg build") from None
-    if encoder.type != "video":
-        raise InputError(f"'{codec}' is not a video codec")
-    with av.open(io.BytesIO(), "w", format=fmt) as probe:
-        if encoder.name not in probe.supported_codecs:
-            other = "" if fmt == "matroska" else " or container (e.g. .mkv)"
-            raise InputError(f"a {path.suffix} file cannot hold {codec} video; use another codec (--codec){other}")
-    if not path.parent.is_dir():
-        raise InputError(f"output folder does not exist: {path.parent}")
-    return codec
-
-
-def check_encoder(path: Path, codec: str, crf: int = 18, preset: str | None = None, pix_fmt: str = "yuv420p") -> None:
-    """Open ``codec`` once, with the settings a writer will give it, on a small file in memory: an encoder that
-    refuses them (MJPEG wants full-range YUV, a CRF beyond x264's 51, a GPU encoder without its GPU) fails here,
-    before any model loads, in one line."""
-    fmt = _container_format(Path(path))
-    try:
-        with av.open(io.BytesIO(), "w", format=fmt) as probe:
-            stream = probe.add_stream(codec, rate=25, options=encoder_settings(codec, crf, preset))
-            stream.codec_context.width, stream.codec_context.height = 64, 64
-            stream.codec_context.pix_fmt = pix_fmt
-            probe.start_encoding()
-    except (av.FFmpegError, ValueError, OSError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0] or exc.__class__.__name__
-        quality = f", --crf {crf}" if codec in _CRF_CODECS else ""
-        raise InputError(f"the {codec} encoder cannot write this output ({pix_fmt} video{quality}, into a "
-                         f"{Path(path).suffix} file: {reason}); use another --codec, e.g. libx264") from None
-
-
-def encoder_settings(codec: str, crf: int, preset: str | None, realtime: bool = False) -> dict[str, str]:
-    """The encoder's private options for the quality and speed flags, keyed by what each encoder understands."""
-    options: dict[str, str] = {}
-    if codec in _CRF_CODECS:
-        options["crf"] = str(crf)
-    if codec.startswith("libvpx"):
-        options.update({"b": "0", "deadline": "realtime" if realtime else "good",
-                        "cpu-used": "8" if realtime else "4", "row-mt": "1"})
-    if codec in X264_PRESETS:
-        options["preset"] = preset or DEFAULT_PRESET
-    if codec == "libx265":  # x265 prints its banner and [info] lines straight to stderr, past FFmpeg's log
-        options["x265-params"] = f"log-level={_codec_log_level()}"
-    return options
 
 
 #: live sound: the rate and layout every streaming service takes (AAC 48 kHz stereo)
@@ -184,12 +106,6 @@ def pad_edges(rgb: np.ndarray, pad_w: int, pad_h: int) -> np.ndarray:
     return np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
-def _codec_log_level() -> str:
-    """Codec libraries' own verbosity, from the "libav" logger's level (streamer.cli: ERROR unless -v)."""
-    lg = logging.getLogger("libav")
-    return "info" if lg.isEnabledFor(logging.INFO) else "warning" if lg.isEnabledFor(logging.WARNING) else "error"
-
-
 def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -220,7 +136,7 @@ class VideoWriter:
         self.path = Path(path)
         if width <= 0 or height <= 0:
             raise InputError(f"cannot write a {width}x{height} video")
-        fmt = _container_format(self.path)
+        fmt = container_format(self.path)
         codec = check_output(self.path, codec)
         if preset is not None and preset not in PRESET_NAMES:
             raise InputError(f"unknown preset '{preset}': use one of {', '.join(PRESET_NAMES)}")

@@ -144,7 +144,7 @@ def test_engine_holds_a_pinned_size_and_steps_down_once_let_go():
     import threading
 
     from streamer.live.capture import Frame
-    from streamer.live.session import EngineThread
+    from streamer.live.engine_thread import EngineThread
     from streamer.live.slot import LatestSlot
 
     in_slot, out_slot, pinned_for = LatestSlot(), LatestSlot(), 12  # past the cool-down and N slow steps

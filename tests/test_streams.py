@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from streamer.cli import main
-from streamer.options import stand_in_model
 from tests.avclock import make_clip, offsets, picture_onsets
+from tests.fakes import stand_in_model
 from tests.test_live import FakeStylizer, fake_styles, frames_of
 
 ROOT = Path(__file__).resolve().parents[1]

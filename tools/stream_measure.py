@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streamer.cli import main  # noqa: E402
-from streamer.shared import shared_media, shared_weights  # noqa: E402
+from tools.shared import shared_media, shared_weights  # noqa: E402
 import streamer.sinks as sinks  # noqa: E402
 from tests.avclock import make_clip, offsets  # noqa: E402
 

@@ -26,9 +26,10 @@ from engines.stylizer import short_side_shape
 from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
 from streamer.imageio import parse_size
 from streamer.live.capture import open_source
+from streamer.live.engine_thread import stylize_frame
 from streamer.live.hotkeys import LiveState
 from streamer.live.outputs import Output, VirtualCamera, Window, display_problem, open_window
-from streamer.live.session import LiveSession, stylize_frame
+from streamer.live.session import LiveSession
 from streamer.live.sizing import Sizing, ladder, start
 from streamer.live.streaming import add_stream_options, check_stream_args, open_sound, stream_outputs
 from streamer.options import (add_engine_wait_option, add_model_options, add_style_options, add_upscale_option,

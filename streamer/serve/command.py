@@ -245,7 +245,8 @@ def _serve(args, source, style_paths: list[Path], guard, tls, outputs: list, rec
 async def _main(studio, args, tls) -> None:
     from aiohttp import web
 
-    from streamer.serve.server import _close_peers, make_app
+    from streamer.serve.peers import close_peers
+    from streamer.serve.server import make_app
 
     runner = web.AppRunner(make_app(studio), access_log=None, handle_signals=False)
     await runner.setup()
@@ -266,7 +267,7 @@ async def _main(studio, args, tls) -> None:
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
     stopped = await _until_stopped()
     try:
-        await asyncio.wait_for(_close_peers(runner.app), 10.0)
+        await asyncio.wait_for(close_peers(runner.app), 10.0)
     except asyncio.TimeoutError:
         log.warning("WebRTC connections did not close in time")
     await runner.cleanup()

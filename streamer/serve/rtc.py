@@ -18,7 +18,7 @@ import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from streamer.serve.studio import FrameHub, PushSource
+from streamer.serve.frames import FrameHub, PushSource
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@
 * any other bind needs a token (generated unless given), checked on every request: the page's address carries
   it (``?token=``, like Jupyter), which the page then sends as a header; a cookie lets thumbnails load;
 * a request that says where it comes from (``Origin``) must come from the page itself;
+* a request's body is read only up to its cap (:func:`read_body`): never more into memory;
 * an upload is capped in bytes, then in pixels before its pixels are decoded (a decompression bomb is a few
   kilobytes that claim a huge picture), and must be an image PIL reads in full.
 """
@@ -14,6 +15,7 @@ import datetime
 import hmac
 import io
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -21,15 +23,20 @@ import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-Streamer-Token"
 TOKEN_COOKIE = "streamer_token"
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024
+MAX_JSON_BYTES = 128 * 1024  # a control request or a WebRTC offer
 MAX_UPLOAD_PIXELS = 40_000_000  # a 48 MP photo is refused; a style needs far fewer (it is encoded at 512 px)
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 LOOPBACK_NAMES = ("localhost",)
@@ -90,6 +97,35 @@ class Guard:
         if self.token is not None:
             if not given_token or not hmac.compare_digest(given_token.encode(), self.token.encode()):
                 raise Refused(403, "this server needs its token: open the address it printed (…/?token=…)")
+
+
+# -- request bodies ---------------------------------------------------------------------------------
+async def read_body(request: web.Request, cap: int) -> bytes:
+    """The body, read up to ``cap + 1`` bytes (one more says it is too large): never more into memory."""
+    chunks, size = [], 0
+    while size <= cap:
+        chunk = await request.content.read(min(1 << 16, cap + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: web.Request) -> dict:
+    """The body as a JSON object, at most :data:`MAX_JSON_BYTES`; anything else is refused in one line."""
+    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
+        raise Refused(413, "request too large")
+    raw = await read_body(request, MAX_JSON_BYTES)
+    if len(raw) > MAX_JSON_BYTES:
+        raise Refused(413, "request too large")
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise Refused(400, "the request is not JSON") from None
+    if not isinstance(body, dict):
+        raise Refused(400, "the request must be a JSON object")
+    return body
 
 
 # -- uploads ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The HTTP side of `streamer serve` (aiohttp): the page, its API, and the WebRTC offers.
+"""The HTTP side of `streamer serve` (aiohttp): the page and its API (the WebRTC offers: :mod:`.peers`).
 
     GET    /                      the page (page/index.html, app.js, style.css: served as they are)
     GET    /api/state?target=T    a session's controls and figures (T: "server" or a browser-camera id)
@@ -21,9 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import json
 import logging
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,20 +31,19 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from streamer.serve import rtc
+from streamer.serve.frames import GatedSource, PushSource
+from streamer.serve.peers import close_peers, handle_bye, handle_offer
 from streamer.serve.recordings import PageRecordings
 from streamer.serve.security import (MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, TOKEN_COOKIE, TOKEN_HEADER, Guard, Refused,
-                                     check_upload, style_name)
-from streamer.serve.studio import (SESSION_KEYS, CameraSlots, Entry, FrameHub, GatedSource, PushSource,
-                                   SessionPlan, SessionRunner, build_session, thumbnail)
+                                     check_upload, read_body, read_json, style_name)
+from streamer.serve.studio import (SESSION_KEYS, CameraSlots, Entry, SessionPlan, SessionRunner, build_session,
+                                   thumbnail)
 
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).with_name("page")
 PAGE_FILES = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
               "/style.css": ("style.css", "text/css")}
-MAX_JSON_BYTES = 128 * 1024
-MAX_PEERS = 32  # WebRTC connections at once (each one encodes its own stream)
 MAX_UPLOADS = 2  # style images being checked and encoded at once
 CONTROL_KEYS = {"style", "alpha", "keep_color", "bypass", "motion", "temporal", "size", "key"}
 
@@ -155,13 +152,13 @@ def make_app(studio: Studio) -> web.Application:
     app.router.add_post("/api/styles", _upload)
     app.router.add_delete("/api/styles/{ident}", _remove)
     app.router.add_post("/api/control", _control)
-    app.router.add_post("/api/offer", _offer)
-    app.router.add_post("/api/bye", _bye)
+    app.router.add_post("/api/offer", handle_offer)
+    app.router.add_post("/api/bye", handle_bye)
     app.router.add_get("/api/snapshot.png", _snapshot)
     app.router.add_post("/api/recordings", _record_start)
     app.router.add_post("/api/recordings/stop", _record_stop)
     app.router.add_get("/api/recordings/{ident}", _record_file)
-    app.on_shutdown.append(_close_peers)
+    app.on_shutdown.append(close_peers)
     return app
 
 
@@ -183,33 +180,6 @@ async def _guarded(request: web.Request, handler):
     except Exception:  # noqa: BLE001 - the session goes on for the others
         log.exception("request %s %s failed", request.method, request.path)
         return web.json_response({"error": "internal error (see the server's log)"}, status=500)
-
-
-async def read_body(request: web.Request, cap: int) -> bytes:
-    """The body, read up to ``cap + 1`` bytes (one more says it is too large): never more into memory."""
-    chunks, size = [], 0
-    while size <= cap:
-        chunk = await request.content.read(min(1 << 16, cap + 1 - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
-
-
-async def _json(request: web.Request) -> dict:
-    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
-        raise Refused(413, "request too large")
-    raw = await read_body(request, MAX_JSON_BYTES)
-    if len(raw) > MAX_JSON_BYTES:
-        raise Refused(413, "request too large")
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise Refused(400, "the request is not JSON") from None
-    if not isinstance(body, dict):
-        raise Refused(400, "the request must be a JSON object")
-    return body
 
 
 async def _state(request: web.Request) -> web.Response:
@@ -317,7 +287,7 @@ def check_control(body: dict, n_styles: int) -> dict:
 
 async def _control(request: web.Request) -> web.Response:
     studio: Studio = request.app["studio"]
-    body = await _json(request)
+    body = await read_json(request)
     runner = studio.runner(str(body.get("target", "server")))
     runner.request(check_control(body, len(studio.plan.book)))
     return web.json_response({"ok": True})
@@ -339,7 +309,7 @@ async def _snapshot(request: web.Request) -> web.Response:
 # -- recordings -------------------------------------------------------------------------------------
 async def _record_start(request: web.Request) -> web.Response:
     studio: Studio = request.app["studio"]
-    body = await _json(request)
+    body = await read_json(request)
     runner = studio.runner(str(body.get("target", "server")))
     if not runner.alive:
         raise Refused(409, "that session has ended: nothing to record")
@@ -349,7 +319,7 @@ async def _record_start(request: web.Request) -> web.Response:
 
 async def _record_stop(request: web.Request) -> web.Response:
     studio: Studio = request.app["studio"]
-    await _json(request)
+    await read_json(request)
     done = await asyncio.get_running_loop().run_in_executor(None, studio.recordings.stop)
     if done["id"] is not None:
         done["url"] = f"/api/recordings/{done['id']}"
@@ -362,149 +332,3 @@ async def _record_file(request: web.Request) -> web.StreamResponse:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
     return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "no-store",
                                            "Content-Disposition": f'attachment; filename="streamer-{stamp}.mp4"'})
-
-
-# -- WebRTC -----------------------------------------------------------------------------------------
-async def _offer(request: web.Request) -> web.Response:
-    studio: Studio = request.app["studio"]
-    body = await _json(request)
-    try:
-        offer = rtc.parse_offer(body, loopback=studio.guard.loopback)
-    except ValueError as exc:
-        raise Refused(400, str(exc)) from None
-    mode = body.get("mode", "server")
-    if len(studio.peers) >= MAX_PEERS:
-        raise Refused(503, f"busy: {MAX_PEERS} connections already; close a tab and try again")
-    if mode == "server":
-        return await _watch(studio, offer)
-    if mode == "camera":
-        return await _camera(studio, offer)
-    raise Refused(400, "mode must be 'server' or 'camera'")
-
-
-def _on_closed(pc, cleanup) -> None:
-    @pc.on("connectionstatechange")
-    async def _changed() -> None:
-        if pc.connectionState in ("failed", "closed"):
-            await cleanup()
-
-
-async def _watch(studio: Studio, offer) -> web.Response:
-    if studio.server is None:
-        raise Refused(404, "this server has no source of its own: use your camera")
-    server = studio.server
-    pc = rtc.new_peer()
-    studio.peers.add(pc)
-    tracks: list = []  # made once the offer is understood: a garbage offer never wakes the source
-
-    async def cleanup() -> None:
-        for track in tracks:
-            track.stop()
-        studio.peers.discard(pc)
-        await pc.close()
-
-    peer = _register(pc, cleanup)
-    try:
-        await pc.setRemoteDescription(offer)
-        if not any(t.kind == "video" for t in pc.getTransceivers()):
-            raise Refused(400, "the offer has no video")
-        tracks.append(rtc.HubTrack(server.hub, server.session.fps, (studio.source.width, studio.source.height)))
-        pc.addTrack(tracks[0])
-        await pc.setLocalDescription(await pc.createAnswer())
-    except Refused:
-        await cleanup()
-        raise
-    except Exception as exc:  # noqa: BLE001
-        await cleanup()
-        log.debug("offer refused", exc_info=True)
-        raise Refused(400, f"the offer could not be used ({exc.__class__.__name__})") from None
-    return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "peer": peer})
-
-
-def _register(pc, cleanup) -> str:
-    """A name for the connection (the page's /api/bye gives it back) and its clean-up when it fails or closes."""
-    pc.streamer_peer, pc.streamer_cleanup = secrets.token_hex(8), cleanup
-    _on_closed(pc, cleanup)
-    return pc.streamer_peer
-
-
-async def _camera(studio: Studio, offer) -> web.Response:
-    ident = secrets.token_hex(8)
-    if not studio.cameras.take(ident):
-        raise Refused(503, f"busy: {studio.limits.cameras} browser camera session(s) already running here; "
-                           "try again when it ends, or watch the server's source")
-    pc = rtc.new_peer()
-    studio.peers.add(pc)
-    hub = FrameHub()
-    state = {"track": None, "pump": None, "done": False}
-    loop = asyncio.get_running_loop()
-
-    async def cleanup() -> None:
-        if state["done"]:
-            return
-        state["done"] = True
-        runner = studio.cameras.free(ident)
-        if state["track"] is not None:
-            state["track"].stop()
-        if state["pump"] is not None:
-            state["pump"].cancel()
-        studio.peers.discard(pc)
-        await pc.close()
-        if runner is not None:
-            await loop.run_in_executor(None, runner.stop)
-        log.info("browser camera session %s closed", ident)
-
-    def ended(_runner) -> None:
-        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(cleanup()))
-
-    def on_first(width: int, height: int) -> PushSource | None:
-        if state["done"]:
-            return None
-        source = PushSource(width, height, studio.plan.fps)
-        runner = build_session(studio.plan, source, f"camera {ident}", hub=hub, on_end=ended)
-        studio.cameras.set(ident, runner)
-        runner.start()
-        log.info("browser camera session %s: %dx%d", ident, width, height)
-        return source
-
-    @pc.on("track")
-    def _track(track) -> None:
-        if track.kind != "video" or state["track"] is not None:
-            return
-        out = rtc.HubTrack(hub, studio.plan.fps, (640, 480))
-        state["track"] = out
-        pc.addTrack(out)
-        state["pump"] = asyncio.ensure_future(rtc.pump_camera(track, on_first))
-
-    peer = _register(pc, cleanup)
-    try:
-        await pc.setRemoteDescription(offer)
-        if state["track"] is None:
-            raise Refused(400, "the offer sends no camera video")
-        await pc.setLocalDescription(await pc.createAnswer())
-    except Refused:
-        await cleanup()
-        raise
-    except Exception as exc:  # noqa: BLE001
-        await cleanup()
-        log.debug("offer refused", exc_info=True)
-        raise Refused(400, f"the offer could not be used ({exc.__class__.__name__})") from None
-    return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": ident,
-                              "peer": peer})
-
-
-async def _bye(request: web.Request) -> web.Response:
-    studio: Studio = request.app["studio"]
-    body = await _json(request)
-    peer = body.get("peer")
-    for pc in list(studio.peers):
-        if isinstance(peer, str) and pc.streamer_peer == peer:
-            await pc.streamer_cleanup()
-    return web.json_response({"ok": True})
-
-
-async def _close_peers(app: web.Application) -> None:
-    studio: Studio = app["studio"]
-    for pc in list(studio.peers):
-        await pc.streamer_cleanup()
-    studio.peers.clear()
