@@ -408,7 +408,8 @@ def test_record_flag_refusals_one_line_before_the_model(run, no_model, media: Pa
              (["--source", existing, "--record", existing, "--overwrite"], "--source video"),
              (["--record", tmp_path / "out.notavideo"], ".notavideo"),
              (["--source", "none", "--record", tmp_path / "out.mp4"], "--source"),
-             (["--record", tmp_path / "missing" / "out.mp4"], "does not exist")]
+             (["--record", tmp_path / "missing" / "out.mp4"], "does not exist"),
+             (["--vcam", "--vcam-backend", "nosuchcamera"], "nosuchcamera")]
     for flags, words in cases:
         code, err = run("serve", "--no-browser", "--style", style, *(["--source", "test"] * ("--source" not in flags)),
                         *flags)
