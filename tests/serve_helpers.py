@@ -77,3 +77,26 @@ class Served:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+class CountingCamera:
+    """A pyvirtualcam backend for a served child process (``--vcam-backend tests.serve_helpers:CountingCamera``):
+    on close it writes how many frames it got and how varied the last one was to $STREAMER_TEST_VCAM_LOG."""
+
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device, **kw) -> None:
+        self.width, self.height = width, height
+        self.frames, self.spread = 0, 0.0
+
+    def send(self, frame) -> None:
+        self.frames += 1
+        self.spread = float(frame.reshape(self.height, self.width, 3).std())
+
+    def close(self) -> None:
+        Path(os.environ["STREAMER_TEST_VCAM_LOG"]).write_text(
+            json.dumps({"frames": self.frames, "spread": self.spread, "size": [self.width, self.height]}))
+
+    def device(self) -> str:
+        return "counting"
+
+    def native_fourcc(self):
+        return None

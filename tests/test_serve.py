@@ -317,3 +317,101 @@ def test_own_certificate_serves_https(weights_dir: Path, media: Path, tmp_path: 
         assert server.request("GET", "/api/styles")[0] == 200
     finally:
         assert server.stop() in (0, 130)
+
+
+# -- recordings --------------------------------------------------------------------------------------
+def video_frames(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def wait_for(check, what: str, seconds: float = 60.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not (got := check()):
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.1)
+    return got
+
+
+def test_page_records_and_the_recording_downloads(served: Served, tmp_path: Path) -> None:
+    """Start, a refused second start, stop, download: an mp4 with moving stylized frames (no tab watches: the
+    recording keeps the source running)."""
+    status, body = served.request("POST", "/api/recordings", {"target": "server"})
+    assert status == 201, body
+    try:
+        status, again = served.request("POST", "/api/recordings", {})
+        assert status == 409 and "already running" in again["error"]
+        wait_for(lambda: served.request("GET", "/api/state")[1]["recording"]["frames"] >= 5, "5 frames recorded")
+    finally:
+        status, done = served.request("POST", "/api/recordings/stop", {})
+    assert status == 200 and done["frames"] >= 5 and done["url"] == f"/api/recordings/{body['id']}"
+    status, data = served.request("GET", done["url"])
+    assert status == 200 and isinstance(data, bytes)
+    (tmp_path / "got.mp4").write_bytes(data)
+    frames = video_frames(tmp_path / "got.mp4")
+    assert len(frames) == done["frames"] and frames[0].shape == (72, 128, 3)
+    assert frames[-1].std() > 10  # a picture, not a flat frame
+    assert served.request("GET", "/api/state")[1]["recording"]["running"] is False
+    assert served.request("POST", "/api/recordings/stop", {})[0] == 409  # nothing running
+
+
+def test_recordings_refused_where_they_must_be(served: Served) -> None:
+    status, body = served.request("GET", "/api/recordings/0123456789abcdef")
+    assert status == 404 and "no such recording" in body["error"]
+    assert served.request("GET", "/api/recordings/..%2F..%2Fetc%2Fpasswd")[0] == 404
+    status, body = served.request("POST", "/api/recordings", {"target": "/tmp/mine.mp4"})  # never a path
+    assert status == 404 and "no such camera session" in body["error"]
+    status, body = served.request("POST", "/api/recordings", {}, {"Origin": "http://evil.example"})
+    assert status == 403 and "Origin" in body["error"]
+    assert served.request("GET", "/api/state")[1]["recording"]["running"] is False
+
+
+def test_record_flag_leaves_a_playable_file_after_sigterm(weights_dir: Path, media: Path, tmp_path: Path) -> None:
+    """`serve --record` records the server's source from the start, watched or not; SIGTERM finishes the file
+    (exit 143); `--vcam` gets the same frames."""
+    import json
+    import signal
+
+    out, vcam_log = tmp_path / "out.mp4", tmp_path / "vcam.json"
+    import os
+
+    os.environ["STREAMER_TEST_VCAM_LOG"] = str(vcam_log)  # read by the child, which inherits it
+    try:
+        server = Served("--source", "test", "--capture-size", "128x72", "--size", "64", "--fps", "10",
+                        "--record", str(out), "--vcam", "--vcam-backend", "tests.serve_helpers:CountingCamera",
+                        "--style", str(media / "style" / "brick.jpg"), weights_dir=weights_dir)
+    finally:
+        del os.environ["STREAMER_TEST_VCAM_LOG"]
+    try:
+        wait_for(lambda: server.request("GET", "/api/snapshot.png")[0] == 200, "a first frame out")
+        wait_for(lambda: not (server.request("GET", "/api/state")[1]["session"]["engine_fps"] == 0), "frames going")
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(60)
+    assert code == 143, "".join(server.log[-20:])
+    frames = video_frames(out)
+    assert len(frames) > 0 and frames[-1].shape == (72, 128, 3) and frames[-1].std() > 10
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no .part left
+    vcam = json.loads(vcam_log.read_text())
+    assert vcam["frames"] > 0 and vcam["spread"] > 10 and vcam["size"] == [128, 72]
+
+
+def test_record_flag_refusals_one_line_before_the_model(run, no_model, media: Path, tmp_path: Path) -> None:
+    style = media / "style" / "brick.jpg"
+    existing = tmp_path / "taken.mp4"
+    existing.write_bytes(b"mine")
+    cases = [(["--record", existing], "exists"),
+             (["--source", existing, "--record", existing, "--overwrite"], "--source video"),
+             (["--record", tmp_path / "out.notavideo"], ".notavideo"),
+             (["--source", "none", "--record", tmp_path / "out.mp4"], "--source"),
+             (["--record", tmp_path / "missing" / "out.mp4"], "does not exist"),
+             (["--vcam", "--vcam-backend", "nosuchcamera"], "nosuchcamera")]
+    for flags, words in cases:
+        code, err = run("serve", "--no-browser", "--style", style, *(["--source", "test"] * ("--source" not in flags)),
+                        *flags)
+        assert code == 2 and words in err and err.count("\n") == 1 and "Traceback" not in err, (flags, err)
+    assert existing.read_bytes() == b"mine" and not (tmp_path / "out.mp4").exists()

@@ -189,3 +189,38 @@ def test_studio_in_chromium(weights_dir: Path, media: Path, clip: Path, tmp_path
     finally:
         assert server.stop() in (0, 130), "".join(server.log[-30:])
     assert not any("Traceback" in line for line in server.log), "".join(server.log)
+
+
+@pytest.mark.slow
+def test_record_button_in_chromium(weights_dir: Path, media: Path, tmp_path: Path) -> None:
+    """The page's record button: started, stopped, and the download link gives an mp4 of moving stylized frames."""
+    import av
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    server = Served("--source", "test", "--capture-size", "256x144", "--size", "64", "--fps", "15",
+                    "--style", str(media / "style" / "brick.jpg"), weights_dir=weights_dir)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(server.url)
+            grab(page)
+            page.get_by_role("button", name="Start recording").click()
+            until(lambda: page.get_by_role("button", name="Stop recording").count() == 1, "the button says stop")
+            until(lambda: state(server, "none")["recording"]["frames"] >= 10, "10 frames recorded")
+            page.get_by_role("button", name="Stop recording").click()
+            link = page.get_by_role("link", name="Download the recording")
+            link.wait_for(timeout=30000)
+            page.screenshot(path=str(tmp_path / "recorded.png"))
+            with page.expect_download() as download:
+                link.click()
+            assert download.value.suggested_filename.endswith(".mp4")
+            with av.open(download.value.path()) as container:
+                frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            assert len(frames) >= 10 and frames[0].shape == (144, 256, 3)
+            assert np.abs(frames[-1].astype(np.float32) - frames[0]).mean() > 2  # it moves
+            assert page.get_by_role("button", name="Start recording").count() == 1
+            browser.close()
+    finally:
+        assert server.stop() in (0, 130), "".join(server.log[-30:])

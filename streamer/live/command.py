@@ -79,22 +79,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o = p.add_argument_group("outputs")
     o.add_argument("--window", action="store_true",
                    help="preview window (the default when neither --vcam nor --record is given)")
-    o.add_argument("--vcam", action="store_true",
-                   help="send to a virtual camera (v4l2loopback on Linux, OBS on Windows/macOS) at --fps (default 30)")
-    o.add_argument("--record", default=None, metavar="FILE",
-                   help="record the output to a video file (.mp4, .mkv, .webm, ...): each stylized frame once, at "
-                        "its capture time (variable frame rate), encoded with --codec/--crf/--preset, with the "
-                        "sound (a file source's own, or --audio)")
-    o.add_argument("--out-size", default=None, metavar="WxH",
-                   help="size of the virtual camera and recording (default: the capture size)")
-    o.add_argument("--vcam-backend", default=None, metavar="NAME|module:Class",
-                   help="pyvirtualcam backend: a name (v4l2loopback, obs, unitycapture) or a class to register; "
-                        "also STREAMER_VCAM_BACKEND")
-    o.add_argument("--vcam-device", default=None, help="virtual camera device, e.g. /dev/video10")
+    add_vcam_record_options(p, o, with_sound=", with the sound (a file source's own, or --audio)")
     o.add_argument("--window-toolkit", default="auto", choices=("auto", "opencv", "tk"),
                    help="auto: Tk (default), else OpenCV's window where that works (needs opencv-python)")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing --record file")
-    add_encoder_options(p.add_argument_group("recording (--record)"))
     add_stream_options(p)
     c = p.add_argument_group("control")
     c.add_argument("--hud", action="store_true", help="start with the HUD on (key i toggles it)")
@@ -106,6 +93,43 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_engine_wait_option(p)
     add_temporal_options(p)
     p.set_defaults(run=run)
+
+
+def add_vcam_record_options(p: argparse.ArgumentParser, group, with_sound: str = "") -> None:
+    """--vcam, --record and their settings: one definition for live and serve."""
+    group.add_argument("--vcam", action="store_true",
+                       help="send to a virtual camera (v4l2loopback on Linux, OBS on Windows/macOS) at --fps "
+                            "(default 30)")
+    group.add_argument("--record", default=None, metavar="FILE",
+                       help="record the output to a video file (.mp4, .mkv, .webm, ...): each stylized frame once, "
+                            "at its capture time (variable frame rate), encoded with --codec/--crf/--preset"
+                            + with_sound)
+    group.add_argument("--out-size", default=None, metavar="WxH",
+                       help="size of the virtual camera and recording (default: the capture size)")
+    group.add_argument("--vcam-backend", default=None, metavar="NAME|module:Class",
+                       help="pyvirtualcam backend: a name (v4l2loopback, obs, unitycapture) or a class to register; "
+                            "also STREAMER_VCAM_BACKEND")
+    group.add_argument("--vcam-device", default=None, help="virtual camera device, e.g. /dev/video10")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing --record file")
+    add_encoder_options(p.add_argument_group("recording (--record)"))
+
+
+def check_record(args: argparse.Namespace) -> None:
+    """--record's file, before the model loads: not an existing one without --overwrite, an existing folder, a
+    container and codec that go together (``args.encoder``)."""
+    if args.record:
+        rec = Path(args.record)
+        check_overwrite(rec, args.overwrite)
+        if not rec.parent.is_dir():
+            raise InputError(f"output folder does not exist: {rec.parent}")
+        args.encoder = encoder_options(args, rec)  # container, codec and crf checked before the model loads
+
+
+def refuse_record_over_inputs(args: argparse.Namespace, style_paths: list[Path]) -> None:
+    """--record never onto the source file, a style, the decoder..."""
+    if args.record:
+        source_file = [("--source video", Path(args.source))] if Path(args.source).is_file() else []
+        refuse_same_file([args.record], [*source_file, *run_inputs(args, style_paths)])
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -130,12 +154,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--fps must be at most 240, not {args.fps:g}")
     if args.style_weights:
         raise InputError("--style-weights mixes styles for render; in live, several styles are switched with n/p/1-9")
-    if args.record:
-        rec = Path(args.record)
-        check_overwrite(rec, args.overwrite)
-        if not rec.parent.is_dir():
-            raise InputError(f"output folder does not exist: {rec.parent}")
-        args.encoder = encoder_options(args, rec)  # container, codec and crf checked before the model loads
+    check_record(args)
     if not Path(args.snapshot_dir).is_dir():
         raise InputError(f"--snapshot-dir is not a folder: {args.snapshot_dir}")
     check_stream_args(args)
@@ -152,9 +171,7 @@ def run(args: argparse.Namespace) -> int:
     out_size = parse_size(args.out_size, "--out-size")
     style_paths = expand_style_paths(args.style, args.style_size)
     temporal = make_temporal(args)
-    if args.record:  # never onto the source file, a style, the decoder...
-        source_file = [("--source video", Path(args.source))] if Path(args.source).is_file() else []
-        refuse_same_file([args.record], [*source_file, *run_inputs(args, style_paths)])
+    refuse_record_over_inputs(args, style_paths)
     # the recording's file (and its lock) first: a read-only folder or another run on it fails before the model
     record_output = AtomicOutput(args.record, overwrite=args.overwrite) if args.record else None
     sound = None

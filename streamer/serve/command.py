@@ -12,8 +12,11 @@ import webbrowser
 from pathlib import Path
 
 from engines.errors import DeviceError, InputError
+from streamer.fileutil import AtomicOutput
 from streamer.imageio import parse_size
 from streamer.live.capture import open_source
+from streamer.live.command import add_vcam_record_options, check_record, refuse_record_over_inputs
+from streamer.live.outputs import VirtualCamera
 from streamer.options import (add_model_options, add_style_options, add_upscale_option, alpha_value, build_stylizer,
                               check_live_precision,
                               check_short_side, expand_style_paths, pick_device)
@@ -62,6 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--motion", default="auto", choices=("auto", "on", "off"),
                    help="frames between engine frames carried along the motion (as for live; auto: on with a CPU)")
     add_upscale_option(s)
+    o = p.add_argument_group("the server's source: outputs (as for live; the page records too, see its button)")
+    add_vcam_record_options(p, o, with_sound=" (pictures only); recorded from the start, watched or not, "
+                                             "finished on Ctrl-C/SIGTERM or at the source's end")
     add_style_options(p, several_means="shown in the page's gallery")
     add_model_options(p)
     add_temporal_options(p)
@@ -100,6 +106,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.style_weights:
         raise InputError("--style-weights mixes styles for render; serve shows each style in its gallery")
     args.temporal_strength = check_strength(args.temporal_strength)
+    if (args.record or args.vcam) and args.source == "none":
+        raise InputError("--record and --vcam take the server's source: name one with --source (not none)")
+    check_record(args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,9 +127,25 @@ def run(args: argparse.Namespace) -> int:
     tls = _tls_context(args, loopback)
     style_paths = expand_style_paths(args.style, args.style_size)
     capture_size = parse_size(args.capture_size, "--capture-size")
-    source = None if args.source == "none" else open_source(args.source, capture_size, args.fps, loop=args.loop)
+    out_size = parse_size(args.out_size, "--out-size")
+    refuse_record_over_inputs(args, style_paths)
+    # the recording's file (and its lock) first: a read-only folder or another run on it fails before the model
+    record_output = AtomicOutput(args.record, overwrite=args.overwrite) if args.record else None
+    source = None
+    outputs: list = []
     try:
-        return _serve(args, source, style_paths, Guard(loopback, token, "https" if tls else "http"), tls)
+        source = None if args.source == "none" else open_source(args.source, capture_size, args.fps, loop=args.loop)
+        if args.vcam:  # before the model: a missing driver fails in a second
+            w, h = out_size or (source.width, source.height)
+            outputs.append(VirtualCamera(w, h, args.fps, args.vcam_backend, args.vcam_device))
+        return _serve(args, source, style_paths, Guard(loopback, token, "https" if tls else "http"), tls,
+                      outputs, record_output, out_size)
+    except BaseException:
+        if record_output is not None:
+            record_output.discard()  # a no-op once the recording owns it (finished or aborted by its session)
+        for out in outputs:  # only those no session took (Studio.start empties the list): no frame, no file
+            out.abort()
+        raise
     finally:
         if source is not None:
             source.release()  # a no-op once its session released it
@@ -166,7 +191,7 @@ def _tls_context(args: argparse.Namespace, loopback: bool) -> ssl.SSLContext | N
     return context
 
 
-def _serve(args, source, style_paths: list[Path], guard, tls) -> int:
+def _serve(args, source, style_paths: list[Path], guard, tls, outputs: list, record_output, out_size) -> int:
     import platformdirs
     from streamer.imageio import load_image
     from streamer.serve import rtc
@@ -198,9 +223,14 @@ def _serve(args, source, style_paths: list[Path], guard, tls) -> int:
     info = {"model": plan.model, "engine": f"{engine.name} {engine.precision}" if engine is not None else "",
             "source": source.describe() if source is not None else "none (browser cameras only)",
             "device": "GPU" if gpu else "CPU", "token_needed": guard.token is not None}
+    if record_output is not None:  # after the model: nothing to throw away if it fails to load
+        from streamer.sinks import Recording
+
+        w, h = out_size or (source.width, source.height)
+        outputs.append(Recording(args.record, w, h, args.fps, args.overwrite, output=record_output, **args.encoder))
     limits = Limits(int(args.max_upload_mb * 1e6), int(args.max_upload_megapixels * 1e6), args.camera_sessions)
     studio = Studio(plan, guard, info, Path(platformdirs.user_cache_dir("streamer")) / "serve-styles",
-                    args.style_size, args.weights_dir, limits, source)
+                    args.style_size, args.weights_dir, limits, source, outputs=outputs)
     rtc.keep_ice_on(args.host)
     if args.verbose < 2:  # aioice logs every ICE check at INFO
         for noisy in ("aioice", "aiortc", "aiohttp.access"):

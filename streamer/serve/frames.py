@@ -53,6 +53,23 @@ class GatedSource:
         self.inner, self.stop = source, stop
         self.width, self.height, self.fps, self.live = source.width, source.height, source.fps, source.live
         self.open = threading.Event()
+        self._viewers, self._holds = 0, 0
+        self._lock = threading.Lock()
+
+    def watched(self, viewers: int) -> None:
+        """The number of tabs watching now."""
+        with self._lock:
+            self._viewers = viewers
+            self._update()
+
+    def hold(self, delta: int) -> None:
+        """+1: read even while no tab watches (a recording, a virtual camera); -1: that need ended."""
+        with self._lock:
+            self._holds = max(0, self._holds + delta)
+            self._update()
+
+    def _update(self) -> None:
+        (self.open.set if self._viewers > 0 or self._holds > 0 else self.open.clear)()
 
     def read(self) -> np.ndarray | None:
         while not self.open.wait(0.1):

@@ -9,6 +9,9 @@
     POST   /api/offer             {"sdp", "type": "offer", "mode": "server"|"camera"} -> the answer
     POST   /api/bye               {"peer"}: a tab is going (its connection and, for a camera, its session end)
     GET    /api/snapshot.png?target=T   what the session shows now, as a PNG
+    POST   /api/recordings        {"target"}: record what that session shows (one recording at a time) -> {"id"}
+    POST   /api/recordings/stop   stop it -> {"id", "frames"}
+    GET    /api/recordings/ID     the finished recording (an mp4 in the server's own temporary folder)
 
 Every request passes :class:`~streamer.serve.security.Guard`; a refusal is a 4xx with ``{"error": line}``.
 No request names a file: styles are known by the digest of their image, files are named by the server.
@@ -20,6 +23,7 @@ import hashlib
 import io
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from aiohttp import web
 
 from streamer.serve.frames import GatedSource, PushSource
 from streamer.serve.peers import close_peers, handle_bye, handle_offer
+from streamer.serve.recordings import PageRecordings
 from streamer.serve.security import (MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, TOKEN_COOKIE, TOKEN_HEADER, Guard, Refused,
                                      check_upload, read_body, read_json, style_name)
 from streamer.serve.studio import (SESSION_KEYS, CameraSlots, Entry, SessionPlan, SessionRunner, build_session,
@@ -66,13 +71,18 @@ class Studio:
     cameras: CameraSlots = field(default_factory=lambda: CameraSlots(1))
     peers: set = field(default_factory=set)
     uploads: int = 0  # in flight
+    outputs: list = field(default_factory=list)  # the server's source session's own: --record, --vcam
+    recordings: PageRecordings = field(default_factory=PageRecordings)
 
     def start(self) -> None:
         self.cameras = CameraSlots(self.limits.cameras)
         if self.source is not None:
             gated = GatedSource(self.source, threading.Event())
-            self.server = build_session(self.plan, gated, "server", on_viewers=lambda n: _gate(gated, n))
+            self.server = build_session(self.plan, gated, "server", on_viewers=gated.watched, outputs=self.outputs)
             gated.stop = self.server.session.stop
+            if self.outputs:  # a recording or a virtual camera takes every frame, watched or not
+                gated.hold(+1)
+                self.outputs.clear()  # the session owns them now (it closes them at its end): the caller lets go
             self.server.start()
 
     def runner(self, target: str) -> SessionRunner:
@@ -86,6 +96,7 @@ class Studio:
         return runner
 
     def stop(self) -> None:
+        self.recordings.close()
         runners = [r for r in [self.server, *self.cameras.held.values()] if r is not None]
         for r in runners:
             r.session.stop.set()
@@ -93,10 +104,6 @@ class Studio:
                 r.session.source.close()
         for r in runners:
             r.stop()
-
-
-def _gate(source: GatedSource, viewers: int) -> None:
-    (source.open.set if viewers > 0 else source.open.clear)()
 
 
 # -- the styles -------------------------------------------------------------------------------------
@@ -148,6 +155,9 @@ def make_app(studio: Studio) -> web.Application:
     app.router.add_post("/api/offer", handle_offer)
     app.router.add_post("/api/bye", handle_bye)
     app.router.add_get("/api/snapshot.png", _snapshot)
+    app.router.add_post("/api/recordings", _record_start)
+    app.router.add_post("/api/recordings/stop", _record_stop)
+    app.router.add_get("/api/recordings/{ident}", _record_file)
     app.on_shutdown.append(close_peers)
     return app
 
@@ -176,7 +186,7 @@ async def _state(request: web.Request) -> web.Response:
     studio: Studio = request.app["studio"]
     target = request.query.get("target", "server")
     body: dict = {"info": studio.info, "cameras": len(studio.cameras), "camera_limit": studio.limits.cameras,
-                  "has_source": studio.server is not None,
+                  "has_source": studio.server is not None, "recording": studio.recordings.status(),
                   "style_ids": [e.ident for e in studio.plan.book.entries]}
     if target != "none":
         body["session"] = studio.runner(target).status()
@@ -294,3 +304,31 @@ async def _snapshot(request: web.Request) -> web.Response:
     await asyncio.get_running_loop().run_in_executor(None, lambda: Image.fromarray(shown.image).save(buf, "PNG"))
     return web.Response(body=buf.getvalue(), content_type="image/png",
                         headers={"Content-Disposition": 'attachment; filename="streamer-snapshot.png"'})
+
+
+# -- recordings -------------------------------------------------------------------------------------
+async def _record_start(request: web.Request) -> web.Response:
+    studio: Studio = request.app["studio"]
+    body = await read_json(request)
+    runner = studio.runner(str(body.get("target", "server")))
+    if not runner.alive:
+        raise Refused(409, "that session has ended: nothing to record")
+    ident = await asyncio.get_running_loop().run_in_executor(None, studio.recordings.start, runner)
+    return web.json_response({"id": ident, "recording": studio.recordings.status()}, status=201)
+
+
+async def _record_stop(request: web.Request) -> web.Response:
+    studio: Studio = request.app["studio"]
+    await read_json(request)
+    done = await asyncio.get_running_loop().run_in_executor(None, studio.recordings.stop)
+    if done["id"] is not None:
+        done["url"] = f"/api/recordings/{done['id']}"
+    return web.json_response(done)
+
+
+async def _record_file(request: web.Request) -> web.StreamResponse:
+    studio: Studio = request.app["studio"]
+    path = studio.recordings.file(request.match_info["ident"])  # looked up by id: a client never names a path
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    return web.FileResponse(path, headers={"Content-Type": "video/mp4", "Cache-Control": "no-store",
+                                           "Content-Disposition": f'attachment; filename="streamer-{stamp}.mp4"'})

@@ -325,8 +325,9 @@ class SessionPlan:
 
 
 def build_session(plan: SessionPlan, source: Any, label: str, on_viewers=None, on_end=None,
-                  hub: FrameHub | None = None) -> SessionRunner:
-    """A session on ``source`` with the plan's model, styles and controls (live's sizing rules)."""
+                  hub: FrameHub | None = None, outputs: list | None = None) -> SessionRunner:
+    """A session on ``source`` with the plan's model, styles and controls (live's sizing rules); ``outputs``:
+    more than the page's (the server's --record and --vcam)."""
     from engines.stylizer import short_side_shape
     from streamer.live.command import AUTO_MIN_SOURCE, CPU_SIZE
     from streamer.live.sizing import ladder, start
@@ -347,7 +348,7 @@ def build_session(plan: SessionPlan, source: Any, label: str, on_viewers=None, o
     temporal = SwitchTemporal(plan.make_temporal, plan.temporal_on)
     state = LiveState(n_styles=len(plan.book), alpha=plan.alpha, keep_color=plan.keep_color,
                       sizes=sizing.sizes if sizing else (), size=size, motion=plan.motion, upscale=plan.upscale)
-    session = ServedSession(source, plan.stylizer, list(plan.book), state, outputs=[hub],
+    session = ServedSession(source, plan.stylizer, list(plan.book), state, outputs=[hub, *(outputs or [])],
                             fps=plan.fps, size=size, temporal=temporal, snapshot_dir=plan.snapshot_dir,
                             sizing=sizing, target_fps=plan.target_fps, book=plan.book)
     log.debug("%s session: %s, working size %s", label, source.describe(),

@@ -132,6 +132,7 @@ function showState(body) {
   for (const button of document.querySelectorAll(".style")) {
     button.setAttribute("aria-pressed", String(Number(button.dataset.index) === s.style));
   }
+  if (body.recording) showRecording(body.recording);
   if (s.error) say(`The session stopped: ${s.error}`);
   else if (!s.running && target === "server") say("The server's source has ended.");
 }
@@ -188,6 +189,42 @@ async function snapshot() {
   }
 }
 $("snapshot").addEventListener("click", snapshot);
+
+// -- recordings: made on the server (one at a time), downloaded from it when stopped ----------------
+function showRecording(r) {
+  const button = $("record");
+  button.textContent = r.running ? "Stop recording" : "Start recording";
+  button.setAttribute("aria-pressed", String(r.running));
+  $("recording-status").textContent = r.running
+    ? `Recording (${r.target === "server" ? "the server's source" : "a browser camera"}): ${r.seconds.toFixed(0)} s, ${r.frames} frames`
+    : "";
+  const link = $("download");
+  if (!r.running && r.last) {
+    link.href = withToken(`/api/recordings/${encodeURIComponent(r.last.id)}`);
+    link.textContent = `Download the recording (mp4, ${r.last.frames} frames)`;
+  }
+  link.hidden = r.running || !r.last;
+}
+
+async function toggleRecording() {
+  const button = $("record");
+  button.disabled = true;
+  try {
+    if (button.getAttribute("aria-pressed") === "true") {
+      const done = await api("/api/recordings/stop", { method: "POST", json: {} });
+      say(done.id ? `Recording stopped: ${done.frames} frames, ready to download.` : "Nothing was recorded: no frame came.", true);
+    } else {
+      await api("/api/recordings", { method: "POST", json: { target } });
+      say("Recording on the server…", true);
+    }
+    showRecording((await api("/api/state?target=none")).recording);
+  } catch (error) {
+    say(`Recording: ${error.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+$("record").addEventListener("click", toggleRecording);
 
 function toggleHelp() {
   const help = $("help");
