@@ -154,7 +154,7 @@ def one_run(source: str, motion: str, args: argparse.Namespace, work: Path) -> t
     argv = ["-q", "live", "--source", "test" if source == "test" else str(CLIP), "--vcam", "--vcam-backend",
             "tools.live_motion:KeepingCamera", "--record", str(record), "--max-frames",
             str(round(args.seconds * args.fps)), "--fps", str(args.fps), "--no-stdin", "--model", args.model,
-            "--engine", args.engine, "--style", args.style, "--motion", motion, "--size", args.size,
+            "--engine", args.engine, "--engine-wait", "--style", args.style, "--motion", motion, "--size", args.size,
             "--weights-dir", str(args.weights_dir)]
     if source != "test":
         argv.append("--loop")

@@ -38,7 +38,7 @@ def session(clip: Path, out: Path, frames: int, stream: str | None, size: str) -
     """(CPU seconds, wall seconds) of one `live` run."""
     argv = ["live", "--no-stdin", "--source", str(clip), "--record", str(out), "--max-frames", str(frames),
             "--style", str(shared_media() / "style" / "la_muse.jpg"), "--weights-dir", str(shared_weights()),
-            "--size", size]
+            "--size", size, "--engine-wait"]
     if stream:
         argv += ["--stream", stream]
     cpu, wall = time.process_time(), time.perf_counter()

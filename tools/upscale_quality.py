@@ -129,7 +129,7 @@ def live_scores(style: str, size: int, seconds: float, full: list[np.ndarray], s
         out = tmp / f"live-{style}-{size}-{method}.mp4"
         code = cli.main(["-q", "live", "--source", str(CLIP), "--style", str(SHARED / "media" / "style" / f"{style}.jpg"),
                          "--size", str(size), "--upscale", method, "--record", str(out), "--crf", "0", "--no-stdin",
-                         "--max-frames", str(round(seconds * 12)), "--model", "microast", "--overwrite",
+                         "--max-frames", str(round(seconds * 12)), "--model", "microast", "--overwrite", "--engine-wait",
                          "--weights-dir", str(SHARED / "weights")])
         if code != 0:
             raise SystemExit(f"live failed ({code})")
@@ -162,7 +162,7 @@ def live_rate(size: str, method: str, seconds: float, target: float | None = Non
     import streamer.live.command as live_command
 
     argv = ["-q", "live", "--source", str(CLIP), "--loop", "--vcam", "--vcam-backend", "tools.live_motion:KeepingCamera",
-            "--max-frames", str(round(seconds * 30)), "--no-stdin", "--model", "microast", "--size", size,
+            "--max-frames", str(round(seconds * 30)), "--no-stdin", "--model", "microast", "--engine-wait", "--size", size,
             "--upscale", method, "--style", str(SHARED / "media" / "style" / "la_muse.jpg"),
             "--weights-dir", str(SHARED / "weights")]
     if target:
