@@ -78,11 +78,11 @@ def _engine_items(folder: Path) -> list[Item]:
         else:
             try:
                 key = json.loads(sidecar.read_text())
-                parts = [str(key.get("kind", "?"))] + [f"for {key['rewrite']}"] * bool(key.get("rewrite"))
+                parts = [str(key.get("kind", "?"))] + ([f"for {key['rewrite']}"] if key.get("rewrite") else [])
                 parts += [str(key[k]) for k in ("precision", "gpu") if key.get(k)]
                 parts += [f"{k} {key[k]}" for k in ("torch", "openvino", "tensorrt") if key.get(k)]
                 detail = ", ".join(parts)
-            except (OSError, ValueError):
+            except (OSError, ValueError, AttributeError):  # AttributeError: a sidecar that holds no key
                 detail = "no key: rebuilt before use"
         items.append(Item([path, sidecar] if sidecar.exists() else [path], path.name, detail))
     return items

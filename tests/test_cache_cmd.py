@@ -77,3 +77,20 @@ def test_a_file_that_cannot_be_removed_is_one_line(cache, monkeypatch, capsys):
 def test_sidecar_keys_are_json(cache):
     (sidecar,) = (cache / "engines").glob("*.json")
     assert json.loads(sidecar.read_text())["kind"] == "onnx"
+
+
+def test_cache_info_lists_an_entry_whose_key_has_no_rewrite(tmp_path, monkeypatch, capsys):
+    """An engine-cache entry whose key names no CPU rewrite (the bf16 verdict, a background build's) is listed,
+    not an internal error (`cache info` raised KeyError: 'rewrite')."""
+    import json
+
+    from engines.backends.cache import EngineCache
+    from streamer.cli import main
+
+    cache = EngineCache()
+    entry = cache.folder / "microast-bf16-check-0123.json"
+    cache.folder.mkdir(parents=True, exist_ok=True)
+    entry.write_text("{}")
+    entry.with_name(entry.name + ".json").write_text(json.dumps({"kind": "bf16-check", "precision": "bf16"}))
+    assert main(["cache", "info"]) == 0
+    assert "bf16-check, bf16" in capsys.readouterr().out
