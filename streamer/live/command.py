@@ -132,18 +132,23 @@ def refuse_record_over_inputs(args: argparse.Namespace, style_paths: list[Path])
         refuse_same_file([args.record], [*source_file, *run_inputs(args, style_paths)])
 
 
+def working_size(text: str | int | None) -> str | int | None:
+    """``--size`` of live and serve: ``auto``, 0 (the capture size) or a short side in pixels; None stays None."""
+    if text is None or str(text).lower() == "auto":
+        return None if text is None else "auto"
+    try:
+        size = int(text)
+    except ValueError:
+        raise InputError(f"--size must be auto or a number of pixels, not '{text}'") from None
+    if size < 0:
+        raise InputError("--size must be 0 (capture size) or a positive number of pixels")
+    check_short_side(size, "--size")
+    return size
+
+
 def _check_args(args: argparse.Namespace) -> None:
     args.alpha = alpha_value(args.alpha)
-    if args.size is not None and str(args.size).lower() == "auto":
-        args.size = "auto"
-    elif args.size is not None:
-        try:
-            args.size = int(args.size)
-        except ValueError:
-            raise InputError(f"--size must be auto or a number of pixels, not '{args.size}'") from None
-        if args.size < 0:
-            raise InputError("--size must be 0 (capture size) or a positive number of pixels")
-        check_short_side(args.size, "--size")
+    args.size = working_size(args.size)
     if args.target_fps is not None and not 0 < args.target_fps <= 240:
         raise InputError(f"--target-fps must be greater than 0 and at most 240, not {args.target_fps:g}")
     if args.max_frames < 0:

@@ -15,11 +15,10 @@ from engines.errors import DeviceError, InputError
 from streamer.fileutil import AtomicOutput
 from streamer.imageio import parse_size
 from streamer.live.capture import open_source
-from streamer.live.command import add_vcam_record_options, check_record, refuse_record_over_inputs
+from streamer.live.command import add_vcam_record_options, check_record, refuse_record_over_inputs, working_size
 from streamer.live.outputs import VirtualCamera
 from streamer.options import (add_model_options, add_style_options, add_upscale_option, alpha_value, build_stylizer,
-                              check_live_precision,
-                              check_short_side, expand_style_paths, pick_device)
+                              check_live_precision, expand_style_paths, pick_device)
 from streamer.signals import STOP_SIGNALS, Interrupted
 from streamer.temporal import TemporalStabilizer, add_temporal_options, check_strength
 
@@ -76,16 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     args.alpha = alpha_value(args.alpha)
-    if args.size is not None and str(args.size).lower() == "auto":
-        args.size = "auto"
-    elif args.size is not None:
-        try:
-            args.size = int(args.size)
-        except ValueError:
-            raise InputError(f"--size must be auto or a number of pixels, not '{args.size}'") from None
-        if args.size < 0:
-            raise InputError("--size must be 0 (capture size) or a positive number of pixels")
-        check_short_side(args.size, "--size")
+    args.size = working_size(args.size)
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be 0..65535, not {args.port}")
     if not 0 < args.fps <= 240:

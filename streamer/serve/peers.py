@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from aiohttp import web
 
@@ -40,6 +40,15 @@ async def handle_offer(request: web.Request) -> web.Response:
     raise Refused(400, "mode must be 'server' or 'camera'")
 
 
+async def _refuse(exc: Exception, cleanup) -> NoReturn:
+    """An offer that failed: the peer's resources freed, then a Refused (4xx) for anything the offer caused."""
+    await cleanup()
+    if isinstance(exc, Refused):
+        raise exc
+    log.debug("offer refused", exc_info=exc)
+    raise Refused(400, f"the offer could not be used ({exc.__class__.__name__})") from None
+
+
 def _on_closed(pc, cleanup) -> None:
     @pc.on("connectionstatechange")
     async def _changed() -> None:
@@ -69,13 +78,8 @@ async def _watch(studio: Studio, offer) -> web.Response:
         tracks.append(rtc.HubTrack(server.hub, server.session.fps, (studio.source.width, studio.source.height)))
         pc.addTrack(tracks[0])
         await pc.setLocalDescription(await pc.createAnswer())
-    except Refused:
-        await cleanup()
-        raise
-    except Exception as exc:  # noqa: BLE001
-        await cleanup()
-        log.debug("offer refused", exc_info=True)
-        raise Refused(400, f"the offer could not be used ({exc.__class__.__name__})") from None
+    except Exception as exc:  # noqa: BLE001 - a bad offer is the client's: a 4xx
+        await _refuse(exc, cleanup)
     return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "peer": peer})
 
 
@@ -140,13 +144,8 @@ async def _camera(studio: Studio, offer) -> web.Response:
         if state["track"] is None:
             raise Refused(400, "the offer sends no camera video")
         await pc.setLocalDescription(await pc.createAnswer())
-    except Refused:
-        await cleanup()
-        raise
-    except Exception as exc:  # noqa: BLE001
-        await cleanup()
-        log.debug("offer refused", exc_info=True)
-        raise Refused(400, f"the offer could not be used ({exc.__class__.__name__})") from None
+    except Exception as exc:  # noqa: BLE001 - a bad offer is the client's: a 4xx
+        await _refuse(exc, cleanup)
     return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": ident,
                               "peer": peer})
 
