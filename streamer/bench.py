@@ -201,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
 def json_output(args: argparse.Namespace, clip: Path | None, style_path: Path | None) -> AtomicOutput | None:
     """``--json FILE`` taken before the minutes of timing: a folder, a missing or read-only folder, a file the
     run reads, or another run writing it fail now, in one line; the results are written there at the end."""
+    from streamer.job import Job
     from streamer.options import run_inputs
 
     if args.json is None or args.json == "-":
@@ -211,7 +212,8 @@ def json_output(args: argparse.Namespace, clip: Path | None, style_path: Path | 
     if not path.parent.is_dir():
         raise InputError(f"output folder does not exist: {path.parent}")
     clip_input = [("--clip video", clip)] if clip is not None else []
-    refuse_same_file([path], [*clip_input, *run_inputs(args, [style_path] if style_path is not None else [])])
+    styles = [style_path] if style_path is not None else []
+    refuse_same_file([path], [*clip_input, *run_inputs(Job(weights_dir=args.weights_dir), styles)])
     return AtomicOutput(path)
 
 

@@ -8,7 +8,6 @@ refuses (a folder lock); Ctrl-C/SIGTERM/SIGHUP keep the files finished so far.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import sys
@@ -21,11 +20,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from engines.backends.switch import EngineSpans, current_label
 from engines.errors import InputError
 from engines.progress import tqdm_disable
-from streamer.encoding import CONTAINERS, check_output
+from streamer.encoding import CONTAINERS, Encoding, check_output
 from streamer.fileutil import AtomicOutput, FolderLock, make_output_folder, refuse_same_file
 from streamer.imageio import check_output_size, image_size, is_image_path, list_images, not_files, save_image
-from streamer.options import (build_stylizer, expand_style_paths, finish_background_build, fit_short_side, load_styles,
-                              mixed_code, run_inputs)
+from streamer.job import Job
+from streamer.options import (build_stylizer, finish_background_build, fit_short_side, load_styles, mixed_code,
+                              run_inputs)
 from streamer.signals import Interrupted, exit_code, signal_number, stopped_by
 from streamer.stills import render_file
 from streamer.temporal import make_temporal
@@ -61,17 +61,18 @@ def folder_tasks(src: Path, dst: Path) -> list[FolderTask]:
     return tasks
 
 
-def check_folder_outputs(tasks: list[FolderTask], folder: Path, args: argparse.Namespace) -> None:
+def check_folder_outputs(tasks: list[FolderTask], folder: Path, job: Job, style_paths: list[Path], codec: str,
+                         overwrite: bool) -> None:
     """Before any work: no output is an input (a file of the folder itself, a style, the mask...), whatever
     ``--overwrite`` says; none is there already unless ``--overwrite``; each video output takes the codec."""
-    if getattr(args, "mask", None):
+    if job.mask:
         raise InputError("--mask works with a single image, not a folder")
-    inputs = [*(("input file", t.src) for t in tasks), *run_inputs(args, expand_style_paths(args.style))]
+    inputs = [*(("input file", t.src) for t in tasks), *run_inputs(job, style_paths)]
     refuse_same_file([t.dst for t in tasks], inputs)
-    refuse_existing([t.dst for t in tasks], folder, args.overwrite)
+    refuse_existing([t.dst for t in tasks], folder, overwrite)
     for task in tasks:  # the container takes the codec (the folder itself may not be there yet: its name only)
         if task.kind == "video":
-            check_output(Path(task.dst.name), args.codec)
+            check_output(Path(task.dst.name), codec)
 
 
 def refuse_existing(outputs: list[Path], folder: Path, overwrite: bool) -> None:
@@ -118,21 +119,23 @@ class FolderOutput:
             self._remove_if_empty()
 
 
-def render_video_task(stylizer, task: FolderTask, code, args, output: AtomicOutput | None = None):
+def render_video_task(stylizer, task: FolderTask, code, job: Job, encoding: Encoding, max_frames: int | None = None,
+                      output: AtomicOutput | None = None):
     """One video of a folder, the way `render IN.mp4 OUT.mp4` renders it; returns its RenderStats."""
     container, info = open_video(task.src)
     container.close()
-    size = fit_short_side(args.size, info.height, info.width, task.src.name)
-    return render_video_file(task.src, task.dst, stylizer, code, args.alpha, args.preserve_color,
-                             codec=check_output(task.dst, args.codec), crf=args.crf, progress=False,
-                             temporal=make_temporal(args), max_frames=args.max_frames, size=size, preset=args.preset,
-                             output=output, upscale=args.upscale)
+    size = fit_short_side(job.size, info.height, info.width, task.src.name)
+    return render_video_file(task.src, task.dst, stylizer, code, job.alpha, job.preserve_color,
+                             codec=check_output(task.dst, encoding.codec), crf=encoding.crf, progress=False,
+                             temporal=make_temporal(job), max_frames=max_frames, size=size, preset=encoding.preset,
+                             output=output, upscale=job.upscale)
 
 
-def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: list[Path]) -> int:
+def render_folder(job: Job, src: Path, dst: Path, style_paths: list[Path], encoding: Encoding = Encoding(), *,
+                  overwrite: bool = False, max_frames: int | None = None) -> int:
     """Every image and video of ``src`` into ``dst`` (see the module's rules)."""
     tasks = folder_tasks(src, dst)
-    check_folder_outputs(tasks, dst, args)
+    check_folder_outputs(tasks, dst, job, style_paths, encoding.codec, overwrite)
     what = files_word(tasks)
     out = FolderOutput(dst)
     skipped: list[tuple[Path, str]] = []
@@ -140,18 +143,18 @@ def render_folder(args: argparse.Namespace, src: Path, dst: Path, style_paths: l
         log.warning("skipped: %s is %s", path, kind)
         skipped.append((path, kind))
     total = len(tasks) + len(skipped)
-    look = {"size": args.size, "alpha": args.alpha, "upscale": args.upscale, "keep_color": args.preserve_color}
+    look = {"size": job.size, "alpha": job.alpha, "upscale": job.upscale, "keep_color": job.preserve_color}
     spans = EngineSpans(what)  # which engine made which files (the fast one may take over part way)
     stylizer = None
     try:
-        stylizer = build_stylizer(args, background=True)  # the first files on torch while OpenVINO builds
-        code = mixed_code(load_styles(style_paths, stylizer, args.style_size, args.weights_dir), args.style_weights)
+        stylizer = build_stylizer(job, background=True)  # the first files on torch while OpenVINO builds
+        code = mixed_code(load_styles(style_paths, stylizer, job.style_size, job.weights_dir), job.style_weights)
         with logging_redirect_tqdm():  # log lines (a skipped file) on their own line, not through the bar
             for task in tqdm(tasks, desc="render", unit="file", disable=tqdm_disable(len(tasks) > 1)):
-                output = AtomicOutput(task.dst, overwrite=args.overwrite)
+                output = AtomicOutput(task.dst, overwrite=overwrite)
                 try:
                     if task.kind == "video":
-                        stats = render_video_task(stylizer, task, code, args, output)
+                        stats = render_video_task(stylizer, task, code, job, encoding, max_frames, output)
                         if stats.interrupted:  # a playable, shorter video is there: then stop like Ctrl-C
                             out.written += 1
                             raise Interrupted(stats.signum)

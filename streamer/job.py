@@ -35,6 +35,8 @@ class Job:
     upscale: str = UPSCALE_METHODS[0]
     temporal: bool = False
     temporal_strength: float = 0.8
+    mask: str | None = None  # still images: region k of the mask gets style k
+    engine_wait: bool = False  # wait for the fastest engine's first build instead of starting on a ready one
 
     def __post_init__(self) -> None:
         self.check()
@@ -49,7 +51,8 @@ class Job:
         if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
             raise InputError(f"alpha must be a number in [0, 1], not {self.alpha!r}")
         if not 0.0 <= self.temporal_strength <= 1.0:
-            raise InputError(f"temporal strength must be in [0, 1], not {self.temporal_strength!r}")
+            raise InputError(f"temporal strength (--temporal-strength) must be between 0 and 1, not "
+                             f"{self.temporal_strength!r}")
         for name in ("size", "style_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:

@@ -19,6 +19,7 @@ from engines.precision import BF16_MIN_PSNR_DB, auto_precision, check_bf16
 from engines.style_cache import StyleCache
 from engines.stylizer import Stylizer, short_side_shape
 from engines.upscale import UPSCALE_METHODS
+from streamer.job import Job
 from streamer.imageio import check_pixels, image_size, is_image_path, list_images, load_image
 
 log = logging.getLogger(__name__)
@@ -93,37 +94,36 @@ def resolve_precision(name: str, device: torch.device, use: str = "render") -> s
     return name if name != "auto" else auto_precision(device.type, use)[0]
 
 
-def build_stylizer(args: argparse.Namespace, shape_hint: tuple[int, int] | None = None, use: str = "render",
+def build_stylizer(job: Job, shape_hint: tuple[int, int] | None = None, use: str = "render",
                    background: bool = False) -> Stylizer:
-    """The model (weights resolved or downloaded) and the engine the options ask for; ``use`` (render, live)
+    """The model (weights resolved or downloaded) and the engine the job asks for; ``use`` (render, live)
     steers ``--precision auto`` (engines.precision). ``background`` (render video/folder, live): with
     ``--engine auto`` and no ``--engine-wait``, when the fastest engine has its first-time build ahead, start on
     a ready one and build it behind (engines.backends.switch)."""
-    device = pick_device(args.device)
-    name = args.model
+    device = pick_device(job.device)
+    name = job.model
     if name == "auto":
         name = default_model(device.type == "cuda")
         log.info("model: %s (auto: %s)", name, "CUDA GPU present" if device.type == "cuda" else
                  "CPU only; adain runs at about one frame per second here")
     check_model_name(name)
-    decoder = getattr(args, "decoder", None)
-    model = load_model(name, args.weights_dir, decoder=decoder)
-    weights_id = weights_fingerprint(name, args.weights_dir, decoder)
-    precision = resolve_precision(args.precision, device, use)
-    if background and args.engine == "auto" and not getattr(args, "engine_wait", False):
-        engine = _without_waiting(args, model, device, precision, weights_id, shape_hint)
+    model = load_model(name, job.weights_dir, decoder=job.decoder)
+    weights_id = weights_fingerprint(name, job.weights_dir, job.decoder)
+    precision = resolve_precision(job.precision, device, use)
+    if background and job.engine == "auto" and not job.engine_wait:
+        engine = _without_waiting(job, model, device, precision, weights_id, shape_hint)
         if engine is not None:
             return Stylizer(model, engine, weights_id)
-    if args.precision == "auto" and device.type == "cpu" and precision != "fp32":
-        engine = _native_low_precision(args.engine, model, precision, weights_id, shape_hint)
+    if job.precision == "auto" and device.type == "cpu" and precision != "fp32":
+        engine = _native_low_precision(job.engine, model, precision, weights_id, shape_hint)
         if engine is not None:
             return Stylizer(model, engine, weights_id)
         precision = "fp32"
-    engine = create_engine(args.engine, model, device, precision, weights_id=weights_id, shape_hint=shape_hint)
+    engine = create_engine(job.engine, model, device, precision, weights_id=weights_id, shape_hint=shape_hint)
     return Stylizer(model, engine, weights_id)
 
 
-def _without_waiting(args: argparse.Namespace, model, device: torch.device, precision: str, weights_id: str,
+def _without_waiting(job: Job, model, device: torch.device, precision: str, weights_id: str,
                      shape_hint: tuple[int, int] | None) -> Any:
     """A ready engine with the fastest building behind it, or None: nothing to wait for (built already, or
     nothing faster than the ready engine). The candidates are ``--engine auto``'s, in its order. ``--precision
@@ -132,13 +132,13 @@ def _without_waiting(args: argparse.Namespace, model, device: torch.device, prec
     from engines.backends import usable_engines
     from engines.backends.switch import start_without_waiting
 
-    if args.precision == "auto" and device.type == "cpu":
+    if job.precision == "auto" and device.type == "cpu":
         precision = "fp32"
     try:
         candidates = [(kind, precision) for kind, _ in usable_engines(model.name, device, precision)]
     except DeviceError:
         return None  # no engine runs this precision here: the usual path says so
-    source = {"weights_dir": args.weights_dir, "decoder": getattr(args, "decoder", None)}
+    source = {"weights_dir": job.weights_dir, "decoder": job.decoder}
     return start_without_waiting(model, device, candidates, weights_id, shape_hint, source)
 
 
@@ -178,12 +178,12 @@ def _native_low_precision(kind: str, model, precision: str, weights_id: str, sha
     return engine
 
 
-def check_live_precision(stylizer: Stylizer, args: argparse.Namespace, picture: Callable[[], Any], code,
+def check_live_precision(stylizer: Stylizer, job: Job, picture: Callable[[], Any], code,
                          shape_hint: tuple[int, int] | None = None) -> Stylizer:
     """Live on a CPU with ``--precision auto`` and bf16: held to fp32 on ``picture()`` (a real RGB picture; once per
     engine and CPU, cached); under the bar, the same stylizer rebuilt in fp32, with one warning."""
     engine = getattr(stylizer, "engine", None)
-    if args.precision != "auto" or getattr(engine, "precision", "fp32") != "bf16" or stylizer.device.type != "cpu":
+    if job.precision != "auto" or getattr(engine, "precision", "fp32") != "bf16" or stylizer.device.type != "cpu":
         return stylizer
     usable, db = check_bf16(stylizer, picture, code)
     if usable:
@@ -191,7 +191,7 @@ def check_live_precision(stylizer: Stylizer, args: argparse.Namespace, picture: 
         return stylizer
     log.warning("precision: bf16 is %.1f dB from fp32 here (needs %.0f): using fp32", db, BF16_MIN_PSNR_DB)
     engine.close()
-    fp32 = create_engine(args.engine, stylizer.model, stylizer.device, "fp32", weights_id=stylizer.weights_id,
+    fp32 = create_engine(job.engine, stylizer.model, stylizer.device, "fp32", weights_id=stylizer.weights_id,
                          shape_hint=shape_hint)
     return Stylizer(stylizer.model, fp32, stylizer.weights_id)
 
@@ -247,18 +247,15 @@ def expand_style_paths(items: list[str], style_size: int | None = None) -> list[
     return paths
 
 
-def run_inputs(args: argparse.Namespace, style_paths: list[Path]) -> list[tuple[str, Path]]:
+def run_inputs(job: Job, style_paths: list[Path]) -> list[tuple[str, Path]]:
     """What a stylizing command reads besides its content: each style image, the mask, the decoder and every
     model's weight files (user folder and cache), as (what, path): no output may be one of them
     (streamer.fileutil.refuse_same_file)."""
     from engines.weights import weight_file_places
 
     found = [("style image", p) for p in style_paths]
-    for flag, what in (("mask", "mask"), ("decoder", "--decoder file")):
-        if getattr(args, flag, None):
-            found.append((what, Path(getattr(args, flag))))
-    weights_dir = getattr(args, "weights_dir", None)
-    found += [("weights file", p) for name in MODEL_NAMES for p in weight_file_places(name, weights_dir)]
+    found += [(what, Path(path)) for what, path in (("mask", job.mask), ("--decoder file", job.decoder)) if path]
+    found += [("weights file", p) for name in MODEL_NAMES for p in weight_file_places(name, job.weights_dir)]
     return found
 
 

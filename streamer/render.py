@@ -8,8 +8,10 @@ from pathlib import Path
 
 from engines.errors import InputError
 from streamer import video
+from streamer.encoding import Encoding
 from streamer.fileutil import AtomicOutput, refuse_same_file
 from streamer.folder import render_folder
+from streamer.job import Job
 from streamer.imageio import check_output_path, check_output_size, image_size, is_image_path, load_mask, save_image
 from streamer.options import (add_engine_wait_option, add_model_options, add_style_options, add_upscale_option,
                               alpha_value, build_stylizer, check_short_side, check_style_weights, expand_style_paths,
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if src.is_dir():
         if args.mask:
             raise InputError("--mask works with a single image, not a folder")
-        return render_folder(args, src, dst, style_paths)
+        return render_folder(Job.from_args(args), src, dst, style_paths, Encoding.from_args(args),
+                             overwrite=args.overwrite, max_frames=args.max_frames)
     if not is_image_path(src):
         raise InputError(f"unsupported input type '{src.suffix}': give an image, a folder or a video")
     width, height = image_size(src, "input image")  # a broken or oversized input fails before any model loads
@@ -72,14 +75,15 @@ def run(args: argparse.Namespace) -> int:
     if dst.is_dir():
         dst = dst / f"{src.stem}.png"
     check_output_size(check_output_path(dst), width, height)
-    refuse_same_file([dst], [("input image", src), *run_inputs(args, style_paths)])
+    job = Job.from_args(args)
+    refuse_same_file([dst], [("input image", src), *run_inputs(job, style_paths)])
     output = AtomicOutput(dst, overwrite=args.overwrite)  # fail now: exists, busy, read-only
     try:
-        stylizer = build_stylizer(args)
-        styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
-        code = None if args.mask else mixed_code(styles, args.style_weights)
-        out, alpha_channel = render_file(stylizer, src, code, size=args.size, alpha=args.alpha, upscale=args.upscale,
-                                         keep_color=args.preserve_color, styles=styles, mask=args.mask)
+        stylizer = build_stylizer(job)
+        styles = load_styles(style_paths, stylizer, job.style_size, job.weights_dir)
+        code = None if job.mask else mixed_code(styles, job.style_weights)
+        out, alpha_channel = render_file(stylizer, src, code, size=job.size, alpha=job.alpha, upscale=job.upscale,
+                                         keep_color=job.preserve_color, styles=styles, mask=job.mask)
         save_image(dst, out, alpha_channel, output=output)
     finally:
         output.discard()  # a no-op once saved

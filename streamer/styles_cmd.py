@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from streamer.job import Job
 from streamer.options import add_model_options, build_stylizer, expand_style_paths, load_styles
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_add(args: argparse.Namespace) -> int:
     paths = expand_style_paths(args.images, args.style_size)
-    stylizer = build_stylizer(args)
-    for style in load_styles(paths, stylizer, args.style_size, args.weights_dir):
+    job = Job.from_args(args)
+    stylizer = build_stylizer(job)
+    for style in load_styles(paths, stylizer, job.style_size, job.weights_dir):
         print(f"{stylizer.name}: {style.path}")
     return 0

@@ -39,13 +39,16 @@ import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
 
 from engines.errors import InputError
 from streamer import flow as fl
+
+if TYPE_CHECKING:
+    from streamer.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +265,10 @@ def add_temporal_options(p: argparse.ArgumentParser) -> None:
                    help=f"0 (off) to 1 (steadiest); only with --temporal (default {DEFAULT_STRENGTH})")
 
 
-def make_temporal(args: argparse.Namespace) -> TemporalStabilizer | None:
-    """The stabilizer the options ask for, or None without ``--temporal``: render and live both call this."""
-    strength = check_strength(getattr(args, "temporal_strength", DEFAULT_STRENGTH))
-    if not getattr(args, "temporal", False):
+def make_temporal(job: Job) -> TemporalStabilizer | None:
+    """The stabilizer the job asks for, or None without ``temporal``: every command that renders frames calls this."""
+    strength = check_strength(job.temporal_strength)
+    if not job.temporal:
         if strength != DEFAULT_STRENGTH:
             log.warning("--temporal-strength has no effect without --temporal")
         return None

@@ -31,6 +31,7 @@ from engines.training import (DecoderTrainer, StepLosses, atomic_torch_save, bat
                               reset_decoder, sample_plan)
 from streamer.imageio import IMAGE_SUFFIXES, is_image_path, save_image
 from streamer.fileutil import AtomicOutput, refuse_same_file
+from streamer.job import Job
 from streamer.options import pick_device, run_inputs
 from streamer.signals import exit_code, signal_number, stop_after_step, stopped_by
 
@@ -362,7 +363,7 @@ def _run(args: argparse.Namespace) -> int:
     log.info("%s; %s", contents.describe(), styles.describe())
     refuse_same_file([out / name for name in (CHECKPOINT, DECODER, LOSSES, PREVIEW)],
                      [*(("--content image", p) for p in contents.paths), *(("--style image", p) for p in styles.paths),
-                      *run_inputs(args, [])])
+                      *run_inputs(Job(weights_dir=args.weights_dir), [])])
     model = load_model(args.model, args.weights_dir)
     _make_out(out)
 

@@ -28,7 +28,8 @@ from engines.progress import bars_enabled, tqdm_disable
 from engines.models import StyleCode
 from engines.stylizer import Stylizer, back_to_source, short_side_shape, to_working_size
 from engines.upscale import UPSCALE_METHODS
-from streamer.encoding import CONTAINERS, DEFAULT_PRESET, PRESET_NAMES, check_encoder, check_output
+from streamer.encoding import CONTAINERS, DEFAULT_PRESET, Encoding, add_encoder_options
+from streamer.job import Job
 from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
 from streamer.pipeline import ThreadedPipeline, run_in_thread
 from streamer.signals import exit_code, signal_number, stopped_by
@@ -45,35 +46,10 @@ QUEUE_FRAMES = 4
 DEVICE_BATCH = 8
 #: how much lower the decode and encode threads' CPU priority is than the network's: they fill its gaps
 HELPER_NICE = 10
-#: x264 speed/size trade-off: "veryfast" encodes 640x360 in ~7 ms a frame on one core ("medium": ~20 ms), so
-#: the encoder takes little from the engine; at --crf 18 the picture is the same, the file ~30% larger
-X264_PRESET = DEFAULT_PRESET
 
 
 def is_video_path(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
-
-
-def add_encoder_options(g: argparse._ActionsContainer) -> None:
-    """--codec, --crf, --preset: how a video is encoded, the same for render and live's --record."""
-    g.add_argument("--codec", default="auto",
-                   help="video encoder: libx264 (H.264), libx265, libvpx-vp9, ffv1, ... "
-                        "(default auto = libx264, or libvpx-vp9 for .webm)")
-    g.add_argument("--crf", type=int, default=18,
-                   help="quality for x264/x265/VP9: lower is better and bigger; 18 looks lossless (default 18)")
-    g.add_argument("--preset", default=X264_PRESET, choices=PRESET_NAMES,
-                   help=f"x264/x265 speed preset: ultrafast ... veryslow; slower = smaller file, same quality "
-                        f"(default {X264_PRESET}, chosen to leave the CPU to the network)")
-
-
-def encoder_options(args: argparse.Namespace, dst: Path) -> dict:
-    """The VideoWriter options the encoder flags ask for, checked against ``dst``'s container before any
-    model loads: {codec (resolved: auto -> H.264, or VP9 for WebM), crf, preset}."""
-    if args.crf < 0 or args.crf > 63:
-        raise InputError("--crf must be between 0 and 63 (x264: 0-51)")
-    codec = check_output(dst, args.codec)
-    check_encoder(dst, codec, args.crf, args.preset)
-    return {"codec": codec, "crf": args.crf, "preset": args.preset}
 
 
 def add_video_options(p: argparse.ArgumentParser) -> None:
@@ -195,7 +171,7 @@ def full_batch(frames: list[np.ndarray], batch: int) -> np.ndarray:
 def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode, alpha: float = 1.0,
                       keep_color: bool = False, codec: str = "libx264", crf: int = 18, progress: bool = True,
                       temporal=None, max_frames: int | None = None, *, size: int = 0,
-                      preset: str = X264_PRESET, x264_threads: int | None = None,
+                      preset: str = DEFAULT_PRESET, x264_threads: int | None = None,
                       device_frames: bool | None = None, output: AtomicOutput | None = None, window=None,
                       on_frames: Callable[[int], None] | None = None,
                       upscale: str = UPSCALE_METHODS[0]) -> RenderStats:
@@ -327,19 +303,19 @@ def _output_path(src: Path, dst: Path) -> Path:
     return dst
 
 
-def check_video_job(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Any], VideoInfo]:
+def check_video_job(args: argparse.Namespace, job: Job) -> tuple[Path, Path, dict[str, Any], VideoInfo]:
     """Every cheap check of a video render, before any model loads: (input, output, encoder options, input info)."""
     src = Path(args.input)
     dst = _output_path(src, Path(args.output))
-    if getattr(args, "mask", None):
+    if job.mask:
         raise InputError("--mask works with still images only, not with video")
     if args.max_frames is not None and args.max_frames <= 0:
         raise InputError("--max-frames must be a positive number of frames")
     from streamer.options import expand_style_paths, run_inputs
 
-    refuse_same_file([dst], [("input video", src), *run_inputs(args, expand_style_paths(args.style))])
+    refuse_same_file([dst], [("input video", src), *run_inputs(job, expand_style_paths(args.style))])
     check_overwrite(dst, args.overwrite)
-    encoder = encoder_options(args, dst)
+    encoder = Encoding.from_args(args).for_output(dst)
     container, info = open_video(src)  # fail on a broken input before loading any model
     container.close()
     return src, dst, encoder, info
@@ -350,23 +326,24 @@ def render_video(args: argparse.Namespace) -> int:
     from streamer.options import (build_stylizer, check_style_weights, expand_style_paths, finish_background_build,
                                   fit_short_side, load_styles, mixed_code)
 
-    src, dst, encoder, info = check_video_job(args)
-    style_paths = expand_style_paths(args.style, args.style_size)
+    job = Job.from_args(args)
+    src, dst, encoder, info = check_video_job(args, job)
+    style_paths = expand_style_paths(args.style, job.style_size)
     check_style_weights(args.style_weights, len(style_paths))
-    temporal = make_temporal(args)
+    temporal = make_temporal(job)
     output = AtomicOutput(dst, overwrite=args.overwrite)  # read-only folder, or another run on it: fail now
     stylizer = None
     try:
-        args.size = fit_short_side(args.size, info.height, info.width, "the video")
-        work = short_side_shape(info.height, info.width, args.size)
-        stylizer = build_stylizer(args, shape_hint=work, background=True)
-        styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
-        code = mixed_code(styles, args.style_weights)
+        size = fit_short_side(job.size, info.height, info.width, "the video")
+        work = short_side_shape(info.height, info.width, size)
+        stylizer = build_stylizer(job, shape_hint=work, background=True)
+        styles = load_styles(style_paths, stylizer, job.style_size, job.weights_dir)
+        code = mixed_code(styles, job.style_weights)
         log.info("rendering %s (%dx%d, %s fps, %d frames) at %dx%d with %s", src, info.width, info.height,
                  f"{float(info.fps):.3g}", info.frames, work[1], work[0], ", ".join(s.name for s in styles))
-        stats = render_video_file(src, dst, stylizer, code, args.alpha, args.preserve_color, **encoder,
+        stats = render_video_file(src, dst, stylizer, code, job.alpha, job.preserve_color, **encoder,
                                   progress=bars_enabled(), temporal=temporal,
-                                  max_frames=args.max_frames, size=args.size, output=output, upscale=args.upscale)
+                                  max_frames=args.max_frames, size=size, output=output, upscale=job.upscale)
     except BaseException:
         finish_background_build(stylizer, wait=False)  # an error or Ctrl-C before the pipeline: the build stops
         raise

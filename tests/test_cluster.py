@@ -462,12 +462,15 @@ def test_cluster_worker_settings_are_typed_and_picklable():
     import pickle
 
     from streamer.cli import build_parser
-    from streamer.cluster.worker import WorkerSettings
+    from streamer.cluster.driver import worker_settings
+    from streamer.job import Job
 
-    args = build_parser().parse_args(["render", "a.mp4", "b.mp4", "--style", "s.jpg", "--size", "96", "--temporal"])
-    settings = WorkerSettings.from_args(args)
+    args = build_parser().parse_args(["render", "a.mp4", "b.mp4", "--style", "s.jpg", "--size", "96", "--temporal",
+                                      "--crf", "20"])
+    settings = worker_settings(args, Job.from_args(args))
     assert pickle.loads(pickle.dumps(settings)) == settings
-    assert (settings.size, settings.temporal, settings.codec, settings.model) == (96, True, "auto", "auto")
+    job, encoding = settings.job, settings.encoding
+    assert (job.size, job.temporal, job.model, encoding.codec, encoding.crf) == (96, True, "auto", "auto", 20)
 
 
 @pytest.mark.slow

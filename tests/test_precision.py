@@ -1,7 +1,6 @@
 """--precision auto: a pure function of device, use and CPU flags; a CPU's bf16 held to fp32 before live uses it."""
 from __future__ import annotations
 
-import argparse
 import logging
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from engines.backends.torch_engine import TorchEngine
 from engines.precision import BF16_MIN_PSNR_DB, auto_precision, check_bf16, native_bf16
 from engines.stylizer import Stylizer
+from streamer.job import Job
 from streamer.options import build_stylizer, check_live_precision
 
 ZEN4 = frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"})
@@ -91,12 +91,11 @@ def test_bf16_is_held_to_fp32_and_the_verdict_is_cached(microast, picture, tmp_p
 def test_live_falls_back_to_fp32_when_bf16_misses_the_bar(microast, picture, caplog):
     stylizer = Stylizer(microast, noisy := NoisyEngine(microast, 0.08), "w2")
     code = stylizer.encode_style(picture, 128)
-    args = argparse.Namespace(precision="auto", engine="torch")
     with caplog.at_level(logging.WARNING, logger="streamer.options"):
-        checked = check_live_precision(stylizer, args, lambda: picture, code, (96, 160))
+        checked = check_live_precision(stylizer, Job(precision="auto", engine="torch"), lambda: picture, code, (96, 160))
     assert noisy.closed and checked.engine.precision == "fp32" and checked.engine.name == "torch"
     assert "using fp32" in caplog.text
-    explicit = argparse.Namespace(precision="bf16", engine="torch")  # asked for by name: never second-guessed
+    explicit = Job(precision="bf16", engine="torch")  # asked for by name: never second-guessed
     assert check_live_precision(stylizer, explicit, lambda: picture, code) is stylizer
 
 
@@ -105,11 +104,10 @@ def test_auto_bf16_on_a_cpu_without_it_is_fp32_in_one_line(weights_dir, monkeypa
     import engines.precision as precision
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: ZEN4)
-    args = argparse.Namespace(device="cpu", model="microast", weights_dir=str(weights_dir), decoder=None,
-                              engine="auto", precision="auto")
+    job = Job(device="cpu", model="microast", weights_dir=str(weights_dir), engine="auto", precision="auto")
     with caplog.at_level(logging.INFO):
-        live = build_stylizer(args, shape_hint=(96, 160), use="live")
-        render = build_stylizer(args, shape_hint=(96, 160))
+        live = build_stylizer(job, shape_hint=(96, 160), use="live")
+        render = build_stylizer(job, shape_hint=(96, 160))
     assert render.engine.precision == "fp32"
     if live.engine.precision == "bf16":  # a CPU with native bf16 after all
         assert "precision: bf16" in caplog.text

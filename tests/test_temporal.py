@@ -8,6 +8,7 @@ import pytest
 
 from engines.errors import InputError
 from streamer.evaluate import read_frames, sharpness, warping_errors
+from streamer.job import Job
 from streamer.temporal import TemporalStabilizer, add_temporal_options, make_temporal
 from tests.test_flicker import H, W, noisy, panning, texture
 
@@ -113,11 +114,11 @@ def test_other_output_size_than_source(pan):
 def test_options():
     p = argparse.ArgumentParser()
     add_temporal_options(p)
-    assert make_temporal(p.parse_args([])) is None
-    st = make_temporal(p.parse_args(["--temporal", "--temporal-strength", "0.5"]))
+    assert make_temporal(Job.from_args(p.parse_args([]))) is None
+    st = make_temporal(Job.from_args(p.parse_args(["--temporal", "--temporal-strength", "0.5"])))
     assert isinstance(st, TemporalStabilizer) and st.strength == 0.5
     with pytest.raises(InputError, match="between 0 and 1"):
-        make_temporal(p.parse_args(["--temporal", "--temporal-strength", "1.5"]))
+        make_temporal(Job.from_args(p.parse_args(["--temporal", "--temporal-strength", "1.5"])))
 
 
 def test_real_clip_flicker_goes_down(clip, microast):

@@ -20,6 +20,7 @@ from engines.ops import mean_std
 from engines.training import (DecoderTrainer, adain_losses, content_loss, crop_at, encode_taps, inverse_decay_lr,
                               reset_decoder, sample_plan, style_layer_ends, style_loss)
 from streamer.cli import build_parser, main
+from streamer.job import Job
 from streamer.options import build_stylizer
 from streamer.train import ImageSet, make_batch
 from tests.conftest import ROOT
@@ -181,7 +182,7 @@ def test_the_written_decoder_renders(full_run: Path, weights_dir: Path, media: P
     for name, extra in (("own", ["--decoder", str(decoder)]), ("released", [])):
         args = build_parser().parse_args(["render", "x.png", "y.png", "--style", "s.png", "--model", "adain-r31",
                                           "--engine", "torch", "--weights-dir", str(weights_dir), *extra])
-        ids[name] = build_stylizer(args).weights_id
+        ids[name] = build_stylizer(Job.from_args(args)).weights_id
     assert ids["own"] == weights_fingerprint("adain-r31", weights_dir, decoder) != ids["released"]
     assert ids["released"] == weights_fingerprint("adain-r31", weights_dir)
     # a checkpoint serves as a decoder too (its "decoder" entry)

@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from tqdm import tqdm
 from engines.errors import DeviceError, InputError, StreamerError
 from streamer.cluster.connect import Cluster
 from streamer.cluster.worker import MARKER, WorkerSettings
+from streamer.encoding import Encoding
+from streamer.job import Job
 from streamer.fileutil import AtomicOutput, part_path
 from streamer.signals import exit_code, signal_number, stopped_by
 
@@ -133,16 +135,24 @@ def _style_images(args: argparse.Namespace) -> list[tuple[str, Any]]:
     return [(p.stem, load_image(p, "style image")) for p in paths]
 
 
-def _open(args: argparse.Namespace, worker_class: type | None) -> Cluster:
-    return Cluster(WorkerSettings.from_args(args), args.cluster, args.workers, device=args.device,
+def worker_settings(args: argparse.Namespace, job: Job) -> WorkerSettings:
+    """What every worker is given: the checked job, the encoding and the run's own flags."""
+    return WorkerSettings(job, Encoding.from_args(args), args.max_frames, args.worker_threads, args.verbose,
+                          args.quiet)
+
+
+def _open(args: argparse.Namespace, job: Job, worker_class: type | None) -> Cluster:
+    return Cluster(worker_settings(args, job), args.cluster, args.workers, device=job.device,
                    worker_class=worker_class)
 
 
 # -- a video ---------------------------------------------------------------------------------------
 @dataclass
 class VideoJob:
-    """A checked video render: input, output (taken: its ``.part`` is locked), encoder, info, styles, frames."""
+    """A checked video render: input, output (taken: its ``.part`` is locked), encoder, info, styles, frames,
+    and the job with its ``size`` clamped to the video as a local render clamps it."""
 
+    job: Job
     src: Path
     dst: Path
     output: AtomicOutput
@@ -152,24 +162,24 @@ class VideoJob:
     index: Any
 
 
-def check_video(args: argparse.Namespace) -> VideoJob:
+def check_video(args: argparse.Namespace, job: Job) -> VideoJob:
     """The local render's checks (the same ``--size`` clamp too) and the frame index, before Ray starts."""
     from streamer.cluster import chunks as ch
     from streamer.options import fit_short_side
     from streamer.temporal import make_temporal
     from streamer.video import check_video_job
 
-    src, dst, encoder, info = check_video_job(args)
+    src, dst, encoder, info = check_video_job(args, job)
     if args.chunk_frames < 0:
         raise InputError("--chunk-frames must be 0 (automatic) or a positive number of frames")
     images = _style_images(args)
-    make_temporal(args)
-    args.size = fit_short_side(args.size, info.height, info.width, "the video")
+    make_temporal(job)
+    job = replace(job, size=fit_short_side(job.size, info.height, info.width, "the video"))
     index = ch.scan_frames(src)
     if not index.pts:
         raise InputError(f"cannot decode any video frame of {src}: the file is corrupt or unsupported")
     output = AtomicOutput(dst, overwrite=args.overwrite)  # another run on it, a read-only folder: fail now
-    return VideoJob(src, dst, output, encoder["codec"], info, images, index)
+    return VideoJob(job, src, dst, output, encoder["codec"], info, images, index)
 
 
 def render_video(args: argparse.Namespace, cluster: Cluster, job: VideoJob) -> int:
@@ -179,7 +189,7 @@ def render_video(args: argparse.Namespace, cluster: Cluster, job: VideoJob) -> i
     src, dst, info, index = job.src, job.dst, job.info, job.index
     total = len(index.pts) if args.max_frames is None else min(args.max_frames, len(index.pts))
     size = args.chunk_frames or ch.auto_chunk_frames(total, len(cluster.actors))
-    plan = ch.plan_chunks(index, size, ch.TEMPORAL_WARMUP if args.temporal else 0, args.max_frames)
+    plan = ch.plan_chunks(index, size, ch.TEMPORAL_WARMUP if job.job.temporal else 0, args.max_frames)
     log.info("rendering %s (%dx%d, %d frames) on %d workers in %d chunks of about %d frames", src, info.width,
              info.height, total, len(cluster.actors), len(plan), size)
     data = None if all(cluster.visible([src])) else cluster.send(src, MAX_SEND_BYTES)
@@ -249,26 +259,29 @@ def render_video(args: argparse.Namespace, cluster: Cluster, job: VideoJob) -> i
 # -- a folder --------------------------------------------------------------------------------------
 @dataclass
 class FolderJob:
+    job: Job
     tasks: list
     images: list
     out: Any  # streamer.folder.FolderOutput (made and locked)
     skipped: list
 
 
-def check_folder(args: argparse.Namespace) -> FolderJob:
+def check_folder(args: argparse.Namespace, job: Job) -> FolderJob:
     """A folder's tasks, checks and lock, the way the local folder render takes them, before Ray starts."""
     from streamer.folder import FolderOutput, check_folder_outputs, folder_tasks
     from streamer.imageio import not_files
+    from streamer.options import expand_style_paths
 
     src, dst = Path(args.input), Path(args.output)
     tasks = folder_tasks(src, dst)
-    check_folder_outputs(tasks, dst, args)
+    style_paths = expand_style_paths(args.style, job.style_size)
+    check_folder_outputs(tasks, dst, job, style_paths, args.codec, args.overwrite)
     images = _style_images(args)
     skipped = []
     for path, what in not_files(src):  # never opened: a FIFO would block the render
         log.warning("skipped: %s is %s", path, what)
         skipped.append(path.name)
-    return FolderJob(tasks, images, FolderOutput(dst), skipped)
+    return FolderJob(job, tasks, images, FolderOutput(dst), skipped)
 
 
 def render_folder(args: argparse.Namespace, cluster: Cluster, job: FolderJob) -> int:
@@ -328,9 +341,9 @@ def render_on_cluster(args: argparse.Namespace, worker_class: type | None = None
         raise InputError("--cluster renders a video file or a folder; render a single image without it")
     if args.mask:
         raise InputError("--mask works with a single image, not with --cluster")
-    job = check_video(args) if is_video else check_folder(args)
+    job = check_video(args, Job.from_args(args)) if is_video else check_folder(args, Job.from_args(args))
     try:
-        with _open(args, worker_class) as cluster:
+        with _open(args, job.job, worker_class) as cluster:
             if is_video:
                 return render_video(args, cluster, job)
             return render_folder(args, cluster, job)

@@ -7,14 +7,16 @@ the driver's chunk folder where it sees that folder (its token file), else retur
 """
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from streamer.encoding import Encoding
+from streamer.job import Job
 
 #: the file in a chunk folder whose token tells a worker it sees the driver's folder
 MARKER = ".streamer-chunks"
@@ -24,33 +26,15 @@ PROGRESS_EVERY = 0.3
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What a worker builds and renders with, taken from the checked command line on the driver."""
+    """What a worker builds and renders with: the driver's checked job (its size clamped to the video) and
+    encoding, and how the worker runs."""
 
-    model: str
-    weights_dir: str | None
-    decoder: str | None
-    engine: str
-    precision: str
-    device: str
-    style_size: int
-    alpha: float
-    preserve_color: bool
-    size: int
-    upscale: str
-    temporal: bool
-    temporal_strength: float
-    codec: str
-    crf: int
-    preset: str
+    job: Job
+    encoding: Encoding
     max_frames: int | None
     worker_threads: int
     verbose: int
     quiet: bool
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> WorkerSettings:
-        """The fields of this class from ``args`` (checked and clamped by the driver before)."""
-        return cls(**{f.name: getattr(args, f.name, None) for f in fields(cls)})
 
 
 def pin_threads(slot: int, threads: int) -> None:
@@ -105,7 +89,7 @@ class ChunkWorker:
         if self.stylizer is None:
             from streamer.options import build_stylizer
 
-            self.stylizer = build_stylizer(self.settings, shape_hint=shape)  # reads the model and engine fields
+            self.stylizer = build_stylizer(self.settings.job, shape_hint=shape)
         return self.stylizer
 
     def style_code(self, images: list[tuple[str, Any]], weights: list[float] | None):
@@ -113,7 +97,7 @@ class ChunkWorker:
         from streamer.options import Style, mixed_code
 
         stylizer = self._stylizer(None)
-        size = self.settings.style_size
+        size = self.settings.job.style_size
         return mixed_code([Style(name, Path(name), stylizer.encode_style(rgb, size)) for name, rgb in images], weights)
 
     def _local_input(self, path: str, data: list | None) -> Path:
@@ -141,7 +125,7 @@ class ChunkWorker:
         from streamer.temporal import make_temporal
         from streamer.video import render_video_file
 
-        s = self.settings
+        s = self.settings.job
         src = self._local_input(job["src"], data)
         shared = self.out_dir(job["out_dir"], job["token"])
         name = f"chunk-{chunk.index:05d}{job['suffix']}"
@@ -154,8 +138,10 @@ class ChunkWorker:
             written += n
             self.frames_written(progress, chunk.index, written, chunk.frames)
 
-        stats = render_video_file(src, out, stylizer, code, s.alpha, s.preserve_color, codec=job["codec"], crf=s.crf,
-                                  progress=False, temporal=make_temporal(s), size=s.size, preset=s.preset,
+        encoding = self.settings.encoding
+        stats = render_video_file(src, out, stylizer, code, s.alpha, s.preserve_color, codec=job["codec"],
+                                  crf=encoding.crf, progress=False, temporal=make_temporal(s), size=s.size,
+                                  preset=encoding.preset,
                                   window=chunk, on_frames=on_frames, upscale=s.upscale)
         result = {"index": chunk.index, "frames": stats.frames, "name": name, "bad_packets": stats.bad_packets,
                   "first_pts": stats.first_pts}
@@ -169,13 +155,14 @@ class ChunkWorker:
         from streamer.imageio import save_image
         from streamer.stills import render_file
 
-        s = self.settings
+        s = self.settings.job
         src = self._local_input(job["src"], data)
         shared = self.out_dir(job["out_dir"], job["token"])
         out = (shared or self.tmp) / job["name"]
         try:
             if job["kind"] == "video":
-                render_video_task(self._stylizer(None), FolderTask("video", src, out), code, s)
+                render_video_task(self._stylizer(None), FolderTask("video", src, out), code, s,
+                                  self.settings.encoding, self.settings.max_frames)
             else:
                 rgb, alpha_channel = render_file(self._stylizer(None), src, code, size=s.size, alpha=s.alpha,
                                                  upscale=s.upscale, keep_color=s.preserve_color)

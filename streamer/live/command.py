@@ -23,6 +23,8 @@ import torch
 from engines.backends.switch import UpgradingEngine
 from engines.errors import DeviceError, InputError
 from engines.stylizer import short_side_shape
+from streamer.encoding import Encoding, add_encoder_options
+from streamer.job import Job
 from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
 from streamer.imageio import parse_size
 from streamer.live.capture import open_source
@@ -30,20 +32,16 @@ from streamer.live.engine_thread import stylize_frame
 from streamer.live.hotkeys import LiveState
 from streamer.live.outputs import Output, VirtualCamera, Window, display_problem, open_window
 from streamer.live.session import LiveSession
-from streamer.live.sizing import Sizing, ladder, start
+from streamer.live.sizing import (AUTO_MIN_SOURCE, CPU_TARGET_FPS, Sizing, auto_sizing, first_size, target_rate,
+                                  working_size)
 from streamer.live.streaming import add_stream_options, check_stream_args, open_sound, stream_outputs
 from streamer.options import (add_engine_wait_option, add_model_options, add_style_options, add_upscale_option,
-                              alpha_value, build_stylizer, check_live_precision, check_short_side, expand_style_paths,
+                              alpha_value, build_stylizer, check_live_precision, expand_style_paths,
                               finish_background_build, fit_short_side, load_styles, pick_device, run_inputs)
 from streamer.sinks import Recording
 from streamer.temporal import add_temporal_options, make_temporal
-from streamer.video import add_encoder_options, encoder_options
 
 log = logging.getLogger(__name__)
-
-CPU_SIZE = 360  # where --size auto starts on a CPU: microast runs near real time there
-AUTO_MIN_SOURCE = 160  # default --size on a CPU: auto, except for sources this small (stylized as they are)
-CPU_TARGET_FPS = 12.0  # --size auto's default on a CPU: smooth enough to watch, reachable at ~300 px by microast
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -122,33 +120,19 @@ def check_record(args: argparse.Namespace) -> None:
         check_overwrite(rec, args.overwrite)
         if not rec.parent.is_dir():
             raise InputError(f"output folder does not exist: {rec.parent}")
-        args.encoder = encoder_options(args, rec)  # container, codec and crf checked before the model loads
+        args.encoder = Encoding.from_args(args).for_output(rec)  # container, codec and crf checked before the model loads
 
 
-def refuse_record_over_inputs(args: argparse.Namespace, style_paths: list[Path]) -> None:
+def refuse_record_over_inputs(args: argparse.Namespace, job: Job, style_paths: list[Path]) -> None:
     """--record never onto the source file, a style, the decoder..."""
     if args.record:
         source_file = [("--source video", Path(args.source))] if Path(args.source).is_file() else []
-        refuse_same_file([args.record], [*source_file, *run_inputs(args, style_paths)])
-
-
-def working_size(text: str | int | None) -> str | int | None:
-    """``--size`` of live and serve: ``auto``, 0 (the capture size) or a short side in pixels; None stays None."""
-    if text is None or str(text).lower() == "auto":
-        return None if text is None else "auto"
-    try:
-        size = int(text)
-    except ValueError:
-        raise InputError(f"--size must be auto or a number of pixels, not '{text}'") from None
-    if size < 0:
-        raise InputError("--size must be 0 (capture size) or a positive number of pixels")
-    check_short_side(size, "--size")
-    return size
+        refuse_same_file([args.record], [*source_file, *run_inputs(job, style_paths)])
 
 
 def _check_args(args: argparse.Namespace) -> None:
     args.alpha = alpha_value(args.alpha)
-    args.size = working_size(args.size)
+    working_size(args.size)
     if args.target_fps is not None and not 0 < args.target_fps <= 240:
         raise InputError(f"--target-fps must be greater than 0 and at most 240, not {args.target_fps:g}")
     if args.max_frames < 0:
@@ -174,9 +158,11 @@ def run(args: argparse.Namespace) -> int:
             raise DeviceError(problem)
     capture_size = parse_size(args.capture_size, "--capture-size")
     out_size = parse_size(args.out_size, "--out-size")
-    style_paths = expand_style_paths(args.style, args.style_size)
-    temporal = make_temporal(args)
-    refuse_record_over_inputs(args, style_paths)
+    job = Job.from_args(args)  # its size stays 0: live sizes itself, below
+    asked_size = working_size(args.size)
+    style_paths = expand_style_paths(args.style, job.style_size)
+    temporal = make_temporal(job)
+    refuse_record_over_inputs(args, job, style_paths)
     # the recording's file (and its lock) first: a read-only folder or another run on it fails before the model
     record_output = AtomicOutput(args.record, overwrite=args.overwrite) if args.record else None
     sound = None
@@ -198,48 +184,45 @@ def run(args: argparse.Namespace) -> int:
                      f", {args.audio_delay:+g} ms" if args.audio_delay else "")
         log.info("source: %s", source.describe())
         w, h = source.width, source.height
-        gpu = pick_device(args.device).type == "cuda"
-        if args.size is None:
-            args.size = 0 if gpu or min(w, h) <= AUTO_MIN_SOURCE else "auto"  # never upscale
-        auto = args.size == "auto"
-        target_fps = args.target_fps or (args.fps if gpu else CPU_TARGET_FPS)
+        gpu = pick_device(job.device).type == "cuda"
+        size, auto = first_size(asked_size, min(w, h), gpu)
+        if isinstance(asked_size, int) and size != asked_size:
+            fit_short_side(asked_size, h, w, "the source")  # says so
+        target_fps = target_rate(args.target_fps, args.fps, gpu)
         if args.target_fps and not auto:
-            log.warning("--target-fps only steers --size auto: the size stays at --size %d", args.size)
-        if auto:
-            args.size = min(w, h) if gpu else min(w, h, CPU_SIZE)  # where it starts
-        args.size = fit_short_side(args.size, h, w, "the source")
+            log.warning("--target-fps only steers --size auto: the size stays at --size %d", size)
         out_w, out_h = out_size or (w, h)
         if args.vcam:  # before the model: a missing driver fails in a second
             outputs.append(VirtualCamera(out_w, out_h, args.fps, args.vcam_backend, args.vcam_device))
-        work_h, work_w = short_side_shape(h, w, args.size)
+        work_h, work_w = short_side_shape(h, w, size)
         if (work_w, work_h) != (w, h) and not auto:
-            log.info("stylizing at %dx%d, shown at %dx%d (--size %d)", work_w, work_h, w, h, args.size)
-        stylizer = build_stylizer(args, shape_hint=(work_h, work_w), use="live", background=True)
+            log.info("stylizing at %dx%d, shown at %dx%d (--size %d)", work_w, work_h, w, h, size)
+        stylizer = build_stylizer(job, shape_hint=(work_h, work_w), use="live", background=True)
         sizing: Sizing | None = None
         if auto:
-            factor = getattr(getattr(stylizer, "model", None), "factor", 1)  # test stand-ins have no model
-            sizing = start(ladder(factor, min(w, h), args.size), args.size)
-            args.size = sizing.size
+            factor = getattr(getattr(stylizer, "model", None), "factor", 1)  # a stylizer of the API's own may have none
+            sizing = auto_sizing(factor, min(w, h), size)
+            size = sizing.size
             log.info("--size auto: working sizes %s, starting at %d, holding the engine at %g fps",
                      ", ".join(map(str, sizing.sizes)), sizing.size, target_fps)
         t0 = time.perf_counter()
         if len(style_paths) > 1:
             log.info("encoding %d styles (cached after the first time)...", len(style_paths))
-        styles = load_styles(style_paths, stylizer, args.style_size, args.weights_dir)
+        styles = load_styles(style_paths, stylizer, job.style_size, job.weights_dir)
         log.info("%d style%s ready in %.1f s%s", len(styles), "s" if len(styles) > 1 else "", time.perf_counter() - t0,
                  "; 1-9 pick the first nine, n/p go through all" if len(styles) > 9 else "")
-        stylizer = check_live_precision(stylizer, args, lambda: _check_picture(style_paths[0], args.size, w, h),
+        stylizer = check_live_precision(stylizer, job, lambda: _check_picture(style_paths[0], size, w, h),
                                         styles[0].code, (work_h, work_w))
         motion = _motion_on(args.motion, gpu, steady=want_window or args.vcam)
-        state = LiveState(n_styles=len(styles), alpha=args.alpha, keep_color=args.preserve_color, hud=args.hud,
-                          sizes=sizing.sizes if sizing else (), size=args.size, motion=motion, upscale=args.upscale)
+        state = LiveState(n_styles=len(styles), alpha=job.alpha, keep_color=job.preserve_color, hud=args.hud,
+                          sizes=sizing.sizes if sizing else (), size=size, motion=motion, upscale=job.upscale)
         if isinstance(getattr(stylizer, "engine", None), UpgradingEngine):  # torch now: nothing to build; the fast
-            for size in sizing.sizes if sizing else (args.size,):  # engine is warmed at these before it takes over
-                stylizer.engine.prepare(*short_side_shape(h, w, size))
+            for rung in sizing.sizes if sizing else (size,):  # engine is warmed at these before it takes over
+                stylizer.engine.prepare(*short_side_shape(h, w, rung))
         else:
             with torch.inference_mode():  # warm-up: the first run allocates and picks kernels; auto builds every size
-                for size in sizing.sizes if sizing else (args.size,):
-                    stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, size, None)
+                for rung in sizing.sizes if sizing else (size,):
+                    stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, rung, None)
         if args.record:
             outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite, output=record_output,
                                      sound=sound is not None, audio_delay=args.audio_delay / 1000, **args.encoder))
@@ -247,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
         if want_window:
             window = open_window(args.window_toolkit)
         session = LiveSession(source, stylizer, styles, state, window=window, outputs=outputs, fps=args.fps,
-                              size=args.size, max_frames=args.max_frames, temporal=temporal,
+                              size=size, max_frames=args.max_frames, temporal=temporal,
                               snapshot_dir=Path(args.snapshot_dir), stdin=not args.no_stdin, sizing=sizing,
                               target_fps=target_fps, sound=sound)
     except BaseException:

@@ -17,6 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from engines.errors import InputError
+
+CPU_SIZE = 360  # where --size auto starts on a CPU: microast runs near real time there
+AUTO_MIN_SOURCE = 160  # default --size on a CPU: auto, except for sources this small (stylized as they are)
+CPU_TARGET_FPS = 12.0  # --size auto's default on a CPU: smooth enough to watch, reachable at ~300 px by microast
 RUNGS = 4  # engines keep the last four frame sizes built (engines.backends.base.PerShape)
 RATIO = 0.75  # one rung down: 0.75 of the side, 0.56 of the area (about 1.8x faster)
 MIN_SIDE = 64
@@ -26,6 +31,45 @@ COOLDOWN = 3
 DOWN_BELOW = 0.95
 UP_ABOVE = 1.15
 SMOOTH = 0.3  # weight of the newest step in the running mean
+
+
+def working_size(text: str | int | None) -> str | int | None:
+    """``--size`` of live and serve: ``auto``, 0 (the capture size) or a short side in pixels; None stays None."""
+    from streamer.options import check_short_side
+
+    if text is None or str(text).lower() == "auto":
+        return None if text is None else "auto"
+    try:
+        size = int(text)
+    except ValueError:
+        raise InputError(f"--size must be auto or a number of pixels, not '{text}'") from None
+    if size < 0:
+        raise InputError("--size must be 0 (capture size) or a positive number of pixels")
+    check_short_side(size, "--size")
+    return size
+
+
+def first_size(asked: str | int | None, short_side: int, gpu: bool) -> tuple[int, bool]:
+    """(the working size to start at, whether ``--size auto`` steers it) for a source of ``short_side``.
+
+    Not given: the capture size on a GPU or for a source this small, else auto. Auto starts at the capture
+    size on a GPU, at :data:`CPU_SIZE` at most on a CPU. A number above the short side would only upscale:
+    the capture size (0)."""
+    if asked is None:
+        asked = 0 if gpu or short_side <= AUTO_MIN_SOURCE else "auto"
+    if asked == "auto":
+        return (short_side if gpu else min(short_side, CPU_SIZE)), True
+    return (0 if int(asked) > short_side else int(asked)), False
+
+
+def target_rate(asked: float | None, fps: float, gpu: bool) -> float:
+    """The engine rate ``--size auto`` holds: as asked, else the output rate on a GPU, :data:`CPU_TARGET_FPS` on a CPU."""
+    return asked or (fps if gpu else CPU_TARGET_FPS)
+
+
+def auto_sizing(factor: int, short_side: int, first: int) -> Sizing:
+    """The controller for ``--size auto``, on its ladder below the source's short side, at ``first``."""
+    return start(ladder(factor, short_side, first), first)
 
 
 def ladder(factor: int, short_side: int, start: int) -> tuple[int, ...]:

@@ -15,7 +15,9 @@ from engines.errors import DeviceError, InputError
 from streamer.fileutil import AtomicOutput
 from streamer.imageio import parse_size
 from streamer.live.capture import open_source
-from streamer.live.command import add_vcam_record_options, check_record, refuse_record_over_inputs, working_size
+from streamer.job import Job
+from streamer.live.command import add_vcam_record_options, check_record, refuse_record_over_inputs
+from streamer.live.sizing import working_size
 from streamer.live.outputs import VirtualCamera
 from streamer.options import (add_model_options, add_style_options, add_upscale_option, alpha_value, build_stylizer,
                               check_live_precision, expand_style_paths, pick_device)
@@ -75,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     args.alpha = alpha_value(args.alpha)
-    args.size = working_size(args.size)
+    working_size(args.size)
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be 0..65535, not {args.port}")
     if not 0 < args.fps <= 240:
@@ -95,7 +97,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("--token must be at least 8 characters")
     if args.style_weights:
         raise InputError("--style-weights mixes styles for render; serve shows each style in its gallery")
-    args.temporal_strength = check_strength(args.temporal_strength)
+    check_strength(args.temporal_strength)
     if (args.record or args.vcam) and args.source == "none":
         raise InputError("--record and --vcam take the server's source: name one with --source (not none)")
     check_record(args)
@@ -118,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     style_paths = expand_style_paths(args.style, args.style_size)
     capture_size = parse_size(args.capture_size, "--capture-size")
     out_size = parse_size(args.out_size, "--out-size")
-    refuse_record_over_inputs(args, style_paths)
+    job = Job.from_args(args)  # its size stays 0: each session sizes itself (live's rules)
+    refuse_record_over_inputs(args, job, style_paths)
     # the recording's file (and its lock) first: a read-only folder or another run on it fails before the model
     record_output = AtomicOutput(args.record, overwrite=args.overwrite) if args.record else None
     source = None
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         if args.vcam:  # before the model: a missing driver fails in a second
             w, h = out_size or (source.width, source.height)
             outputs.append(VirtualCamera(w, h, args.fps, args.vcam_backend, args.vcam_device))
-        return _serve(args, source, style_paths, Guard(loopback, token, "https" if tls else "http"), tls,
+        return _serve(args, job, source, style_paths, Guard(loopback, token, "https" if tls else "http"), tls,
                       outputs, record_output, out_size)
     except BaseException:
         if record_output is not None:
@@ -181,35 +184,35 @@ def _tls_context(args: argparse.Namespace, loopback: bool) -> ssl.SSLContext | N
     return context
 
 
-def _serve(args, source, style_paths: list[Path], guard, tls, outputs: list, record_output, out_size) -> int:
+def _serve(args: argparse.Namespace, job: Job, source, style_paths: list[Path], guard, tls, outputs: list, record_output, out_size) -> int:
     import platformdirs
     from streamer.imageio import load_image
     from streamer.serve import rtc
     from streamer.serve.server import Limits, Studio, load_entry
     from streamer.serve.studio import SessionPlan, SharedStylizer, StyleBook
-    from streamer.live.command import CPU_TARGET_FPS
+    from streamer.live.sizing import target_rate
 
-    gpu = pick_device(args.device).type == "cuda"
+    gpu = pick_device(job.device).type == "cuda"
+    size = working_size(args.size)
     shape_hint = None
-    if source is not None and isinstance(args.size, int) and args.size:
+    if source is not None and isinstance(size, int) and size:
         from engines.stylizer import short_side_shape
 
-        shape_hint = short_side_shape(source.height, source.width, args.size)
-    stylizer = build_stylizer(args, shape_hint=shape_hint, use="live")
+        shape_hint = short_side_shape(source.height, source.width, size)
+    stylizer = build_stylizer(job, shape_hint=shape_hint, use="live")
     book = StyleBook()
     t0 = time.perf_counter()
     for path in style_paths:
-        book.add(load_entry(path, stylizer, args.style_size, args.weights_dir))
-    stylizer = SharedStylizer(check_live_precision(stylizer, args, lambda: load_image(style_paths[0], "style image"),
+        book.add(load_entry(path, stylizer, job.style_size, job.weights_dir))
+    stylizer = SharedStylizer(check_live_precision(stylizer, job, lambda: load_image(style_paths[0], "style image"),
                                                    book[0].code, shape_hint))
     log.info("%d style%s ready in %.1f s", len(book), "s" if len(book) > 1 else "", time.perf_counter() - t0)
     engine = getattr(stylizer, "engine", None)
-    strength = args.temporal_strength
     plan = SessionPlan(stylizer=stylizer, book=book, model=getattr(stylizer, "name", "?"), fps=args.fps,
-                       size=args.size, target_fps=args.target_fps or (args.fps if gpu else CPU_TARGET_FPS), gpu=gpu,
-                       alpha=args.alpha, keep_color=args.preserve_color,
-                       motion=args.motion == "on" or (args.motion == "auto" and not gpu), upscale=args.upscale,
-                       temporal_on=args.temporal, make_temporal=lambda: TemporalStabilizer(strength))
+                       size=size, target_fps=target_rate(args.target_fps, args.fps, gpu), gpu=gpu,
+                       alpha=job.alpha, keep_color=job.preserve_color,
+                       motion=args.motion == "on" or (args.motion == "auto" and not gpu), upscale=job.upscale,
+                       temporal_on=job.temporal, make_temporal=lambda: TemporalStabilizer(job.temporal_strength))
     info = {"model": plan.model, "engine": f"{engine.name} {engine.precision}" if engine is not None else "",
             "source": source.describe() if source is not None else "none (browser cameras only)",
             "device": "GPU" if gpu else "CPU", "token_needed": guard.token is not None}
@@ -220,7 +223,7 @@ def _serve(args, source, style_paths: list[Path], guard, tls, outputs: list, rec
         outputs.append(Recording(args.record, w, h, args.fps, args.overwrite, output=record_output, **args.encoder))
     limits = Limits(int(args.max_upload_mb * 1e6), int(args.max_upload_megapixels * 1e6), args.camera_sessions)
     studio = Studio(plan, guard, info, Path(platformdirs.user_cache_dir("streamer")) / "serve-styles",
-                    args.style_size, args.weights_dir, limits, source, outputs=outputs)
+                    job.style_size, job.weights_dir, limits, source, outputs=outputs)
     rtc.keep_ice_on(args.host)
     if args.verbose < 2:  # aioice logs every ICE check at INFO
         for noisy in ("aioice", "aiortc", "aiohttp.access"):

@@ -329,21 +329,14 @@ def build_session(plan: SessionPlan, source: Any, label: str, on_viewers=None, o
     """A session on ``source`` with the plan's model, styles and controls (live's sizing rules); ``outputs``:
     more than the page's (the server's --record and --vcam)."""
     from engines.stylizer import short_side_shape
-    from streamer.live.command import AUTO_MIN_SOURCE, CPU_SIZE
-    from streamer.live.sizing import ladder, start
+    from streamer.live.sizing import auto_sizing, first_size
 
     w, h = source.width, source.height
-    size = plan.size
-    if size is None:
-        size = 0 if plan.gpu or min(w, h) <= AUTO_MIN_SOURCE else "auto"
+    size, auto = first_size(plan.size, min(w, h), plan.gpu)
     sizing = None
-    if size == "auto":
-        first = min(w, h) if plan.gpu else min(w, h, CPU_SIZE)
-        factor = getattr(getattr(plan.stylizer, "model", None), "factor", 1)
-        sizing = start(ladder(factor, min(w, h), first), first)
+    if auto:
+        sizing = auto_sizing(getattr(getattr(plan.stylizer, "model", None), "factor", 1), min(w, h), size)
         size = sizing.size
-    elif size > min(w, h):
-        size = 0
     hub = hub or FrameHub(on_viewers)
     temporal = SwitchTemporal(plan.make_temporal, plan.temporal_on)
     state = LiveState(n_styles=len(plan.book), alpha=plan.alpha, keep_color=plan.keep_color,
