@@ -168,3 +168,30 @@ def test_engine_holds_a_pinned_size_and_steps_down_once_let_go():
     engine.run()
     assert shapes[:pinned_for] == [(360, 640)] * pinned_for
     assert shapes[-1][0] < 360 and engine.sizes[360] >= pinned_for
+
+
+@pytest.mark.parametrize("asked, short_side, gpu, expected", [
+    (None, 720, False, (sizing.CPU_SIZE, True)),      # a CPU: auto, starting at CPU_SIZE
+    (None, 720, True, (0, False)),                    # a GPU: the capture size
+    (None, sizing.AUTO_MIN_SOURCE, False, (0, False)),  # a source this small: as it is
+    ("auto", 240, False, (240, True)),                # auto never starts above the source
+    ("auto", 720, True, (720, True)),
+    (300, 720, False, (300, False)),
+    (900, 720, False, (0, False)),                    # above the source would only upscale: its own size
+    (0, 720, False, (0, False)),
+])
+def test_first_size_is_one_rule_for_live_and_serve(asked, short_side, gpu, expected):
+    assert sizing.first_size(asked, short_side, gpu) == expected
+
+
+def test_target_rate_and_working_size():
+    assert sizing.target_rate(None, 30.0, gpu=True) == 30.0
+    assert sizing.target_rate(None, 30.0, gpu=False) == sizing.CPU_TARGET_FPS
+    assert sizing.target_rate(8.0, 30.0, gpu=False) == 8.0
+    assert sizing.working_size("AUTO") == "auto" and sizing.working_size(None) is None
+    assert sizing.working_size("96") == 96
+    for bad, message in (("big", "must be auto or a number"), ("-1", r"0 \(capture size\) or a positive")):
+        with pytest.raises(Exception, match=message):
+            sizing.working_size(bad)
+    s = sizing.auto_sizing(8, 720, 360)
+    assert s.size == 360 and s.sizes[-1] == 480 and all(x % 8 == 0 for x in s.sizes)
