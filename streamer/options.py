@@ -251,6 +251,7 @@ def run_inputs(args: argparse.Namespace, style_paths: list[Path]) -> list[tuple[
     """What a stylizing command reads besides its content: each style image, the mask, the decoder and every
     model's weight files (user folder and cache), as (what, path): no output may be one of them
     (streamer.fileutil.refuse_same_file)."""
+    from engines.models import weight_spec
     from engines.weights import weight_file_places
 
     found = [("style image", p) for p in style_paths]
@@ -258,7 +259,8 @@ def run_inputs(args: argparse.Namespace, style_paths: list[Path]) -> list[tuple[
         if getattr(args, flag, None):
             found.append((what, Path(getattr(args, flag))))
     weights_dir = getattr(args, "weights_dir", None)
-    found += [("weights file", p) for name in MODEL_NAMES for p in weight_file_places(name, weights_dir)]
+    found += [("weights file", p) for name in MODEL_NAMES
+              for p in weight_file_places(weight_spec(name), weights_dir)]
     return found
 
 
