@@ -5,6 +5,10 @@ Weights are never shipped with the project: they are looked up in a user-given f
 cache from their public addresses on first use. Every file with a known sha256 is verified before use;
 files without one are verified key by key and shape by shape by the model loader (``check_layout``).
 Every failure a user can fix is a one-line :class:`WeightsError`, never a traceback.
+
+Each function is handed the model's :class:`~engines.models.base.ModelWeights` (declared beside the model
+class; ``engines.models.weight_spec(name)`` looks one up by name), never a name: this module does not
+import the models, and imports torch only to read a file.
 """
 from __future__ import annotations
 
@@ -17,7 +21,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,50 +33,13 @@ from engines.progress import tqdm_disable
 if TYPE_CHECKING:  # torch is imported lazily: listing or locating weights should not pay for it
     import torch
 
+    from engines.models.base import ModelWeights, WeightFile
+
 log = logging.getLogger(__name__)
 
 ENV_WEIGHTS_DIR = "STREAMER_WEIGHTS_DIR"
 DOWNLOAD_TIMEOUT_S = 30.0
 _CHUNK = 1 << 16
-
-
-@dataclass(frozen=True)
-class WeightFile:
-    """One published weights file, and which part of its model it fills."""
-
-    filename: str  # e.g. "decoder_iter_160000.pth.tar"
-    url: str  # public download address
-    sha256: str | None  # None: verified by key/shape layout by the model loader instead
-    module: str = ""  # the model's attribute the file loads into ("decoder", "style_encoder", ...)
-    what: str = ""  # what it is, in messages ("the MicroAST decoder")
-
-
-@dataclass(frozen=True)
-class ModelWeights:
-    """All files one model needs, with their license and provenance (shown by ``streamer models list``)."""
-
-    model: str  # "adain" | "adain-r31" | "microast"
-    files: tuple[WeightFile, ...]
-    license: str
-    source: str  # one-line human description of where they come from
-
-
-def _registry() -> dict[str, ModelWeights]:
-    """Every model's weight files, as each model class declares them (``StyleModel.weights``).
-
-    Built on first use, so that listing or locating weights imports the models (and torch) only then."""
-    registry = globals().get("WEIGHTS")
-    if registry is None:
-        from engines.models import MODELS
-
-        registry = globals()["WEIGHTS"] = {name: cls.weights for name, cls in MODELS.items()}
-    return registry
-
-
-def __getattr__(name: str) -> Any:
-    if name == "WEIGHTS":  # {model name: ModelWeights}
-        return _registry()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------- places
@@ -92,13 +58,6 @@ def weights_root(weights_dir: str | Path | None = None) -> Path | None:
     return Path(env).expanduser() if env else None
 
 
-def _spec(model: str) -> ModelWeights:
-    try:
-        return _registry()[model]
-    except (KeyError, TypeError):
-        raise WeightsError(f"unknown model '{model}': known models are {', '.join(sorted(_registry()))}") from None
-
-
 def _candidates(model: str, filename: str, root: Path | None) -> list[Path]:
     """Search order for one file; a user folder comes before the cache."""
     places = [root / model / filename, root / filename] if root is not None else []
@@ -106,12 +65,13 @@ def _candidates(model: str, filename: str, root: Path | None) -> list[Path]:
     return places
 
 
-def missing_message(model: str, headline: str, missing: list[WeightFile], root: Path | None) -> str:
+def missing_message(spec: ModelWeights, headline: str, missing: list[WeightFile], root: Path | None) -> str:
     """What is wrong on the first line, then where each missing file goes and where it comes from.
 
     The one multi-line error: a user fixing it by hand needs every file name and address, and one line
     of 900 characters is unreadable. The cache folder is named, not created.
     """
+    model = spec.model
     width = max(len(wf.filename) for wf in missing)
     lines = [headline, f"  put {'these files' if len(missing) > 1 else 'this file'} in {cache_dir() / model}{os.sep}:"]
     lines += [f"    {wf.filename:<{width}}  from {wf.url}" for wf in missing]
@@ -133,7 +93,7 @@ def file_sha256(path: Path) -> str:
         raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
 
 
-def _check_sha(model: str, wf: WeightFile, path: Path, in_cache: bool) -> None:
+def _check_sha(spec: ModelWeights, wf: WeightFile, path: Path, in_cache: bool) -> None:
     """Raise a one-line WeightsError unless ``path`` has the published sha256."""
     if wf.sha256 is None:
         return
@@ -141,22 +101,22 @@ def _check_sha(model: str, wf: WeightFile, path: Path, in_cache: bool) -> None:
     if got == wf.sha256.lower():
         return
     if in_cache:
-        todo = f"delete it and run `streamer models download {model}` (or just run again) to fetch it afresh"
+        todo = f"delete it and run `streamer models download {spec.model}` (or just run again) to fetch it afresh"
     else:
         todo = f"replace it with the file from {wf.url}, or delete it to use the downloaded copy"
     raise WeightsError(f"weights file {wf.filename} at {path} is corrupt or a different file "
                        f"(sha256 {got[:12]}…, expected {wf.sha256[:12]}…): {todo}")
 
 
-def weight_file_places(model: str, weights_dir: str | Path | None = None) -> list[Path]:
-    """Every place a weight file of ``model`` is looked for (the user's folder, the cache), there or not: what
+def weight_file_places(spec: ModelWeights, weights_dir: str | Path | None = None) -> list[Path]:
+    """Every place a weight file of the model is looked for (the user's folder, the cache), there or not: what
     no output may replace."""
     root = weights_root(weights_dir)
-    return [place for wf in _spec(model).files for place in _candidates(model, wf.filename, root)]
+    return [place for wf in spec.files for place in _candidates(spec.model, wf.filename, root)]
 
 
-def _find(model: str, wf: WeightFile, root: Path | None) -> Path | None:
-    for place in _candidates(model, wf.filename, root):
+def _find(spec: ModelWeights, wf: WeightFile, root: Path | None) -> Path | None:
+    for place in _candidates(spec.model, wf.filename, root):
         if place.is_file():
             return place
     return None
@@ -250,15 +210,16 @@ def _download(wf: WeightFile, dest: Path, progress: bool) -> None:
 # -------------------------------------------------------------------------------------------- public
 
 
-def resolve_weights(model: str, weights_dir: str | Path | None = None, download: bool = True,
+def resolve_weights(spec: ModelWeights, weights_dir: str | Path | None = None, download: bool = True,
                     progress: bool = True) -> dict[str, Path]:
-    """Every file of ``model`` as {filename: verified path}, downloading missing ones into the cache.
+    """Every file the model's ``spec`` declares as {filename: verified path}, downloading missing ones into
+    the cache.
 
     Per file: ``<root>/<model>/<file>``, ``<root>/<file>`` (root from ``weights_root``), then
     ``<cache_dir()>/<model>/<file>``. A file found in the user's folder is used (and must verify) even if
     the cache has one too: the user's choice wins and a bad copy there is reported, not silently skipped.
     """
-    spec = _spec(model)
+    model = spec.model
     root = weights_root(weights_dir)
     if root is not None and not root.is_dir():
         log.warning("weights folder %s %s; using the cache %s", root,
@@ -267,16 +228,16 @@ def resolve_weights(model: str, weights_dir: str | Path | None = None, download:
     found: dict[str, Path] = {}
     missing: list[WeightFile] = []
     for wf in spec.files:
-        path = _find(model, wf, root)
+        path = _find(spec, wf, root)
         if path is None:
             missing.append(wf)
             continue
-        _check_sha(model, wf, path, in_cache=path.parent == cache_dir() / model)
+        _check_sha(spec, wf, path, in_cache=path.parent == cache_dir() / model)
         found[wf.filename] = path
 
     if missing and not download:
         raise WeightsError(missing_message(
-            model, f"weights for model '{model}' are missing: {len(missing)} of {len(spec.files)} files", missing, root))
+            spec, f"weights for model '{model}' are missing: {len(missing)} of {len(spec.files)} files", missing, root))
 
     for index, wf in enumerate(missing):
         dest = cache_dir() / model / wf.filename
@@ -288,31 +249,30 @@ def resolve_weights(model: str, weights_dir: str | Path | None = None, download:
             still = missing[index:]
             host = urllib.parse.urlsplit(wf.url).netloc or wf.url
             raise WeightsError(missing_message(
-                model, f"weights for model '{model}' are missing and could not be downloaded ({host}: {exc})",
+                spec, f"weights for model '{model}' are missing and could not be downloaded ({host}: {exc})",
                 still, root)) from None
         found[wf.filename] = dest
 
     return {wf.filename: found[wf.filename] for wf in spec.files}
 
 
-def download_model(model: str, weights_dir: str | Path | None = None) -> dict[str, Path]:
-    """``streamer models download NAME``: make every file of ``model`` present and verified."""
-    return resolve_weights(model, weights_dir, download=True, progress=True)
+def download_model(spec: ModelWeights, weights_dir: str | Path | None = None) -> dict[str, Path]:
+    """``streamer models download NAME``: make every file of the model present and verified."""
+    return resolve_weights(spec, weights_dir, download=True, progress=True)
 
 
-def model_status(model: str, weights_dir: str | Path | None = None) -> str:
+def model_status(spec: ModelWeights, weights_dir: str | Path | None = None) -> str:
     """``"ready (<folder>)"``, ``"missing"`` or ``"corrupt"`` for ``streamer models list``; never downloads."""
-    spec = _spec(model)
     root = weights_root(weights_dir)
     folders: list[Path] = []
     missing = False
     for wf in spec.files:
-        path = _find(model, wf, root)
+        path = _find(spec, wf, root)
         if path is None:
             missing = True
             continue
         try:
-            _check_sha(model, wf, path, in_cache=path.parent == cache_dir() / model)
+            _check_sha(spec, wf, path, in_cache=path.parent == cache_dir() / spec.model)
         except WeightsError:
             return "corrupt"
         if path.parent not in folders:
@@ -375,6 +335,6 @@ def check_layout(state: Mapping[str, Any], expected: Mapping[str, tuple[int, ...
         raise WeightsError(f"{path} does not match {what}: {problems[0]}{more}")
 
 
-__all__ = ["WeightFile", "ModelWeights", "ENV_WEIGHTS_DIR", "cache_dir", "weights_root",
+__all__ = ["ENV_WEIGHTS_DIR", "cache_dir", "weights_root",
            "resolve_weights", "download_model", "weight_file_places", "model_status", "file_sha256", "load_state_dict",
            "check_layout"]

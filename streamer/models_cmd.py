@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from engines.models import MODEL_NAMES, check_model_name
+from engines.models import MODEL_NAMES, check_model_name, weight_spec
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,10 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from engines.weights import WEIGHTS, model_status
+    from engines.weights import model_status
 
     for name in MODEL_NAMES:
-        print(f"{name:<10} {model_status(name, args.weights_dir):<8}  {WEIGHTS[name].source}")
+        spec = weight_spec(name)
+        print(f"{name:<10} {model_status(spec, args.weights_dir):<8}  {spec.source}")
     return 0
 
 
@@ -31,7 +32,7 @@ def run_download(args: argparse.Namespace) -> int:
 
     names = MODEL_NAMES if args.name == "all" else (check_model_name(args.name),)
     for name in names:
-        files = download_model(name, args.weights_dir)
+        files = download_model(weight_spec(name), args.weights_dir)
         for path in files.values():
             print(path)
     return 0

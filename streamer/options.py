@@ -251,11 +251,13 @@ def run_inputs(job: Job, style_paths: list[Path]) -> list[tuple[str, Path]]:
     """What a stylizing command reads besides its content: each style image, the mask, the decoder and every
     model's weight files (user folder and cache), as (what, path): no output may be one of them
     (streamer.fileutil.refuse_same_file)."""
+    from engines.models import weight_spec
     from engines.weights import weight_file_places
 
     found = [("style image", p) for p in style_paths]
     found += [(what, Path(path)) for what, path in (("mask", job.mask), ("--decoder file", job.decoder)) if path]
-    found += [("weights file", p) for name in MODEL_NAMES for p in weight_file_places(name, job.weights_dir)]
+    found += [("weights file", p) for name in MODEL_NAMES
+              for p in weight_file_places(weight_spec(name), job.weights_dir)]
     return found
 
 

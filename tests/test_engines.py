@@ -372,6 +372,34 @@ def test_auto_picks_the_measured_fastest_available_and_says_so(microast, caplog,
     assert engine.name == kind2 and any("engine:" in r.message for r in caplog.records)
 
 
+def test_engines_come_from_one_registry_and_load_only_when_chosen(microast):
+    """--engine's choices, the auto orders and the classes are one registry; an unknown name is the one-line
+    usage error; choosing torch imports no other engine (nor its library)."""
+    import subprocess
+    import sys
+
+    from engines.backends import CPU_PREFERENCE, ENGINE_NAMES, ENGINES, GPU_PREFERENCE
+    from engines.errors import InputError
+
+    assert ENGINE_NAMES == ("auto", "torch", "torch-cuda", "tensorrt", "onnxruntime", "openvino")
+    assert set(GPU_PREFERENCE) | set(CPU_PREFERENCE) <= set(ENGINES)
+    for kind in ENGINES:
+        assert engine_class(kind).name == kind
+    with pytest.raises(InputError) as err:
+        engine_class("cuda")
+    assert str(err.value) == "unknown engine 'cuda': choose one of auto, torch, torch-cuda, tensorrt, onnxruntime, openvino"
+    with pytest.raises(InputError, match="unknown engine 'nope'"):
+        create_engine("nope", microast, CPU)
+    # every engine is built through one call: torch takes (and ignores) what the others use
+    assert create_engine("torch", microast, CPU, weights_id="w", shape_hint=(64, 64)).name == "torch"
+    code = ("import sys; from engines.backends import engine_class; engine_class('torch'); "
+            "print(sorted(m for m in sys.modules if m.endswith('_engine') or m.split('.')[0] in "
+            "('openvino', 'onnxruntime', 'tensorrt', 'torch_tensorrt')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.strip() == "['engines.backends.torch_engine']", done.stdout + done.stderr
+
+
 def test_auto_with_bf16_falls_back_to_an_engine_that_runs_it(microast):
     kind, _ = usable_engines("microast", CPU, "bf16")[0]
     assert engine_class(kind).unavailable_reason(CPU, "bf16") is None

@@ -328,12 +328,13 @@ def test_only_the_first_page_or_frame_is_rendered_and_that_is_said(run, fake_mod
 
 def test_weights_dir_that_is_a_file_is_called_a_file(tmp_path, capsys, caplog) -> None:
     from engines.errors import WeightsError
+    from engines.models import weight_spec
     from engines.weights import resolve_weights
 
     afile = tmp_path / "weights.txt"
     afile.write_text("not a folder")
     with caplog.at_level(logging.WARNING), pytest.raises(WeightsError):
-        resolve_weights("microast", afile, download=False)
+        resolve_weights(weight_spec("microast"), afile, download=False)
     assert any("is a file, not a folder" in r.getMessage() for r in caplog.records)
     assert main(["cache", "info", "--weights-dir", str(afile)]) == 0
     assert "a file, not a folder" in capsys.readouterr().out

@@ -7,6 +7,8 @@ import http.server
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import torch
 
 from engines import weights as W
 from engines.errors import WeightsError
+from engines.models import MODEL_NAMES, ModelWeights, WeightFile, weight_spec
 from tools.shared import shared_weights
 
 SHARED_WEIGHTS = shared_weights()
@@ -39,7 +42,7 @@ def _copy_model(shared: Path, model: str, dest: Path) -> Path:
     """Copy one model's real files into ``dest/<model>/`` (writable, unlike shared/)."""
     target = dest / model
     target.mkdir(parents=True)
-    for wf in W.WEIGHTS[model].files:
+    for wf in weight_spec(model).files:
         shutil.copyfile(shared / model / wf.filename, target / wf.filename)
     return target
 
@@ -48,12 +51,13 @@ def _copy_model(shared: Path, model: str, dest: Path) -> Path:
 
 
 def test_registry_covers_the_three_models() -> None:
-    assert set(W.WEIGHTS) == {"adain", "adain-r31", "microast"}
-    assert len(W.WEIGHTS["microast"].files) == 4 and len(W.WEIGHTS["adain-r31"].files) == 2
-    assert [f.filename for f in W.WEIGHTS["adain"].files] == ["vgg_normalised.pth", "decoder.pth"]
-    assert all(f.sha256 is None for f in W.WEIGHTS["adain"].files)
-    for spec in W.WEIGHTS.values():
-        assert spec.model in W.WEIGHTS and spec.license and spec.source
+    specs = {name: weight_spec(name) for name in MODEL_NAMES}
+    assert set(specs) == {"adain", "adain-r31", "microast"}
+    assert len(specs["microast"].files) == 4 and len(specs["adain-r31"].files) == 2
+    assert [f.filename for f in specs["adain"].files] == ["vgg_normalised.pth", "decoder.pth"]
+    assert all(f.sha256 is None for f in specs["adain"].files)
+    for name, spec in specs.items():
+        assert spec.model == name and spec.license and spec.source
         for f in spec.files:
             assert f.url.startswith("https://") and f.url.endswith("/" + f.filename)
             assert f.sha256 is None or len(f.sha256) == 64
@@ -66,7 +70,7 @@ def test_each_model_declares_the_files_that_fill_every_part_of_it() -> None:
 
     assert MODEL_NAMES == ("adain", "adain-r31", "microast") and tuple(MODELS) == MODEL_NAMES
     for name, cls in MODELS.items():
-        assert W.WEIGHTS[name] is cls.weights and cls.weights.model == name == cls.name
+        assert weight_spec(name) is cls.weights and cls.weights.model == name == cls.name
         model = cls()
         filled = {wf.module for wf in cls.weights.files}
         assert {key.split(".")[0] for key in model.state_dict()} == filled, name
@@ -88,10 +92,23 @@ def test_weights_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_unknown_model_lists_known_ones() -> None:
-    with pytest.raises(WeightsError, match="adain, adain-r31, microast"):
-        W.resolve_weights("nope", download=False)
-    with pytest.raises(WeightsError, match="unknown model"):
-        W.model_status("nope")
+    with pytest.raises(WeightsError) as err:
+        weight_spec("nope")
+    assert str(err.value) == "unknown model 'nope': known models are adain, adain-r31, microast"
+    from engines.models import weights_fingerprint
+
+    with pytest.raises(WeightsError, match="unknown model 'nope'"):
+        weights_fingerprint("nope")
+
+
+def test_locating_weights_imports_neither_the_models_nor_torch() -> None:
+    """engines.weights is handed a model's spec: it never imports the models (whose lookup it served once,
+    closing an import circle), nor torch, until a file is read."""
+    code = ("import sys; from engines import weights; weights.weights_root(); weights.cache_dir(); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('engines.models')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 # ---------------------------------------------------------------------------------- resolving locally
@@ -99,41 +116,41 @@ def test_unknown_model_lists_known_ones() -> None:
 
 @pytest.mark.parametrize("model", ["microast", "adain-r31"])
 def test_resolve_from_shared_folder(shared: Path, model: str) -> None:
-    files = W.resolve_weights(model, shared, download=False)
-    assert list(files) == [f.filename for f in W.WEIGHTS[model].files]
+    files = W.resolve_weights(weight_spec(model), shared, download=False)
+    assert list(files) == [f.filename for f in weight_spec(model).files]
     for name, path in files.items():
         assert path == shared / model / name and path.is_file()
-    assert W.model_status(model, shared) == f"ready ({shared / model})"
+    assert W.model_status(weight_spec(model), shared) == f"ready ({shared / model})"
     assert not W.cache_dir().exists()  # found locally: nothing downloaded, nothing created
 
 
 def test_env_dir_used_and_argument_wins(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     flat = tmp_path / "flat"  # <dir>/<file> layout is accepted too
     flat.mkdir()
-    for wf in W.WEIGHTS["adain-r31"].files:
+    for wf in weight_spec("adain-r31").files:
         shutil.copyfile(shared / "adain-r31" / wf.filename, flat / wf.filename)
     monkeypatch.setenv(W.ENV_WEIGHTS_DIR, str(flat))
-    assert set(W.resolve_weights("adain-r31", download=False).values()) == {
-        flat / wf.filename for wf in W.WEIGHTS["adain-r31"].files}
-    by_arg = W.resolve_weights("adain-r31", shared, download=False)
+    assert set(W.resolve_weights(weight_spec("adain-r31"), download=False).values()) == {
+        flat / wf.filename for wf in weight_spec("adain-r31").files}
+    by_arg = W.resolve_weights(weight_spec("adain-r31"), shared, download=False)
     assert all(p.parent == shared / "adain-r31" for p in by_arg.values())
 
 
 def test_resolve_from_cache(shared: Path) -> None:
     _copy_model(shared, "adain-r31", W.cache_dir())
-    files = W.resolve_weights("adain-r31", download=False)
+    files = W.resolve_weights(weight_spec("adain-r31"), download=False)
     assert all(p.parent == W.cache_dir() / "adain-r31" for p in files.values())
-    assert W.model_status("adain-r31").startswith("ready (")
+    assert W.model_status(weight_spec("adain-r31")).startswith("ready (")
 
 
 def test_missing_without_download_says_what_to_do(tmp_path: Path) -> None:
-    assert W.model_status("microast", tmp_path) == "missing"
+    assert W.model_status(weight_spec("microast"), tmp_path) == "missing"
     with pytest.raises(WeightsError) as err:
-        W.resolve_weights("microast", tmp_path, download=False)
+        W.resolve_weights(weight_spec("microast"), tmp_path, download=False)
     first, *rest = str(err.value).splitlines()
     assert first == "weights for model 'microast' are missing: 4 of 4 files"  # what is wrong, first
     assert rest[0] == f"  put these files in {W.cache_dir() / 'microast'}{os.sep}:"
-    for wf in W.WEIGHTS["microast"].files:  # then one line per file: its name and where it comes from
+    for wf in weight_spec("microast").files:  # then one line per file: its name and where it comes from
         assert sum(wf.filename in line and line.endswith(f"from {wf.url}") for line in rest) == 1
     assert any("--weights-dir" in line for line in rest) and rest[-1].endswith("streamer models download microast")
     assert len(rest) <= 9  # a short list, not a wall of text
@@ -151,14 +168,14 @@ def test_sha_mismatch_is_refused(shared: Path, tmp_path: Path) -> None:
     bad.write_bytes(bytes(data))
 
     with pytest.raises(WeightsError) as err:
-        W.resolve_weights("adain-r31", tmp_path / "w", download=False)
+        W.resolve_weights(weight_spec("adain-r31"), tmp_path / "w", download=False)
     msg = str(err.value)
     assert "\n" not in msg and "feature_invertor_conv3_1.pth" in msg and str(bad) in msg
     assert "f32bc7bd366f" in msg and hashlib.sha256(bytes(data)).hexdigest()[:12] in msg
-    assert W.model_status("adain-r31", tmp_path / "w") == "corrupt"
+    assert W.model_status(weight_spec("adain-r31"), tmp_path / "w") == "corrupt"
     # A corrupt local file is reported even with download=True, not silently replaced or skipped.
     with pytest.raises(WeightsError, match="sha256"):
-        W.resolve_weights("adain-r31", tmp_path / "w", download=True)
+        W.resolve_weights(weight_spec("adain-r31"), tmp_path / "w", download=True)
 
     from engines.models import load_model  # and the model is never built from it
 
@@ -167,9 +184,9 @@ def test_sha_mismatch_is_refused(shared: Path, tmp_path: Path) -> None:
 
 
 def test_verification_is_memoised(shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    W.resolve_weights("microast", shared, download=False)
+    W.resolve_weights(weight_spec("microast"), shared, download=False)
     monkeypatch.setattr(W.hashlib, "sha256", lambda *a: pytest.fail("hashed a file again"))
-    W.resolve_weights("microast", shared, download=False)
+    W.resolve_weights(weight_spec("microast"), shared, download=False)
 
 
 def test_truncated_file_is_corrupt(shared: Path, tmp_path: Path) -> None:
@@ -234,8 +251,9 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         thread.join(5)
 
 
-def _register(monkeypatch: pytest.MonkeyPatch, *files: W.WeightFile) -> None:
-    monkeypatch.setitem(W.WEIGHTS, "fake", W.ModelWeights("fake", tuple(files), "MIT", "test files"))
+def _fake(*files: WeightFile) -> ModelWeights:
+    """A model of test files, handed to the weights manager as any model's spec is."""
+    return ModelWeights("fake", tuple(files), "MIT", "test files")
 
 
 PAYLOAD = b"PK\x03\x04" + bytes(range(256)) * 300  # ~77 kB, several chunks
@@ -245,45 +263,45 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def test_download_success(server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_success(server: tuple[str, Path]) -> None:
     base, root = server
     (root / "a.pth").write_bytes(PAYLOAD)
-    _register(monkeypatch, W.WeightFile("a.pth", base + "a.pth", hashlib.sha256(PAYLOAD).hexdigest()))
-    assert W.model_status("fake") == "missing"
-    files = W.download_model("fake")
+    fake = _fake(WeightFile("a.pth", base + "a.pth", hashlib.sha256(PAYLOAD).hexdigest()))
+    assert W.model_status(fake) == "missing"
+    files = W.download_model(fake)
     dest = W.cache_dir() / "fake" / "a.pth"
     assert files == {"a.pth": dest} and dest.read_bytes() == PAYLOAD
     assert _leftovers(dest.parent) == ["a.pth"]
-    assert W.model_status("fake") == f"ready ({dest.parent})"
+    assert W.model_status(fake) == f"ready ({dest.parent})"
     (root / "a.pth").unlink()  # second call uses the cached file, no network
-    assert W.resolve_weights("fake") == {"a.pth": dest}
+    assert W.resolve_weights(fake) == {"a.pth": dest}
 
 
-def test_download_wrong_sha_leaves_nothing(server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_wrong_sha_leaves_nothing(server: tuple[str, Path]) -> None:
     base, root = server
     (root / "a.pth").write_bytes(PAYLOAD)
-    _register(monkeypatch, W.WeightFile("a.pth", base + "a.pth", "0" * 64))
+    fake = _fake(WeightFile("a.pth", base + "a.pth", "0" * 64))
     with pytest.raises(WeightsError) as err:
-        W.resolve_weights("fake", progress=False)
+        W.resolve_weights(fake, progress=False)
     first, *rest = str(err.value).splitlines()
     assert "a.pth" in first and "000000000000" in first and rest[1].split() == ["a.pth", "from", base + "a.pth"]
     assert not W.cache_dir().exists()  # nor an empty folder
 
 
-def test_download_without_sha_rejects_html(server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_without_sha_rejects_html(server: tuple[str, Path]) -> None:
     base, root = server
     (root / "a.pth").write_bytes(b"<!doctype html><title>sign in</title>")
-    _register(monkeypatch, W.WeightFile("a.pth", base + "a.pth", None))
+    fake = _fake(WeightFile("a.pth", base + "a.pth", None))
     with pytest.raises(WeightsError, match="not a PyTorch weights file"):
-        W.resolve_weights("fake", progress=False)
+        W.resolve_weights(fake, progress=False)
     assert not W.cache_dir().exists()  # nor an empty folder
 
 
-def test_download_http_error(server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_http_error(server: tuple[str, Path]) -> None:
     base, _ = server
-    _register(monkeypatch, W.WeightFile("gone.pth", base + "gone.pth", "0" * 64))
+    fake = _fake(WeightFile("gone.pth", base + "gone.pth", "0" * 64))
     with pytest.raises(WeightsError, match="HTTP 404"):
-        W.resolve_weights("fake", progress=False)
+        W.resolve_weights(fake, progress=False)
     assert not W.cache_dir().exists()  # nor an empty folder
 
 
@@ -292,10 +310,10 @@ def test_offline_names_file_url_and_folder(monkeypatch: pytest.MonkeyPatch, tmp_
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url_a, url_b = f"http://127.0.0.1:{port}/a.pth", f"http://127.0.0.1:{port}/b.pth"
-    _register(monkeypatch, W.WeightFile("a.pth", url_a, "0" * 64), W.WeightFile("b.pth", url_b, None))
+    fake = _fake(WeightFile("a.pth", url_a, "0" * 64), WeightFile("b.pth", url_b, None))
     monkeypatch.setenv(W.ENV_WEIGHTS_DIR, str(tmp_path / "mine"))
     with pytest.raises(WeightsError) as err:
-        W.resolve_weights("fake", progress=False)
+        W.resolve_weights(fake, progress=False)
     msg = str(err.value)
     first, *rest = msg.splitlines()
     assert first == f"weights for model 'fake' are missing and could not be downloaded (127.0.0.1:{port}: " \

@@ -16,6 +16,7 @@ line and ``auto`` goes on to the next one in the order.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 
 import torch
@@ -25,34 +26,28 @@ from engines.errors import DeviceError, InputError
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES = ("auto", "torch", "torch-cuda", "tensorrt", "onnxruntime", "openvino")
+#: every engine: its ``--engine`` name -> where its class is ("module:Class"), imported only when chosen, so
+#: that choosing one never imports another's library (TensorRT, OpenVINO, ONNX Runtime). Adding an engine is
+#: one line here (and a place in the preferences below if ``auto`` should pick it).
+ENGINES: dict[str, str] = {
+    "torch": "engines.backends.torch_engine:TorchEngine",
+    "torch-cuda": "engines.backends.torch_cuda_engine:TorchCudaEngine",
+    "tensorrt": "engines.backends.tensorrt_engine:TensorRTEngine",
+    "onnxruntime": "engines.backends.onnxruntime_engine:OnnxRuntimeEngine",
+    "openvino": "engines.backends.openvino_engine:OpenVINOEngine",
+}
+ENGINE_NAMES = ("auto", *ENGINES)
 
 GPU_PREFERENCE: tuple[str, ...] = ("tensorrt", "torch-cuda", "onnxruntime", "torch")
 CPU_PREFERENCE: tuple[str, ...] = ("openvino", "onnxruntime", "torch")
 
 
 def engine_class(kind: str) -> type[Engine]:
-    if kind == "torch":
-        from engines.backends.torch_engine import TorchEngine
-
-        return TorchEngine
-    if kind == "torch-cuda":
-        from engines.backends.torch_cuda_engine import TorchCudaEngine
-
-        return TorchCudaEngine
-    if kind == "onnxruntime":
-        from engines.backends.onnxruntime_engine import OnnxRuntimeEngine
-
-        return OnnxRuntimeEngine
-    if kind == "openvino":
-        from engines.backends.openvino_engine import OpenVINOEngine
-
-        return OpenVINOEngine
-    if kind == "tensorrt":
-        from engines.backends.tensorrt_engine import TensorRTEngine
-
-        return TensorRTEngine
-    raise InputError(f"unknown engine '{kind}': choose one of {', '.join(ENGINE_NAMES)}")
+    """The class of engine ``kind``, its module imported now (not before)."""
+    if kind not in ENGINES:
+        raise InputError(f"unknown engine '{kind}': choose one of {', '.join(ENGINE_NAMES)}")
+    module, _, name = ENGINES[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def auto_order(model_name: str, device: torch.device) -> tuple[str, ...]:
@@ -83,10 +78,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _build(kind: str, model, device: torch.device, precision: str, weights_id: str | None,
            shape_hint: tuple[int, int] | None) -> Engine:
-    cls = engine_class(kind)
-    if kind == "torch":
-        return cls(model, device, precision)
-    return cls(model, device, precision, weights_id=weights_id, shape_hint=shape_hint)
+    return engine_class(kind)(model, device, precision, weights_id=weights_id, shape_hint=shape_hint)
 
 
 def create_engine(kind: str, model, device: torch.device, precision: str = "fp32",
@@ -127,4 +119,4 @@ def create_engine(kind: str, model, device: torch.device, precision: str = "fp32
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-__all__ = ["DTYPES", "ENGINE_NAMES", "PRECISIONS", "Engine", "create_engine", "usable_engines", "CPU_PREFERENCE"]
+__all__ = ["DTYPES", "ENGINES", "ENGINE_NAMES", "PRECISIONS", "Engine", "create_engine", "usable_engines", "CPU_PREFERENCE"]

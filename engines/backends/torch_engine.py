@@ -22,7 +22,10 @@ class TorchEngine(Engine):
             return f"the torch engine does not run {precision}; int8 runs on --engine openvino"
         return None
 
-    def __init__(self, model: StyleModel, device: torch.device, precision: str = "fp32") -> None:
+    def __init__(self, model: StyleModel, device: torch.device, precision: str = "fp32",
+                 weights_id: str | None = None, shape_hint: tuple[int, int] | None = None) -> None:
+        """``weights_id`` and ``shape_hint`` are taken as every engine takes them, and unused: eager torch caches
+        nothing on disk and runs any shape as it comes."""
         super().__init__(model, device, precision)
         self.dtype = DTYPES[precision]
         graph = model.content_graph()

@@ -1,4 +1,5 @@
-"""The model registry: a name -> how to build the network and fill it from its weight files."""
+"""The model registry: a name -> how to build the network, the files its weights come from, and filling it
+from them."""
 from __future__ import annotations
 
 import importlib
@@ -9,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engines.errors import InputError
-from engines.models.base import StyleCode, StyleModel
+from engines.errors import InputError, WeightsError
+from engines.models.base import ModelWeights, StyleCode, StyleModel, WeightFile
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,14 @@ DECODER_FILES = {
 }
 
 
+def weight_spec(name: str) -> ModelWeights:
+    """The weight files model ``name`` declares (what :mod:`engines.weights` finds, checks and downloads)."""
+    try:
+        return MODELS[name].weights
+    except (KeyError, TypeError):
+        raise WeightsError(f"unknown model '{name}': known models are {', '.join(sorted(MODELS))}") from None
+
+
 def _fill(module: nn.Module, path: Path, what: str) -> None:
     """Load one weights file into ``module`` after checking every key and shape it needs."""
     from engines.weights import check_layout, load_state_dict
@@ -55,8 +64,6 @@ def _fill(module: nn.Module, path: Path, what: str) -> None:
 def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
     """Refuse weights holding NaN or infinity (a diverged training run, a damaged file): they load without
     complaint and render a flat image, so they are as corrupt as a file that does not parse."""
-    from engines.errors import WeightsError
-
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -116,7 +123,7 @@ def load_model(name: str, weights_dir: str | Path | None = None, download: bool 
     from engines.weights import resolve_weights
 
     own = check_decoder_option(check_model_name(name), decoder)
-    files = resolve_weights(name, weights_dir, download=download)
+    files = resolve_weights(weight_spec(name), weights_dir, download=download)
     if own is not None:
         files = {**files, DECODER_FILES[name][0]: own}
     model = _load(MODELS[name], files)
@@ -130,7 +137,7 @@ def weights_fingerprint(name: str, weights_dir: str | Path | None = None, decode
 
     from engines.weights import file_sha256, resolve_weights
 
-    files = resolve_weights(name, weights_dir, download=False)
+    files = resolve_weights(weight_spec(name), weights_dir, download=False)
     own = check_decoder_option(name, decoder)
     if own is not None:
         files = {**files, DECODER_FILES[name][0]: own}
@@ -145,5 +152,6 @@ def default_model(cuda_available: bool | None = None) -> str:
     return "adain" if cuda_available else "microast"
 
 
-__all__ = ["MODELS", "MODEL_NAMES", "DECODER_FILES", "random_weights_model", "StyleCode", "StyleModel", "load_model", "default_model",
-           "check_model_name", "check_decoder_option", "weights_fingerprint"]
+__all__ = ["MODELS", "MODEL_NAMES", "DECODER_FILES", "ModelWeights", "WeightFile", "random_weights_model", "StyleCode",
+           "StyleModel", "load_model", "default_model", "check_model_name", "check_decoder_option", "weight_spec",
+           "weights_fingerprint"]

@@ -1,4 +1,5 @@
-"""What every model offers: a style side (image -> style code) and a content side (frame + code -> image).
+"""What every model offers: a style side (image -> style code) and a content side (frame + code -> image),
+and the files its weights come from.
 
 The content side is one graph whose style code and alpha are plain tensor inputs, so an engine can
 export or compile it once and use it with any style and any strength.
@@ -7,14 +8,35 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from engines.weights import ModelWeights
-
 StyleCode = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One published weights file, and which part of its model it fills."""
+
+    filename: str  # e.g. "decoder_iter_160000.pth.tar"
+    url: str  # public download address
+    sha256: str | None  # None: verified by key/shape layout by the model loader instead
+    module: str = ""  # the model's attribute the file loads into ("decoder", "style_encoder", ...)
+    what: str = ""  # what it is, in messages ("the MicroAST decoder")
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """All files one model needs, with their license and provenance (shown by ``streamer models list``).
+
+    What :mod:`engines.weights` finds, verifies and downloads: it is handed this spec, never a model name."""
+
+    model: str  # "adain" | "adain-r31" | "microast": also the folder its files live in
+    files: tuple[WeightFile, ...]
+    license: str
+    source: str  # one-line human description of where they come from
 
 
 def min_side(factor: int) -> int:
@@ -39,7 +61,7 @@ class StyleModel(nn.Module, ABC):
     name: ClassVar[str]
     #: its published weight files, each naming the attribute (sub-module) it fills; a file without a
     #: sha256 is checked key by key and shape by shape when it loads (``engines.weights.check_layout``)
-    weights: ClassVar["ModelWeights"]
+    weights: ClassVar[ModelWeights]
     #: the attribute a user can train and pass as ``--decoder`` (``streamer train``); None: not offered
     trainable: ClassVar[str | None] = None
     #: input height and width must be multiples of this (the encoder's downsampling)

@@ -10,9 +10,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engines.models.base import StyleCode, StyleModel
+from engines.models.base import ModelWeights, StyleCode, StyleModel, WeightFile
 from engines.ops import adain, blend, masked_adain, mean_std
-from engines.weights import ModelWeights, WeightFile
 
 _ADAIN_URL = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/"
 _R31_URL = "https://github.com/pietrocarbo/deep-transfer/raw/master/models/autoencoder_vgg19/vgg19_3/"
