@@ -24,8 +24,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm import tqdm
 
 from engines.errors import InputError
-from engines.models import DECODER_FILES, load_model
-from engines.models.vgg import AdaIN, AdaINR31
+from engines.models import DECODER_FILES, MODELS, load_model
 from engines.stylizer import resize_short_side
 from engines.training import (DecoderTrainer, StepLosses, atomic_torch_save, batch_tensor, crop_at, read_checkpoint,
                               reset_decoder, sample_plan)
@@ -47,7 +46,6 @@ DEFAULTS: dict[str, Any] = {"init": "scratch", "batch_size": 8, "crop": 256, "co
 #: resized images kept in memory (each about 1 MB at 512 px), so an image is decoded once per run
 CACHE_BYTES = 1 << 30
 PREVIEW_SAMPLES = 3
-FACTORS = {"adain": AdaIN.factor, "adain-r31": AdaINR31.factor}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -356,7 +354,7 @@ def _run(args: argparse.Namespace) -> int:
     checkpoint = _prepare_out(out, args.resume)
     saved = read_checkpoint(checkpoint, args.model) if checkpoint else None
     config = _resolve_config(args, saved["config"] if saved else None)
-    _check_numbers(args, config, FACTORS[args.model])
+    _check_numbers(args, config, MODELS[args.model].factor)
     device = pick_device(args.device)
     contents = ImageSet(config["content"], "--content", config["content_size"], exclude=out)
     styles = ImageSet(config["style"], "--style", config["content_size"], exclude=out)
