@@ -17,6 +17,10 @@ from engines.upscale import UPSCALE_METHODS
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 @dataclass(frozen=True)
 class Job:
     """The options every command and the API share (names as the flags, without dashes)."""
@@ -42,23 +46,23 @@ class Job:
         self.check()
 
     def check(self) -> None:
-        """Every value within its range, in one line each: cheap, so it runs before any model loads."""
+        """Every value within its range, in one line each: cheap, so it runs before any model loads. Each message
+        names the flag (a keyword argument is its flag without dashes)."""
         for name, allowed in (("model", ("auto", *MODEL_NAMES)), ("device", DEVICE_CHOICES),
                               ("engine", ENGINE_NAMES), ("precision", ("auto", *PRECISIONS)),
                               ("upscale", UPSCALE_METHODS)):
             if getattr(self, name) not in allowed:
-                raise InputError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+                raise InputError(f"{_flag(name)} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
-            raise InputError(f"alpha must be a number in [0, 1], not {self.alpha!r}")
+            raise InputError(f"--alpha must be a number in [0, 1], not {self.alpha!r}")
         if not 0.0 <= self.temporal_strength <= 1.0:
-            raise InputError(f"temporal strength (--temporal-strength) must be between 0 and 1, not "
-                             f"{self.temporal_strength!r}")
+            raise InputError(f"--temporal-strength must be between 0 and 1, not {self.temporal_strength!r}")
         for name in ("size", "style_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
-                raise InputError(f"{name} must be 0 (as is) or a positive number of pixels, not {value!r}")
+                raise InputError(f"{_flag(name)} must be 0 (as is) or a positive number of pixels, not {value!r}")
         if self.style_weights is not None and not all(math.isfinite(w) and w >= 0 for w in self.style_weights):
-            raise InputError("style weights must be finite numbers >= 0")
+            raise InputError("--style-weights must be finite numbers >= 0")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> Job:

@@ -92,7 +92,8 @@ def test_live_falls_back_to_fp32_when_bf16_misses_the_bar(microast, picture, cap
     stylizer = Stylizer(microast, noisy := NoisyEngine(microast, 0.08), "w2")
     code = stylizer.encode_style(picture, 128)
     with caplog.at_level(logging.WARNING, logger="streamer.options"):
-        checked = check_live_precision(stylizer, Job(precision="auto", engine="torch"), lambda: picture, code, (96, 160))
+        job = Job(precision="auto", engine="torch")
+        checked = check_live_precision(stylizer, job, lambda: picture, code, (96, 160))
     assert noisy.closed and checked.engine.precision == "fp32" and checked.engine.name == "torch"
     assert "using fp32" in caplog.text
     explicit = Job(precision="bf16", engine="torch")  # asked for by name: never second-guessed

@@ -119,4 +119,5 @@ def create_engine(kind: str, model, device: torch.device, precision: str = "fp32
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-__all__ = ["DTYPES", "ENGINES", "ENGINE_NAMES", "PRECISIONS", "Engine", "create_engine", "usable_engines", "CPU_PREFERENCE"]
+__all__ = ["DTYPES", "ENGINES", "ENGINE_NAMES", "PRECISIONS", "Engine", "create_engine", "usable_engines",
+           "CPU_PREFERENCE"]

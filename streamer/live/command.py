@@ -120,7 +120,7 @@ def check_record(args: argparse.Namespace) -> None:
         check_overwrite(rec, args.overwrite)
         if not rec.parent.is_dir():
             raise InputError(f"output folder does not exist: {rec.parent}")
-        args.encoder = Encoding.from_args(args).for_output(rec)  # container, codec and crf checked before the model loads
+        args.encoder = Encoding.from_args(args).for_output(rec)  # container, codec and crf checked before the model
 
 
 def refuse_record_over_inputs(args: argparse.Namespace, job: Job, style_paths: list[Path]) -> None:

@@ -63,7 +63,8 @@ def first_size(asked: str | int | None, short_side: int, gpu: bool) -> tuple[int
 
 
 def target_rate(asked: float | None, fps: float, gpu: bool) -> float:
-    """The engine rate ``--size auto`` holds: as asked, else the output rate on a GPU, :data:`CPU_TARGET_FPS` on a CPU."""
+    """The engine rate ``--size auto`` holds: as asked, else the output rate on a GPU, :data:`CPU_TARGET_FPS` on a
+    CPU."""
     return asked or (fps if gpu else CPU_TARGET_FPS)
 
 

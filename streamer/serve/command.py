@@ -184,7 +184,8 @@ def _tls_context(args: argparse.Namespace, loopback: bool) -> ssl.SSLContext | N
     return context
 
 
-def _serve(args: argparse.Namespace, job: Job, source, style_paths: list[Path], guard, tls, outputs: list, record_output, out_size) -> int:
+def _serve(args: argparse.Namespace, job: Job, source, style_paths: list[Path], guard, tls, outputs: list,
+           record_output, out_size) -> int:
     import platformdirs
     from streamer.imageio import load_image
     from streamer.serve import rtc
