@@ -29,7 +29,7 @@ from streamer.options import (build_stylizer, finish_background_build, fit_short
 from streamer.signals import Interrupted, exit_code, signal_number, stopped_by
 from streamer.stills import render_file
 from streamer.temporal import make_temporal
-from streamer.video import is_video_path, render_video_file
+from streamer.video import check_max_frames, is_video_path, render_video_file
 from streamer.videoread import open_video
 
 log = logging.getLogger(__name__)
@@ -61,18 +61,21 @@ def folder_tasks(src: Path, dst: Path) -> list[FolderTask]:
     return tasks
 
 
-def check_folder_outputs(tasks: list[FolderTask], folder: Path, job: Job, style_paths: list[Path], codec: str,
-                         overwrite: bool) -> None:
+def check_folder_outputs(tasks: list[FolderTask], folder: Path, job: Job, style_paths: list[Path], encoding: Encoding,
+                         overwrite: bool, max_frames: int | None = None) -> None:
     """Before any work: no output is an input (a file of the folder itself, a style, the mask...), whatever
-    ``--overwrite`` says; none is there already unless ``--overwrite``; each video output takes the codec."""
+    ``--overwrite`` says; none is there already unless ``--overwrite``; the folder's videos take the encoder
+    flags and ``--max-frames`` as a single video render takes them (checked the same way, once per container)."""
     if job.mask:
         raise InputError("--mask works with a single image, not a folder")
+    videos = [t for t in tasks if t.kind == "video"]
+    if videos:
+        check_max_frames(max_frames)
     inputs = [*(("input file", t.src) for t in tasks), *run_inputs(job, style_paths)]
     refuse_same_file([t.dst for t in tasks], inputs)
     refuse_existing([t.dst for t in tasks], folder, overwrite)
-    for task in tasks:  # the container takes the codec (the folder itself may not be there yet: its name only)
-        if task.kind == "video":
-            check_output(Path(task.dst.name), codec)
+    for suffix in dict.fromkeys(t.dst.suffix.lower() for t in videos):  # the folder may not be there yet: a name
+        encoding.for_output(Path(f"video{suffix}"))
 
 
 def refuse_existing(outputs: list[Path], folder: Path, overwrite: bool) -> None:
@@ -135,7 +138,7 @@ def render_folder(job: Job, src: Path, dst: Path, style_paths: list[Path], encod
                   overwrite: bool = False, max_frames: int | None = None) -> int:
     """Every image and video of ``src`` into ``dst`` (see the module's rules)."""
     tasks = folder_tasks(src, dst)
-    check_folder_outputs(tasks, dst, job, style_paths, encoding.codec, overwrite)
+    check_folder_outputs(tasks, dst, job, style_paths, encoding, overwrite, max_frames)
     what = files_word(tasks)
     out = FolderOutput(dst)
     skipped: list[tuple[Path, str]] = []

@@ -47,7 +47,9 @@ class Job:
 
     def check(self) -> None:
         """Every value within its range, in one line each: cheap, so it runs before any model loads. Each message
-        names the flag (a keyword argument is its flag without dashes)."""
+        names the flag (a keyword argument is its flag without dashes) and is the line the command's own check
+        (``check_short_side``, ``check_style_weights``, ``check_strength``) prints: a command that builds its Job
+        first says what it said before."""
         for name, allowed in (("model", ("auto", *MODEL_NAMES)), ("device", DEVICE_CHOICES),
                               ("engine", ENGINE_NAMES), ("precision", ("auto", *PRECISIONS)),
                               ("upscale", UPSCALE_METHODS)):
@@ -55,14 +57,21 @@ class Job:
                 raise InputError(f"{_flag(name)} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
             raise InputError(f"--alpha must be a number in [0, 1], not {self.alpha!r}")
-        if not 0.0 <= self.temporal_strength <= 1.0:
-            raise InputError(f"--temporal-strength must be between 0 and 1, not {self.temporal_strength!r}")
+        strength = self.temporal_strength
+        if not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):  # nan is not either
+            shown = f"{strength:g}" if isinstance(strength, (int, float)) else repr(strength)
+            raise InputError(f"--temporal-strength must be between 0 and 1, not {shown}")
         for name in ("size", "style_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
-                raise InputError(f"{_flag(name)} must be 0 (as is) or a positive number of pixels, not {value!r}")
-        if self.style_weights is not None and not all(math.isfinite(w) and w >= 0 for w in self.style_weights):
-            raise InputError("--style-weights must be finite numbers >= 0")
+                wrong = "" if isinstance(value, int) else f", not {value!r}"
+                raise InputError(f"{_flag(name)} must be 0 (original) or a positive number of pixels{wrong}")
+        if self.style_weights:
+            bad = [w for w in self.style_weights if not math.isfinite(w)]
+            if bad:  # nan passes every comparison below and mixes into a flat image
+                raise InputError(f"--style-weights must be finite numbers, not {bad[0]:g}")
+            if any(w < 0 for w in self.style_weights) or sum(self.style_weights) <= 0:
+                raise InputError("--style-weights must be non-negative and not all zero")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> Job:
@@ -70,6 +79,6 @@ class Job:
         values = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
         if values.get("style_weights") is not None:
             values["style_weights"] = tuple(values["style_weights"])
-        if isinstance(values.get("size"), str):  # live's "auto": the job holds a number; live sizes itself
+        if isinstance(values.get("size"), str):  # live's and serve's --size (auto or N, text): they size themselves
             values.pop("size")
         return cls(**{**values, **overrides})

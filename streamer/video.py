@@ -303,14 +303,19 @@ def _output_path(src: Path, dst: Path) -> Path:
     return dst
 
 
+def check_max_frames(max_frames: int | None) -> None:
+    """``--max-frames`` of a video render, a folder's videos or a cluster's: None (all) or positive."""
+    if max_frames is not None and max_frames <= 0:
+        raise InputError("--max-frames must be a positive number of frames")
+
+
 def check_video_job(args: argparse.Namespace, job: Job) -> tuple[Path, Path, dict[str, Any], VideoInfo]:
     """Every cheap check of a video render, before any model loads: (input, output, encoder options, input info)."""
     src = Path(args.input)
     dst = _output_path(src, Path(args.output))
     if job.mask:
         raise InputError("--mask works with still images only, not with video")
-    if args.max_frames is not None and args.max_frames <= 0:
-        raise InputError("--max-frames must be a positive number of frames")
+    check_max_frames(args.max_frames)
     from streamer.options import expand_style_paths, run_inputs
 
     refuse_same_file([dst], [("input video", src), *run_inputs(job, expand_style_paths(args.style))])

@@ -100,3 +100,28 @@ def test_a_job_is_checked_once_and_pickles():
                          ({"size": -1}, "size must be 0"), ({"upscale": "nearest"}, "upscale must be one of")):
         with pytest.raises(InputError, match=message):
             Job(**bad)
+
+
+@pytest.mark.parametrize("options,flag_check", [
+    ({"style_weights": (float("nan"),)}, ("check_style_weights", [float("nan")], 1)),
+    ({"style_weights": (float("inf"), 1.0)}, ("check_style_weights", [float("inf"), 1.0], 2)),
+    ({"style_weights": (-1.0, 1.0)}, ("check_style_weights", [-1.0, 1.0], 2)),
+    ({"style_weights": (0.0, 0.0)}, ("check_style_weights", [0.0, 0.0], 2)),
+    ({"temporal_strength": 2.0}, ("check_strength", 2.0)),
+    ({"temporal_strength": float("nan")}, ("check_strength", float("nan"))),
+    ({"size": -1}, ("check_short_side", -1, "--size")),
+    ({"style_size": -1}, ("check_short_side", -1, "--style-size")),
+])
+def test_a_jobs_message_is_the_line_the_commands_own_check_prints(options, flag_check):
+    """A command builds its Job before some of its own checks (a video render, live): the user reads the same line
+    whichever check comes first."""
+    import streamer.options
+    import streamer.temporal
+
+    name, *args = flag_check
+    check = getattr(streamer.options, name, None) or getattr(streamer.temporal, name)
+    with pytest.raises(InputError) as by_flag:
+        check(*args)
+    with pytest.raises(InputError) as by_job:
+        Job(**options)
+    assert str(by_job.value) == str(by_flag.value)

@@ -6,9 +6,11 @@ import shutil
 
 import av
 import numpy as np
+import pytest
 from PIL import Image
 
 from streamer.cli import main
+from tests.test_outputs_reliability import one_error
 
 
 def test_local_folder_renders_its_videos_too(clip, media, weights_dir, tmp_path, capsys):
@@ -47,3 +49,34 @@ def test_a_folder_of_nothing_says_what_it_looks_for(tmp_path, media, capsys):
                                                                                         "la_muse.jpg")]) == 2
     assert capsys.readouterr().err.strip() == f"streamer: error: no images or videos in folder {tmp_path / 'in'}"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags,words", [
+    (["--crf", "99"], ["--crf must be between 0 and 63"]),
+    (["--codec", "mjpeg"], ["mjpeg encoder cannot write this output", "--codec"]),
+    (["--max-frames", "0"], ["--max-frames must be a positive number of frames"]),
+])
+@pytest.mark.parametrize("cluster", [False, True])
+def test_a_folders_videos_take_the_video_checks_before_the_model(run, no_model, clip, media, tmp_path, flags, words,
+                                                                 cluster):
+    """The encoder flags and --max-frames are checked for a folder's videos as for one video: one line, exit 2,
+    before the model loads and before any file is written (they were taken as they came, or failed per video)."""
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(sorted((media / "content").glob("*.jpg"))[0], src / "a.jpg")
+    shutil.copy(clip, src / "b.mp4")
+    local = ["--cluster", "local"] if cluster else []
+    code, err = run("render", src, dst, "-s", media / "style" / "la_muse.jpg", "--size", "64", *flags, *local)
+    one_error(code, err, *words)
+    assert not dst.exists()
+
+
+def test_a_folder_of_images_only_takes_video_flags_unused(run, fake_model, media, tmp_path):
+    """Without a video in the folder, --max-frames and the encoder flags have nothing to act on: not refused."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(sorted((media / "content").glob("*.jpg"))[0], src / "a.jpg")
+    code, err = run("render", src, tmp_path / "out", "-s", media / "style" / "la_muse.jpg", "--size", "64",
+                    "--max-frames", "0", "--crf", "99")
+    assert code == 0, err
+    assert (tmp_path / "out" / "a.jpg").is_file()

@@ -388,3 +388,23 @@ def test_run_sh_keeps_the_callers_folder_for_relative_paths(tmp_path) -> None:
                           env={**os.environ, "STREAMER_VENV": sys.prefix}, capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()
     assert '"frames": 3' in proc.stdout.decode()
+
+
+# -- issue 21: the Job is built before some of a command's own checks: the same one line ------------------------
+_WEIGHTS_LINES = [(["--style-weights", "nan"], "--style-weights must be finite numbers, not nan"),
+                  (["--style-weights", "-1", "1"], "--style-weights must be non-negative and not all zero")]
+_SHARED_LINES = [(["--style-size", "-1"], "--style-size must be 0 (original) or a positive number of pixels"),
+                 (["--temporal", "--temporal-strength", "2"], "--temporal-strength must be between 0 and 1, not 2")]
+
+
+@pytest.mark.parametrize("command,flags,line", [*(("render", f, line) for f, line in _WEIGHTS_LINES + _SHARED_LINES),
+                                                *(("live", f, line) for f, line in _SHARED_LINES)])
+def test_a_video_or_live_bad_number_is_the_documented_line(run, no_model, clip, media, tmp_path, command, flags,
+                                                           line) -> None:
+    two = flags[0] == "--style-weights" and len(flags) == 3
+    styles = [media / "style" / "la_muse.jpg", media / "style" / "brick.jpg"][:2 if two else 1]
+    where = (["render", clip, tmp_path / "out.mp4", "--max-frames", "2"] if command == "render" else
+             ["live", "--source", clip, "--no-stdin", "--max-frames", "2", "--record", tmp_path / "rec.mp4"])
+    code, err = run(*where, "-s", *styles, *flags)
+    assert one_error(code, err) == f"streamer: error: {line}"
+    assert list(tmp_path.iterdir()) == []

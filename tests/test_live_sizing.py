@@ -195,3 +195,20 @@ def test_target_rate_and_working_size():
             sizing.working_size(bad)
     s = sizing.auto_sizing(8, 720, 360)
     assert s.size == 360 and s.sizes[-1] == 480 and all(x % 8 == 0 for x in s.sizes)
+
+
+def test_target_fps_with_a_size_too_large_names_the_size_asked_then_the_clamp(tmp_path, capsys):
+    """--target-fps beside a number: the warning names the --size the user gave (not the 0 it was clamped to), then
+    the one line saying the size is larger than the source."""
+    from tests.fakes import InvertingStylizer
+
+    styles = lambda paths: [Style("s", tmp_path / "s.png", {})]
+    with stand_in_model(InvertingStylizer(), styles, any_style_path=True):
+        rc = main(["live", "--no-stdin", "--source", "test", "--capture-size", "96x64", "--size", "9999",
+                   "--target-fps", "10", "--record", str(tmp_path / "rec.mp4"), "--max-frames", "2",
+                   "--style", "x.png"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    lines = [line for line in err.splitlines() if "--size" in line]
+    assert lines == ["streamer: --target-fps only steers --size auto: the size stays at --size 9999",
+                     "streamer: --size 9999 is larger than the source's short side (64 px): stylizing at its own size"]

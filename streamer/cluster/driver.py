@@ -275,7 +275,7 @@ def check_folder(args: argparse.Namespace, job: Job) -> FolderJob:
     src, dst = Path(args.input), Path(args.output)
     tasks = folder_tasks(src, dst)
     style_paths = expand_style_paths(args.style, job.style_size)
-    check_folder_outputs(tasks, dst, job, style_paths, args.codec, args.overwrite)
+    check_folder_outputs(tasks, dst, job, style_paths, Encoding.from_args(args), args.overwrite, args.max_frames)
     images = _style_images(args)
     skipped = []
     for path, what in not_files(src):  # never opened: a FIFO would block the render

@@ -186,11 +186,12 @@ def run(args: argparse.Namespace) -> int:
         w, h = source.width, source.height
         gpu = pick_device(job.device).type == "cuda"
         size, auto = first_size(asked_size, min(w, h), gpu)
+        target_fps = target_rate(args.target_fps, args.fps, gpu)
+        if args.target_fps and not auto:  # the size as asked (a --size too large is said next)
+            log.warning("--target-fps only steers --size auto: the size stays at --size %d",
+                        asked_size if isinstance(asked_size, int) else size)
         if isinstance(asked_size, int) and size != asked_size:
             fit_short_side(asked_size, h, w, "the source")  # says so
-        target_fps = target_rate(args.target_fps, args.fps, gpu)
-        if args.target_fps and not auto:
-            log.warning("--target-fps only steers --size auto: the size stays at --size %d", size)
         out_w, out_h = out_size or (w, h)
         if args.vcam:  # before the model: a missing driver fails in a second
             outputs.append(VirtualCamera(out_w, out_h, args.fps, args.vcam_backend, args.vcam_device))

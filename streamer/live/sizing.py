@@ -1,4 +1,6 @@
-"""`--size auto`: the working size chosen while running, to keep the engine at ``--target-fps``.
+"""Live's and serve's ``--size``: what it may be (:func:`working_size`), where a session starts
+(:func:`first_size`, :func:`target_rate`), and ``--size auto``: the working size chosen while running, to keep the
+engine at ``--target-fps``.
 
 Pure functions over a frozen :class:`Sizing`: measured step times in, a size out, so every decision is
 unit-tested without an engine. The rules, and why:
