@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from engines.backends import ENGINE_NAMES, PRECISIONS
@@ -19,6 +20,28 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def check_strength(strength: float) -> float:
+    """``--temporal-strength`` must lie in [0, 1] (nan does not)."""
+    if not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):
+        shown = f"{strength:g}" if isinstance(strength, (int, float)) else repr(strength)
+        raise InputError(f"--temporal-strength must be between 0 and 1, not {shown}")
+    return float(strength)
+
+
+def check_style_weights(weights: Sequence[float] | None, count: int | None = None) -> None:
+    """Refuse weights that cannot mix ``count`` styles (any count when None); cheap, so commands call it before
+    loading a model."""
+    if weights is None:
+        return
+    if count is not None and len(weights) != count:
+        raise InputError(f"--style-weights has {len(weights)} values for {count} styles")
+    bad = [w for w in weights if not math.isfinite(w)]
+    if bad:  # nan passes every comparison below and mixes into a flat image
+        raise InputError(f"--style-weights must be finite numbers, not {bad[0]:g}")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise InputError("--style-weights must be non-negative and not all zero")
 
 
 @dataclass(frozen=True)
@@ -57,21 +80,13 @@ class Job:
                 raise InputError(f"{_flag(name)} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
             raise InputError(f"--alpha must be a number in [0, 1], not {self.alpha!r}")
-        strength = self.temporal_strength
-        if not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):  # nan is not either
-            shown = f"{strength:g}" if isinstance(strength, (int, float)) else repr(strength)
-            raise InputError(f"--temporal-strength must be between 0 and 1, not {shown}")
+        check_strength(self.temporal_strength)
         for name in ("size", "style_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 wrong = "" if isinstance(value, int) else f", not {value!r}"
                 raise InputError(f"{_flag(name)} must be 0 (original) or a positive number of pixels{wrong}")
-        if self.style_weights:
-            bad = [w for w in self.style_weights if not math.isfinite(w)]
-            if bad:  # nan passes every comparison below and mixes into a flat image
-                raise InputError(f"--style-weights must be finite numbers, not {bad[0]:g}")
-            if any(w < 0 for w in self.style_weights) or sum(self.style_weights) <= 0:
-                raise InputError("--style-weights must be non-negative and not all zero")
+        check_style_weights(self.style_weights or None)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> Job:

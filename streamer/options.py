@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from engines.precision import BF16_MIN_PSNR_DB, auto_precision, check_bf16
 from engines.style_cache import StyleCache
 from engines.stylizer import Stylizer, short_side_shape
 from engines.upscale import UPSCALE_METHODS
-from streamer.job import Job
+from streamer.job import Job, check_style_weights
 from streamer.imageio import check_pixels, image_size, is_image_path, list_images, load_image
 
 log = logging.getLogger(__name__)
@@ -278,19 +277,6 @@ def load_styles(paths: list[Path], stylizer: Stylizer, style_size: int, weights_
         code = cache.get_or_compute(p, style_size, lambda p=p: stylizer.encode_style(load_image(p, "style image"), style_size))
         styles.append(Style(p.stem, p, code))
     return styles
-
-
-def check_style_weights(weights: list[float] | None, count: int) -> None:
-    """Refuse weights that cannot mix ``count`` styles; cheap, so commands call it before loading a model."""
-    if weights is None:
-        return
-    if len(weights) != count:
-        raise InputError(f"--style-weights has {len(weights)} values for {count} styles")
-    bad = [w for w in weights if not math.isfinite(w)]
-    if bad:  # nan passes every comparison below and mixes into a flat image
-        raise InputError(f"--style-weights must be finite numbers, not {bad[0]:g}")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise InputError("--style-weights must be non-negative and not all zero")
 
 
 def mixed_code(styles: list[Style], weights: list[float] | None) -> StyleCode:

@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, Protocol
 import cv2
 import numpy as np
 
-from engines.errors import InputError
 from streamer import flow as fl
+
+from streamer.job import check_strength
 
 if TYPE_CHECKING:
     from streamer.job import Job
@@ -124,13 +125,6 @@ class Temporal(Protocol):
     def process(self, source_rgb: np.ndarray, stylized_rgb: np.ndarray) -> np.ndarray: ...
 
     def reset(self) -> None: ...
-
-
-def check_strength(strength: float) -> float:
-    """``--temporal-strength`` must lie in [0, 1] (nan does not)."""
-    if not 0.0 <= strength <= 1.0:
-        raise InputError(f"--temporal-strength must be between 0 and 1, not {strength:g}")
-    return float(strength)
 
 
 class TemporalStabilizer:
