@@ -96,13 +96,18 @@ def test_mixing_styles_lands_between_them(run, small_content, media, tmp_path, s
     assert np.abs(ab - a).mean() < np.abs(b - a).mean() and np.abs(ab - b).mean() < np.abs(b - a).mean()
 
 
-def test_mask_places_two_styles(run, media, tmp_path, style) -> None:
-    content = tmp_path / "c.png"
-    Image.open(media / "content" / "lenna.jpg").resize((64, 64)).save(content)
-    mask = tmp_path / "mask.png"
-    m = np.zeros((64, 64), np.uint8)
-    m[:, 32:] = 255
+def _content_and_half_mask(media: Path, folder: Path, side: int) -> tuple[Path, Path]:
+    """A square photo and a mask black on its left half, white on its right."""
+    content, mask = folder / "c.png", folder / "mask.png"
+    Image.open(media / "content" / "lenna.jpg").resize((side, side)).save(content)
+    m = np.zeros((side, side), np.uint8)
+    m[:, side // 2:] = 255
     Image.fromarray(m).save(mask)
+    return content, mask
+
+
+def test_mask_places_two_styles(run, media, tmp_path, style) -> None:
+    content, mask = _content_and_half_mask(media, tmp_path, 64)
     other = media / "style" / "la_muse.jpg"
     paths = {}
     for name, extra in {"left": [style], "right": [other], "masked": [style, other, "--mask", mask]}.items():
@@ -118,12 +123,7 @@ def test_mask_places_two_styles(run, media, tmp_path, style) -> None:
 def test_one_style_mask_runs_on_the_chosen_engine(run, media, tmp_path, style) -> None:
     """Issue 21, drift 4: a one-style black/white mask is the chosen engine's picture where the mask is white (to
     the pixel: the eager torch graph differs from OpenVINO's by a few levels) and the input where it is black."""
-    content = tmp_path / "c.png"
-    Image.open(media / "content" / "lenna.jpg").resize((96, 96)).save(content)
-    mask = tmp_path / "mask.png"
-    m = np.zeros((96, 96), np.uint8)
-    m[:, 48:] = 255
-    Image.fromarray(m).save(mask)
+    content, mask = _content_and_half_mask(media, tmp_path, 96)
     plain, masked = tmp_path / "plain.png", tmp_path / "masked.png"
     for out, extra in ((plain, []), (masked, ["--mask", mask])):
         code, err = run("render", content, out, "--style", style, "--model", "microast", "--engine", "openvino", *extra)
