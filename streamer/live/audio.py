@@ -14,6 +14,8 @@ an engine step later.
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import os
 import re
@@ -179,6 +181,35 @@ def list_audio() -> str:
     return "\n".join(lines)
 
 
+class ArrivalClock:
+    """Capture times for a stream of sound chunks known only by when they arrive. A chunk can arrive late (the
+    scheduler, a backlog at start) but never early, so the stream's start is the least of the starts its recent
+    chunks imply (sample count against arrival): one late first chunk no longer shifts a whole recording (it made
+    a microphone's sound 0-65 ms late, run to run). The window lets the estimate follow a sound card's clock
+    drift; when every chunk of the last ``settle_s`` implies a start more than DRIFT later (samples were lost),
+    the older ones are forgotten."""
+
+    def __init__(self, window_s: float = 5.0, settle_s: float = 0.2, rate: int = SOUND_RATE) -> None:
+        self.rate = rate
+        self.starts: collections.deque[float] = collections.deque(maxlen=max(2, round(window_s / CHUNK_SECONDS)))
+        self.settle = max(1, round(settle_s / CHUNK_SECONDS))
+        self.counted = 0
+
+    def stamp(self, arrived: float, samples: int) -> float:
+        """The capture time of a chunk of ``samples`` whose first sample would have been captured at ``arrived``
+        had it come without delay."""
+        self.starts.append(arrived - self.counted / self.rate)
+        older = len(self.starts) - self.settle
+        if older > 0:
+            recent = min(itertools.islice(self.starts, older, None))
+            if recent - min(itertools.islice(self.starts, 0, older)) > DRIFT:
+                for _ in range(older):
+                    self.starts.popleft()
+        t = min(self.starts) + self.counted / self.rate
+        self.counted += samples
+        return t
+
+
 class PulseMic:
     """A PulseAudio/PipeWire input read by ``parec`` as 48 kHz stereo float; a chunk is stamped with the time
     it arrived less its length."""
@@ -195,11 +226,8 @@ class PulseMic:
         return f"microphone {self.source or 'default'} (PulseAudio/PipeWire)"
 
     def chunks(self, stop: threading.Event) -> Iterator[AudioChunk]:
-        """Stamped by counting samples from the first chunk (arrival times jitter by a chunk or two), set again
-        from the arrival time when the count strays by more than DRIFT (samples lost, or a backlog at start)."""
         size = round(SOUND_RATE * CHUNK_SECONDS) * 8
-        anchor: float | None = None
-        counted = 0
+        clock = ArrivalClock()
         while not stop.is_set():
             data = self.proc.stdout.read(size)
             if not data:
@@ -209,11 +237,7 @@ class PulseMic:
             samples = np.frombuffer(data[:len(data) // 8 * 8], np.float32).reshape(-1, 2)
             # the chunk's first sample, as it arrived (taking off parec's asked latency too made the stamps 16-21 ms
             # early against the moment a burst was played into PulseAudio, measured with pacat)
-            arrived = time.perf_counter() - len(samples) / SOUND_RATE
-            if anchor is None or abs(anchor + counted / SOUND_RATE - arrived) > DRIFT:
-                anchor, counted = arrived, 0
-            yield AudioChunk(samples, anchor + counted / SOUND_RATE)
-            counted += len(samples)
+            yield AudioChunk(samples, clock.stamp(time.perf_counter() - len(samples) / SOUND_RATE, len(samples)))
 
     def close(self) -> None:
         if self.proc.poll() is None:
