@@ -211,8 +211,7 @@ class ArrivalClock:
 
 
 class PulseMic:
-    """A PulseAudio/PipeWire input read by ``parec`` as 48 kHz stereo float; a chunk is stamped with the time
-    it arrived less its length."""
+    """A PulseAudio/PipeWire input read by ``parec`` as 48 kHz stereo float, stamped by an ArrivalClock."""
 
     def __init__(self, source: str | None) -> None:
         self.source = source
