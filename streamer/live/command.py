@@ -112,15 +112,16 @@ def add_vcam_record_options(p: argparse.ArgumentParser, group, with_sound: str =
     add_encoder_options(p.add_argument_group("recording (--record)"))
 
 
-def check_record(args: argparse.Namespace) -> None:
+def check_record(args: argparse.Namespace) -> dict:
     """--record's file, before the model loads: not an existing one without --overwrite, an existing folder, a
-    container and codec that go together (``args.encoder``)."""
-    if args.record:
-        rec = Path(args.record)
-        check_overwrite(rec, args.overwrite)
-        if not rec.parent.is_dir():
-            raise InputError(f"output folder does not exist: {rec.parent}")
-        args.encoder = Encoding.from_args(args).for_output(rec)  # container, codec and crf checked before the model
+    container and codec that go together. Returns the recording's encoder options ({} without --record)."""
+    if not args.record:
+        return {}
+    rec = Path(args.record)
+    check_overwrite(rec, args.overwrite)
+    if not rec.parent.is_dir():
+        raise InputError(f"output folder does not exist: {rec.parent}")
+    return Encoding.from_args(args).for_output(rec)  # container, codec and crf checked before the model
 
 
 def refuse_record_over_inputs(args: argparse.Namespace, job: Job, style_paths: list[Path]) -> None:
@@ -130,7 +131,8 @@ def refuse_record_over_inputs(args: argparse.Namespace, job: Job, style_paths: l
         refuse_same_file([args.record], [*source_file, *run_inputs(job, style_paths)])
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def _check_args(args: argparse.Namespace) -> dict:
+    """Every flag checked before anything loads; returns the recording's encoder options."""
     args.alpha = alpha_value(args.alpha)
     working_size(args.size)
     if args.target_fps is not None and not 0 < args.target_fps <= 240:
@@ -143,14 +145,15 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--fps must be at most 240, not {args.fps:g}")
     if args.style_weights:
         raise InputError("--style-weights mixes styles for render; in live, several styles are switched with n/p/1-9")
-    check_record(args)
+    encoder = check_record(args)
     if not Path(args.snapshot_dir).is_dir():
         raise InputError(f"--snapshot-dir is not a folder: {args.snapshot_dir}")
     check_stream_args(args)
+    return encoder
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_args(args)
+    encoder = _check_args(args)
     want_window = args.window or not (args.vcam or args.record or args.stream)
     if want_window:
         problem = display_problem()  # before the camera and the model: fail in a second, not after loading
@@ -226,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
                     stylize_frame(stylizer, np.zeros((h, w, 3), np.uint8), styles[0].code, state, rung, None)
         if args.record:
             outputs.append(Recording(args.record, out_w, out_h, args.fps, args.overwrite, output=record_output,
-                                     sound=sound is not None, audio_delay=args.audio_delay / 1000, **args.encoder))
+                                     sound=sound is not None, audio_delay=args.audio_delay / 1000, **encoder))
         outputs += stream_outputs(args, out_w, out_h)
         if want_window:
             window = open_window(args.window_toolkit)

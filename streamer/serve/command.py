@@ -75,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def _check_args(args: argparse.Namespace) -> dict:
     args.alpha = alpha_value(args.alpha)
     working_size(args.size)
     if not 0 <= args.port <= 65535:
@@ -100,13 +100,13 @@ def _check_args(args: argparse.Namespace) -> None:
     check_strength(args.temporal_strength)
     if (args.record or args.vcam) and args.source == "none":
         raise InputError("--record and --vcam take the server's source: name one with --source (not none)")
-    check_record(args)
+    return check_record(args)  # the recording's encoder options
 
 
 def run(args: argparse.Namespace) -> int:
     from streamer.serve.security import Guard, is_loopback, new_token
 
-    _check_args(args)
+    encoder = _check_args(args)
     try:
         import aiohttp  # noqa: F401
         import aiortc  # noqa: F401
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             w, h = out_size or (source.width, source.height)
             outputs.append(VirtualCamera(w, h, args.fps, args.vcam_backend, args.vcam_device))
         return _serve(args, job, source, style_paths, Guard(loopback, token, "https" if tls else "http"), tls,
-                      outputs, record_output, out_size)
+                      outputs, record_output, encoder, out_size)
     except BaseException:
         if record_output is not None:
             record_output.discard()  # a no-op once the recording owns it (finished or aborted by its session)
@@ -185,7 +185,7 @@ def _tls_context(args: argparse.Namespace, loopback: bool) -> ssl.SSLContext | N
 
 
 def _serve(args: argparse.Namespace, job: Job, source, style_paths: list[Path], guard, tls, outputs: list,
-           record_output, out_size) -> int:
+           record_output, encoder: dict, out_size) -> int:
     import platformdirs
     from streamer.imageio import load_image
     from streamer.serve import rtc
@@ -221,7 +221,7 @@ def _serve(args: argparse.Namespace, job: Job, source, style_paths: list[Path], 
         from streamer.sinks import Recording
 
         w, h = out_size or (source.width, source.height)
-        outputs.append(Recording(args.record, w, h, args.fps, args.overwrite, output=record_output, **args.encoder))
+        outputs.append(Recording(args.record, w, h, args.fps, args.overwrite, output=record_output, **encoder))
     limits = Limits(int(args.max_upload_mb * 1e6), int(args.max_upload_megapixels * 1e6), args.camera_sessions)
     studio = Studio(plan, guard, info, Path(platformdirs.user_cache_dir("streamer")) / "serve-styles",
                     job.style_size, job.weights_dir, limits, source, outputs=outputs)
