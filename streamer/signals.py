@@ -28,9 +28,17 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+#: the stop signal the innermost stop_signals_interrupt() took, kept after it ends for the caller's exit code
+_received: list[int] = []
+
+
 def signal_number(exc: BaseException | None) -> int:
-    """The signal behind an interrupt: SIGTERM/SIGHUP for :class:`Interrupted`, else SIGINT (Ctrl-C)."""
-    return exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
+    """The signal behind an interrupt: SIGTERM/SIGHUP for :class:`Interrupted`, else SIGINT (Ctrl-C). A library
+    may catch the handler's :class:`Interrupted` and raise a plain KeyboardInterrupt in its place (Ray's
+    ``ray.get`` does, from its C++ wait): a stop signal taken is remembered, so that one still names it."""
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    return _received[0] if _received else int(signal.SIGINT)
 
 
 def exit_code(signum: int) -> int:
@@ -49,12 +57,12 @@ def stop_signals_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or not STOP_SIGNALS:
         yield
         return
-    fired = []
+    _received.clear()
 
     def interrupt(signum, frame):
-        if fired:  # already stopping: let the output be finalised
+        if _received:  # already stopping: let the output be finalised
             return
-        fired.append(signum)
+        _received.append(signum)
         raise Interrupted(signum)
 
     # a signal already ignored (``nohup`` ignores SIGHUP) stays ignored

@@ -30,7 +30,7 @@ from engines.errors import InputError
 from streamer import video
 from streamer.fileutil import AtomicOutput, FolderLock, part_path
 from streamer.pipeline import run_in_thread
-from streamer.signals import Interrupted, stop_signals_interrupt
+from streamer.signals import Interrupted, signal_number, stop_signals_interrupt
 from streamer.videoread import VideoInfo
 from tests.fakes import InvertingStylizer, stand_in_model
 
@@ -180,6 +180,22 @@ def test_stop_signal_handler_raises_once_then_lets_the_output_finish() -> None:
         assert info.value.signum == signal.SIGTERM
         signal.raise_signal(signal.SIGHUP)  # a second stop signal while finishing: ignored
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_stop_signal_re_raised_as_a_plain_keyboard_interrupt_keeps_its_exit_code() -> None:
+    """Ray's ray.get turns the handler's Interrupted into a plain KeyboardInterrupt: the cluster driver exited 130
+    after SIGTERM, now and then, depending on where the signal found it."""
+    try:
+        with stop_signals_interrupt():
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt() from None  # what Ray's C++ wait does with it
+    except KeyboardInterrupt as exc:
+        assert type(exc) is KeyboardInterrupt and signal_number(exc) == signal.SIGTERM
+    with stop_signals_interrupt():  # a new run: a Ctrl-C is a Ctrl-C again
+        pass
+    assert signal_number(KeyboardInterrupt()) == signal.SIGINT
 
 
 def test_interrupt_while_opening_the_encoder_leaves_nothing_behind() -> None:
