@@ -305,6 +305,96 @@ def test_webrtc_answer_stays_on_loopback_and_streams(served: Served, monkeypatch
     assert size == (128, 72)
 
 
+def camera_offer() -> tuple[object, dict]:
+    """An aiortc peer offering a camera that never sends a frame (a slow link, a stuck camera), and the body the
+    page posts (its "sdp" set once the offer is made; call inside a running loop)."""
+    import asyncio
+
+    from aiortc import RTCPeerConnection
+    from aiortc.mediastreams import MediaStreamTrack
+
+    class SilentCamera(MediaStreamTrack):
+        kind = "video"
+
+        async def recv(self):
+            await asyncio.sleep(3600)
+
+    pc = RTCPeerConnection()
+    pc.addTrack(SilentCamera())
+    return pc, {"type": "offer", "mode": "camera"}
+
+
+def test_a_camera_session_before_its_first_frame_is_starting_not_ended(served: Served, monkeypatch) -> None:
+    """Between the answer and the camera's first frame (a second or more on a slow link) the page asks for the
+    session's state every 0.7 s: it is "starting", not "no such camera session", which made the page give up on
+    a camera that was still connecting. A goodbye then ends it."""
+    import asyncio
+
+    import aioice.ice
+
+    from streamer.serve.rtc import keep_ice_on
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)  # undone after the test
+    keep_ice_on("127.0.0.1")
+
+    async def offer() -> dict:
+        pc, body = camera_offer()
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+            body["sdp"] = pc.localDescription.sdp
+            status, answer = await asyncio.to_thread(served.request, "POST", "/api/offer", body)
+            assert status == 200, answer
+            return answer
+        finally:
+            await pc.close()
+
+    answer = asyncio.run(offer())
+    ident = answer["session"]
+    try:
+        status, body = served.request("GET", f"/api/state?target={ident}")
+        assert status == 200 and body["starting"] is True and body["session"] is None, body
+        assert body["cameras"] == 1
+        status, body = served.request("POST", "/api/control", {"target": ident, "alpha": 0.5})
+        assert status == 409 and "starting" in body["error"], body
+    finally:
+        assert served.request("POST", "/api/bye", {"peer": answer["peer"]})[0] == 200
+    status, body = served.request("GET", f"/api/state?target={ident}")
+    assert status == 404 and "no such camera session" in body["error"]
+    assert served.request("GET", "/api/state")[1]["cameras"] == 0
+
+
+def test_a_camera_that_never_sends_a_frame_gives_its_slot_back() -> None:
+    """A tab that offers a camera and then sends nothing would hold the only camera slot for ever: after
+    ``camera_start_s`` with no frame the slot is free again and its peer closed."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streamer.serve import peers
+    from streamer.serve.rtc import parse_offer
+    from streamer.serve.server import Limits
+    from streamer.serve.studio import CameraSlots
+
+    studio = SimpleNamespace(cameras=CameraSlots(1), peers=set(), limits=Limits(camera_start_s=0.5),
+                             plan=SimpleNamespace(fps=10.0))
+
+    async def offer_then_wait() -> tuple[bool, int, int]:
+        pc, body = camera_offer()
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+            body["sdp"] = pc.localDescription.sdp
+            response = await peers._camera(studio, parse_offer(body))  # noqa: SLF001
+            assert response.status == 200
+            ident = next(iter(studio.cameras.held))
+            starting = studio.cameras.starting(ident)
+            await asyncio.sleep(2.0)
+            return starting, len(studio.cameras), len(studio.peers)
+        finally:
+            await pc.close()
+
+    starting, held, open_peers = asyncio.run(offer_then_wait())
+    assert starting and held == 0 and open_peers == 0
+
+
 def test_own_certificate_serves_https(weights_dir: Path, media: Path, tmp_path: Path) -> None:
     from streamer.serve.security import self_signed
 

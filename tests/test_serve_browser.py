@@ -67,14 +67,20 @@ def state(server: Served, target: str = "server") -> dict:
     return server.request("GET", f"/api/state?target={target}")[1]
 
 
-def until(condition, what: str, timeout: float = 30.0):
+def until(condition, what: str, timeout: float = 30.0, explain=None):
+    """``condition()``'s first true value; fails after ``timeout`` with ``what`` and ``explain()`` (what the page
+    and the server said), so a failure on CI says why."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
-        assert time.monotonic() < deadline, f"never happened: {what}"
+        assert time.monotonic() < deadline, f"never happened: {what}" + (f"\n{explain()}" if explain else "")
         time.sleep(0.2)
+
+
+def said(page, server: Served) -> str:
+    return f"page: {page.locator('#message').text_content()!r}\nserver's log:\n" + "".join(server.log[-30:])
 
 
 def settle(page, server: Served, key: str, value, target: str = "server") -> None:
@@ -165,9 +171,11 @@ def test_studio_in_chromium(weights_dir: Path, media: Path, clip: Path, tmp_path
 
             # the browser's own camera: the clip comes back stylized
             page.get_by_role("switch", name="camera").check()
-            until(lambda: "camera is stylized" in page.locator("#message").text_content(), "camera session")
+            until(lambda: "camera is stylized" in page.locator("#message").text_content(), "camera session",
+                  explain=lambda: said(page, server))
             assert state(server, "none")["cameras"] == 1
-            until(lambda: "your camera" in page.locator("#info").text_content(), "camera shown")
+            until(lambda: "your camera" in page.locator("#info").text_content(), "camera shown",
+                  explain=lambda: said(page, server))
             time.sleep(2.0)
             stylized = look(page)
             page.get_by_role("checkbox", name="Bypass").check()

@@ -98,13 +98,15 @@ async def _camera(studio: Studio, offer) -> web.Response:
     pc = rtc.new_peer()
     studio.peers.add(pc)
     hub = FrameHub()
-    state = {"track": None, "pump": None, "done": False}
+    state = {"track": None, "pump": None, "done": False, "timer": None}
     loop = asyncio.get_running_loop()
 
     async def cleanup() -> None:
         if state["done"]:
             return
         state["done"] = True
+        if state["timer"] is not None:
+            state["timer"].cancel()
         runner = studio.cameras.free(ident)
         if state["track"] is not None:
             state["track"].stop()
@@ -118,6 +120,12 @@ async def _camera(studio: Studio, offer) -> web.Response:
 
     def ended(_runner) -> None:
         loop.call_soon_threadsafe(lambda: asyncio.ensure_future(cleanup()))
+
+    def no_frame() -> None:
+        if not state["done"] and studio.cameras.starting(ident):
+            log.warning("browser camera session %s: no frame from the camera in %.0f s; its slot is free again",
+                        ident, studio.limits.camera_start_s)
+            asyncio.ensure_future(cleanup())
 
     def on_first(width: int, height: int) -> PushSource | None:
         if state["done"]:
@@ -146,6 +154,7 @@ async def _camera(studio: Studio, offer) -> web.Response:
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:  # noqa: BLE001 - a bad offer is the client's: a 4xx
         await _refuse(exc, cleanup)
+    state["timer"] = loop.call_later(studio.limits.camera_start_s, no_frame)
     return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": ident,
                               "peer": peer})
 

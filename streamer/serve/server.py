@@ -53,6 +53,7 @@ class Limits:
     upload_bytes: int = MAX_UPLOAD_BYTES
     upload_pixels: int = MAX_UPLOAD_PIXELS
     cameras: int = 1
+    camera_start_s: float = 30.0  # a browser camera with no frame this long after the answer gives its slot back
 
 
 @dataclass
@@ -90,6 +91,8 @@ class Studio:
             if self.server is None:
                 raise Refused(404, "this server has no source of its own: use your camera")
             return self.server
+        if self.cameras.starting(target):
+            raise Refused(409, "your camera session is starting: no frame from the camera yet")
         runner = self.cameras.held.get(target) if isinstance(target, str) else None
         if runner is None:
             raise Refused(404, "no such camera session (it ended)")
@@ -188,7 +191,9 @@ async def _state(request: web.Request) -> web.Response:
     body: dict = {"info": studio.info, "cameras": len(studio.cameras), "camera_limit": studio.limits.cameras,
                   "has_source": studio.server is not None, "recording": studio.recordings.status(),
                   "style_ids": [e.ident for e in studio.plan.book.entries]}
-    if target != "none":
+    if studio.cameras.starting(target):  # answered, its first frame not here yet: not an ended session
+        body["session"], body["starting"] = None, True
+    elif target != "none":
         body["session"] = studio.runner(target).status()
     return web.json_response(body)
 

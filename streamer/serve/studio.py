@@ -369,6 +369,11 @@ class CameraSlots:
             if ident in self.held:
                 self.held[ident] = runner
 
+    def starting(self, ident: Any) -> bool:
+        """Held, its session not made yet (the offer is answered; the camera's first frame has not arrived)."""
+        with self._lock:
+            return isinstance(ident, str) and ident in self.held and self.held[ident] is None
+
     def free(self, ident: str) -> Any:
         with self._lock:
             return self.held.pop(ident, None)
