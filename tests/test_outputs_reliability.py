@@ -411,3 +411,28 @@ def test_a_signal_inside_a_recording_write_still_leaves_a_playable_recording(tmp
     rec.close()
     assert out.exists() and count_frames(out) >= 1
     assert parts(tmp_path) == []
+
+
+def test_a_recordings_first_picture_is_kept_while_its_sound_starts_the_encoder(tmp_path, monkeypatch) -> None:
+    """The sound thread and the live loop both start a recording's thread on their first send, whichever comes
+    first; a picture sent while the sound's start was under way was counted as dropped (and warned about)."""
+    from streamer.sinks import AudioChunk, Recording
+
+    slow_start = threading.Thread.start
+
+    def start_slowly(thread: threading.Thread) -> None:
+        time.sleep(0.2)  # a busy machine: the other sender arrives meanwhile
+        slow_start(thread)
+
+    out = tmp_path / "rec.mkv"
+    rec = Recording(out, 64, 48, 30.0, sound=True)
+    monkeypatch.setattr(threading.Thread, "start", start_slowly)
+    sound = threading.Thread(target=rec.send_audio, args=(AudioChunk(np.zeros((960, 2), np.float32), 0.0),))
+    slow_start(sound)
+    time.sleep(0.05)
+    rec.send(np.full((48, 64, 3), 120, np.uint8), 0.0)
+    sound.join()
+    monkeypatch.undo()
+    rec.close()
+    assert rec.dropped == 0 and rec.frames == 1
+    assert count_frames(out) == 1

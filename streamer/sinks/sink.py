@@ -125,12 +125,20 @@ class Sink(threading.Thread):
 
     def start(self) -> None:
         """Start the thread once, whichever of the live loop and the sound thread sends first (``ident`` stays
-        None for a moment after ``start``: two starts broke the thread, and every frame was dropped)."""
+        None for a moment after ``start``: two starts broke the thread, and every frame was dropped).
+        ``_launched`` is set once the thread runs: the other sender waits here meanwhile, never finding it
+        launched and not alive (its first picture was counted as dropped)."""
         with self._start_lock:
             if self._launched:
                 return
-            self._launched = True
             super().start()
+            self._launched = True
+
+    def _launch_closed(self) -> bool:
+        """Whether the thread was started; if not, no send starts it any more (the sink is closing)."""
+        with self._start_lock:
+            launched, self._launched = self._launched, True
+            return launched
 
     # -- the live loop's side: never waits ------------------------------------------------------------
     def send(self, frame_rgb: np.ndarray, t_capture: float) -> None:
@@ -166,7 +174,8 @@ class Sink(threading.Thread):
 
     def close(self) -> None:
         """Write what is queued, finish the container (a file: renamed into place); a file's failure is raised."""
-        if self._launched and self.is_alive():
+        launched = self._launch_closed()
+        if launched and self.is_alive():
             wait = None if self.fatal else 3 * NETWORK_TIMEOUT  # a stalled server is not waited for long
             try:
                 self.queue.put(_STOP, timeout=wait)
@@ -175,14 +184,14 @@ class Sink(threading.Thread):
                 pass
             if self.is_alive():
                 log.warning("%s: the server did not take the end of the stream in time; left", self.label)
-        elif not self._launched:
+        elif not launched:
             self._finish()
         if self.error is not None and self.fatal and not self.fatal_raised:
             raise self.error
 
     def abort(self) -> None:
         """Drop everything: a file leaves nothing behind."""
-        if self._launched and self.is_alive():
+        if self._launch_closed() and self.is_alive():
             self._aborting = True
             try:
                 self.queue.put(_STOP, timeout=NETWORK_TIMEOUT)
