@@ -355,12 +355,74 @@ def test_a_camera_session_before_its_first_frame_is_starting_not_ended(served: S
         assert status == 200 and body["starting"] is True and body["session"] is None, body
         assert body["cameras"] == 1
         status, body = served.request("POST", "/api/control", {"target": ident, "alpha": 0.5})
+        assert status == 200, body  # kept for the session's start
+        status, body = served.request("POST", "/api/control", {"target": ident, "alpha": 7})
+        assert status == 400, body  # checked all the same
+        status, body = served.request("POST", "/api/recordings", {"target": ident})
         assert status == 409 and "starting" in body["error"], body
     finally:
         assert served.request("POST", "/api/bye", {"peer": answer["peer"]})[0] == 200
     status, body = served.request("GET", f"/api/state?target={ident}")
     assert status == 404 and "no such camera session" in body["error"]
     assert served.request("GET", "/api/state")[1]["cameras"] == 0
+
+
+def test_controls_changed_while_a_camera_connects_reach_its_session(tmp_path: Path, monkeypatch) -> None:
+    """A user who moves the slider or ticks Bypass while their camera is still connecting sees it applied when
+    the session starts, in order (it was refused, and the page showed the change as made)."""
+    import asyncio
+    import json
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    import av
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamTrack
+
+    from streamer.serve import peers
+    from streamer.serve.rtc import parse_offer
+    from streamer.serve.server import Limits, Studio
+
+    class LateCamera(MediaStreamTrack):
+        kind = "video"
+        pts = 0
+
+        async def recv(self):
+            await asyncio.sleep(1.0 if self.pts == 0 else 0.1)
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 90, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = self.pts, Fraction(1, 90000)
+            self.pts += 9000
+            return frame
+
+    calls: list = []
+
+    def fake_session(plan, source, label, **_):
+        return SimpleNamespace(request=lambda params: calls.append(params), start=lambda: calls.append("start"),
+                               stop=lambda: None, session=SimpleNamespace(source=source))
+
+    monkeypatch.setattr(peers, "build_session", fake_session)
+    studio = Studio(plan=SimpleNamespace(fps=10.0), guard=None, info={}, upload_dir=tmp_path, limits=Limits())
+
+    async def connect_then_control() -> None:
+        pc = RTCPeerConnection()
+        pc.addTrack(LateCamera())
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+            response = await peers._camera(studio, parse_offer({"sdp": pc.localDescription.sdp, "type": "offer"}))  # noqa: SLF001
+            answer = json.loads(response.text)
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            ident = answer["session"]
+            assert studio.cameras.defer(ident, {"alpha": 0.5}) and studio.cameras.defer(ident, {"bypass": True})
+            for _ in range(100):
+                if "start" in calls:
+                    break
+                await asyncio.sleep(0.1)
+            assert not studio.cameras.defer(ident, {"alpha": 1.0})  # started: controls go to the session
+        finally:
+            await pc.close()
+
+    asyncio.run(connect_then_control())
+    assert calls == [{"alpha": 0.5}, {"bypass": True}, "start"]
 
 
 def test_a_camera_that_never_sends_a_frame_gives_its_slot_back() -> None:

@@ -139,7 +139,8 @@ def test_studio_in_chromium(weights_dir: Path, media: Path, clip: Path, tmp_path
             page.get_by_label("Add a style image").set_input_files(str(style / "mondrian.jpg"))
             page.get_by_role("button", name="Style mondrian", exact=True).wait_for(timeout=60000)
             settle(page, server, "style_name", "mondrian")
-            assert page.get_by_role("button", name="Style mondrian", exact=True).get_attribute("aria-pressed") == "true"
+            until(lambda: page.get_by_role("button", name="Style mondrian", exact=True).get_attribute("aria-pressed")
+                  == "true", "mondrian shown as picked")
             mondrian = look(page)
             assert np.abs(mondrian - brick).max() > 12, (mondrian, brick)
 
@@ -176,10 +177,13 @@ def test_studio_in_chromium(weights_dir: Path, media: Path, clip: Path, tmp_path
             assert state(server, "none")["cameras"] == 1
             until(lambda: "your camera" in page.locator("#info").text_content(), "camera shown",
                   explain=lambda: said(page, server))
+            camera = page.evaluate("() => target")  # the page's name for its camera session
+            until(lambda: state(server, camera)["session"], "the camera's first frame",
+                  explain=lambda: said(page, server))
             time.sleep(2.0)
             stylized = look(page)
             page.get_by_role("checkbox", name="Bypass").check()
-            time.sleep(2.0)
+            settle(page, server, "bypass", True, target=camera)
             raw = look(page)
             assert np.abs(raw - clip_mean).max() < 20, (raw, clip_mean)  # the clip itself, through the server
             assert np.abs(stylized - clip_mean).max() > 2 * np.abs(raw - clip_mean).max(), (stylized, raw, clip_mean)
@@ -188,6 +192,9 @@ def test_studio_in_chromium(weights_dir: Path, media: Path, clip: Path, tmp_path
             second.get_by_role("switch", name="camera").check()
             until(lambda: "busy" in second.locator("#message").text_content(), "busy message")
             assert not second.get_by_role("switch", name="camera").is_checked()
+            time.sleep(2.0)  # the server's stream is back in that tab meanwhile: the refusal stays to be read
+            assert "busy" in second.locator("#message").text_content()
+            assert state(server, "none")["cameras"] == 1
 
             # a closed tab frees its camera session
             page.close()

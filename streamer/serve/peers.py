@@ -132,7 +132,8 @@ async def _camera(studio: Studio, offer) -> web.Response:
             return None
         source = PushSource(width, height, studio.plan.fps)
         runner = build_session(studio.plan, source, f"camera {ident}", hub=hub, on_end=ended)
-        studio.cameras.set(ident, runner)
+        for params in studio.cameras.set(ident, runner):  # what the page changed while the camera connected
+            runner.request(params)
         runner.start()
         log.info("browser camera session %s: %dx%d", ident, width, height)
         return source

@@ -293,8 +293,10 @@ def check_control(body: dict, n_styles: int) -> dict:
 async def _control(request: web.Request) -> web.Response:
     studio: Studio = request.app["studio"]
     body = await read_json(request)
-    runner = studio.runner(str(body.get("target", "server")))
-    runner.request(check_control(body, len(studio.plan.book)))
+    target = str(body.get("target", "server"))
+    params = check_control(body, len(studio.plan.book))
+    if not studio.cameras.defer(target, params):  # a camera still connecting takes it when it starts
+        studio.runner(target).request(params)
     return web.json_response({"ok": True})
 
 

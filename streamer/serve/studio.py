@@ -352,9 +352,12 @@ def build_session(plan: SessionPlan, source: Any, label: str, on_viewers=None, o
 class CameraSlots:
     """Browser-camera sessions, at most ``limit`` at once: a slot is held from the offer to the tab's end."""
 
+    MAX_DEFERRED = 32  # control changes kept for a session still starting (the newest)
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held: dict[str, Any] = {}
+        self._deferred: dict[str, list[dict]] = {}
         self._lock = threading.Lock()
 
     def take(self, ident: str) -> bool:
@@ -364,10 +367,22 @@ class CameraSlots:
             self.held[ident] = None
             return True
 
-    def set(self, ident: str, runner: Any) -> None:
+    def defer(self, ident: Any, params: dict) -> bool:
+        """Keep a control change for a session still starting (applied when it starts); False if it is not."""
+        with self._lock:
+            if not (isinstance(ident, str) and ident in self.held and self.held[ident] is None):
+                return False
+            kept = self._deferred.setdefault(ident, [])
+            kept.append(params)
+            del kept[:-self.MAX_DEFERRED]
+            return True
+
+    def set(self, ident: str, runner: Any) -> list[dict]:
+        """The session made for a held slot; the control changes deferred while it was starting, oldest first."""
         with self._lock:
             if ident in self.held:
                 self.held[ident] = runner
+            return self._deferred.pop(ident, [])
 
     def starting(self, ident: Any) -> bool:
         """Held, its session not made yet (the offer is answered; the camera's first frame has not arrived)."""
@@ -376,6 +391,7 @@ class CameraSlots:
 
     def free(self, ident: str) -> Any:
         with self._lock:
+            self._deferred.pop(ident, None)
             return self.held.pop(ident, None)
 
     def __len__(self) -> int:

@@ -51,8 +51,10 @@ function hangUp() {
   pc = null; peer = null; localStream = null;
 }
 
-async function connect(mode) {
+// keepMessage: a refusal just said (the camera was busy) stays on the page while the server's stream returns
+async function connect(mode, keepMessage = false) {
   hangUp();
+  for (const name of Object.keys(pending)) delete pending[name];
   $("waiting").hidden = false;
   $("waiting").textContent = mode === "camera" ? "Starting your camera…" : "Waiting for the stream…";
   const connection = new RTCPeerConnection({ iceServers: [] });
@@ -77,7 +79,8 @@ async function connect(mode) {
     peer = answer.peer;
     target = answer.session || "server";
     await connection.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
-    say(mode === "camera" ? "Your camera is stylized on the server." : "", true);
+    if (mode === "camera") say("Your camera is stylized on the server.", true);
+    else if (!keepMessage) say("", true);
   } catch (error) {
     if (pc === connection) hangUp();
     $("waiting").textContent = "No stream.";
@@ -85,7 +88,7 @@ async function connect(mode) {
       $("camera").checked = false;
       target = "server";
       say(`Camera: ${error.message}`);
-      if (hasSource) setTimeout(() => connect("server"), 0);
+      if (hasSource) setTimeout(() => connect("server", true), 0);
     } else {
       say(`Stream: ${error.message}`);
     }
@@ -95,6 +98,17 @@ async function connect(mode) {
 $("video").addEventListener("playing", () => { $("waiting").hidden = true; });
 
 // -- figures and controls ----------------------------------------------------------------------
+// A control the user just changed keeps its value until the server's state shows it (or 3 s pass): a state
+// answered before the change arrived must not flip the box back under the user's hand.
+const pending = {};
+function changed(name, value) { pending[name] = { value, until: Date.now() + 3000 }; }
+function settled(name, value) {
+  const p = pending[name];
+  if (p && p.value !== value && Date.now() < p.until) return false;
+  delete pending[name];
+  return true;
+}
+
 function showState(body) {
   const info = body.info;
   hasSource = body.has_source;
@@ -109,11 +123,13 @@ function showState(body) {
   $("stat-latency").textContent = `${s.latency_ms} ms`;
   $("stat-size").textContent = s.bypass ? "bypass" : `${s.size || "capture"}${s.size_auto ? (s.size_pinned ? " (pinned)" : " (auto)") : ""} of ${s.capture}`;
   $("stat-viewers").textContent = String(s.viewers);
-  if (document.activeElement !== $("alpha")) {
+  if (document.activeElement !== $("alpha") && settled("alpha", s.alpha)) {
     $("alpha").value = s.alpha;
     $("alpha-value").textContent = s.alpha.toFixed(2);
   }
-  for (const flag of ["keep_color", "temporal", "motion", "bypass"]) $(flag).checked = s[flag];
+  for (const flag of ["keep_color", "temporal", "motion", "bypass"]) {
+    if (settled(flag, s[flag])) $(flag).checked = s[flag];
+  }
   const select = $("size");
   const wanted = ["auto", ...s.sizes.map(String)].join(",");
   if (select.dataset.sizes !== wanted) {
@@ -148,7 +164,7 @@ async function poll() {
       say("Your camera session ended.");
       $("camera").checked = false;
       target = "server";
-      if (hasSource) connect("server");
+      if (hasSource) connect("server", true);
     }
   }
   setTimeout(poll, 700);
@@ -164,10 +180,14 @@ async function send(params) {
 
 $("alpha").addEventListener("input", () => {
   $("alpha-value").textContent = Number($("alpha").value).toFixed(2);
+  changed("alpha", Number($("alpha").value));
   send({ alpha: Number($("alpha").value) });
 });
 for (const flag of ["keep_color", "temporal", "motion", "bypass"]) {
-  $(flag).addEventListener("change", () => send({ [flag]: $(flag).checked }));
+  $(flag).addEventListener("change", () => {
+    changed(flag, $(flag).checked);
+    send({ [flag]: $(flag).checked });
+  });
 }
 $("size").addEventListener("change", () => {
   const v = $("size").value;
