@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     reuse_freed_memory()
     try:
-        with stop_signals_interrupt():  # SIGTERM/SIGHUP take Ctrl-C's path (streamer.signals)
+        with stop_signals_interrupt(stay_after_stop=True):  # SIGTERM/SIGHUP take Ctrl-C's path (streamer.signals)
             code = int(args.run(args) or 0)
             flush_stdout()  # a reader that went away, or a full disk, shows here, not as a traceback at exit
         return code

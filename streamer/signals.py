@@ -41,6 +41,13 @@ def signal_number(exc: BaseException | None) -> int:
     return _received[0] if _received else int(signal.SIGINT)
 
 
+def taken_elsewhere(signum: int) -> None:
+    """A stop signal an event loop's own handler took (``serve`` stops its server in order): from now on it is
+    as if ours had taken it, so later stop signals are ignored while the outputs are finalised."""
+    if not _received:
+        _received.append(int(signum))
+
+
 def exit_code(signum: int) -> int:
     """128 + the signal number, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
     return 128 + int(signum)
@@ -52,8 +59,11 @@ def stopped_by(signum: int) -> str:
 
 
 @contextlib.contextmanager
-def stop_signals_interrupt() -> Iterator[None]:
-    """While inside, SIGTERM/SIGHUP raise :class:`Interrupted` in the main thread (elsewhere: a no-op)."""
+def stop_signals_interrupt(stay_after_stop: bool = False) -> Iterator[None]:
+    """While inside, SIGTERM/SIGHUP raise :class:`Interrupted` in the main thread (elsewhere: a no-op).
+    ``stay_after_stop`` (the command line's): once a stop signal was taken, more of them stay ignored after
+    the block (SIG_IGN: Python's own exit puts every Python handler back to the default), for the process is
+    on its way out; the default would kill it meanwhile and its exit status would be the signal's, not 143."""
     if threading.current_thread() is not threading.main_thread() or not STOP_SIGNALS:
         yield
         return
@@ -71,7 +81,7 @@ def stop_signals_interrupt() -> Iterator[None]:
         yield
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_IGN if stay_after_stop and _received else handler)
 
 
 class StopRequest:

@@ -524,9 +524,11 @@ def test_recordings_refused_where_they_must_be(served: Served) -> None:
 
 def test_record_flag_leaves_a_playable_file_after_sigterm(weights_dir: Path, media: Path, tmp_path: Path) -> None:
     """`serve --record` records the server's source from the start, watched or not; SIGTERM finishes the file
-    (exit 143); `--vcam` gets the same frames."""
+    (exit 143), and more SIGTERMs while it is being finished are ignored (they killed the process once the
+    server's loop had closed); `--vcam` gets the same frames."""
     import json
     import signal
+    import time
 
     out, vcam_log = tmp_path / "out.mp4", tmp_path / "vcam.json"
     import os
@@ -542,8 +544,11 @@ def test_record_flag_leaves_a_playable_file_after_sigterm(weights_dir: Path, med
         wait_for(lambda: server.request("GET", "/api/snapshot.png")[0] == 200, "a first frame out")
         wait_for(lambda: not (server.request("GET", "/api/state")[1]["session"]["engine_fps"] == 0), "frames going")
     finally:
-        server.proc.send_signal(signal.SIGTERM)
-        code = server.proc.wait(60)
+        deadline = time.monotonic() + 60
+        while server.proc.poll() is None and time.monotonic() < deadline:  # an impatient `kill`, again and again
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
+        code = server.proc.wait(10)
     assert code == 143, "".join(server.log[-20:])
     frames = video_frames(out)
     assert len(frames) > 0 and frames[-1].shape == (72, 128, 3) and frames[-1].std() > 10

@@ -21,7 +21,7 @@ from streamer.live.sizing import working_size
 from streamer.live.outputs import VirtualCamera
 from streamer.options import (add_model_options, add_style_options, add_upscale_option, alpha_value, build_stylizer,
                               check_live_precision, expand_style_paths, pick_device)
-from streamer.signals import STOP_SIGNALS, Interrupted
+from streamer.signals import STOP_SIGNALS, Interrupted, taken_elsewhere
 from streamer.temporal import TemporalStabilizer, add_temporal_options, check_strength
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,17 @@ async def _until_stopped() -> int:
     rather than being cut inside the loop); the signal's number."""
     loop = asyncio.get_running_loop()
     stop: asyncio.Future = loop.create_future()
+    previous = {}
     for signum in (signal.SIGINT, *STOP_SIGNALS):
         if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+            previous[signum] = signal.getsignal(signum)
             loop.add_signal_handler(signum, lambda s=signum: stop.done() or stop.set_result(s))
-    return await stop
+    stopped = await stop
+    # SIGTERM/SIGHUP back to streamer.signals (a closing loop would leave them at the default, and a second
+    # one would kill the process while --record is being finished), told that the first one came
+    for signum in STOP_SIGNALS:
+        if signum in previous:
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, previous[signum])
+    taken_elsewhere(stopped)
+    return stopped
