@@ -527,3 +527,27 @@ def _processes_with(variable: str) -> list[str]:
             except OSError:
                 continue
     return found
+
+
+def test_a_chunk_folder_is_removed_even_if_a_worker_renames_a_file_into_it_meanwhile(tmp_path, monkeypatch) -> None:
+    """After a stop, a worker can finish its chunk (rename it into the folder) while the driver removes the
+    folder: one removal then leaves the folder and that chunk beside the user's output."""
+    import shutil
+
+    from streamer.cluster import driver
+
+    work = driver.ChunkFolder(tmp_path / ".out.mp4.chunks")
+    (work.path / ".chunk-00000.mp4.part").write_bytes(b"x" * 100)
+    real_rmtree = shutil.rmtree
+    late = []
+
+    def rmtree_then_a_late_rename(path, ignore_errors=False):
+        real_rmtree(path, ignore_errors=True)
+        if not late:  # the worker's rename, a moment after the removal listed the folder
+            late.append(True)
+            path.mkdir(exist_ok=True)
+            (path / "chunk-00000.mp4").write_bytes(b"x" * 100)
+
+    monkeypatch.setattr(driver.shutil, "rmtree", rmtree_then_a_late_rename)
+    work.remove()
+    assert late and list(tmp_path.iterdir()) == []

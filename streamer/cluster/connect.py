@@ -269,13 +269,17 @@ class Cluster:
 
     def __exit__(self, *exc_info) -> None:
         """Stop every actor we started, then leave Ray (a `local` cluster stops with it)."""
+        self.stop_workers()
+        with contextlib.suppress(Exception):
+            self.ray.shutdown()
+
+    def stop_workers(self) -> None:
+        """Kill every actor we started (no restart): a run that stops early leaves none writing."""
         for actor in [*self.actors, self.progress]:
             if actor is not None:
                 with contextlib.suppress(Exception):  # already gone
                     self.ray.kill(actor)
         self.actors, self.progress = [], None
-        with contextlib.suppress(Exception):
-            self.ray.shutdown()
 
     def visible(self, paths: list[Path]) -> list[bool]:
         """For each of ``paths``: whether every worker reads it as the driver's file (a shared filesystem)."""

@@ -63,6 +63,10 @@ def chunk_folder_path(dst: Path) -> Path:
     return part_path(dst).with_suffix(".chunks")
 
 
+#: removals of a chunk folder tried, 0.1 s apart
+REMOVE_TRIES = 30
+
+
 class ChunkFolder:
     """A folder beside the output for chunk files, with a token that tells a worker it sees this folder.
 
@@ -89,7 +93,13 @@ class ChunkFolder:
         return path
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Gone, even if a worker stopped a moment ago renamed a last file into it while it was being removed."""
+        for _ in range(REMOVE_TRIES):
+            shutil.rmtree(self.path, ignore_errors=True)
+            if not self.path.exists():
+                return
+            time.sleep(0.1)
+        log.warning("could not remove %s: remove it by hand", self.path)
 
 
 # -- running tasks ---------------------------------------------------------------------------------
@@ -103,18 +113,22 @@ def run_tasks(cluster: Cluster, tasks: list, submit: Callable[[Any, Any], Any], 
     pool = ActorPool(cluster.actors)
     for task in tasks:
         pool.submit(submit, task)
-    while pool.has_next():
-        try:
-            result = pool.get_next_unordered(timeout=0.3)
-        except TimeoutError:
+    try:
+        while pool.has_next():
+            try:
+                result = pool.get_next_unordered(timeout=0.3)
+            except TimeoutError:
+                if tick is not None:
+                    tick()
+                continue
+            except ray.exceptions.RayError as exc:
+                raise _task_error(exc) from None
+            on_done(result)
             if tick is not None:
                 tick()
-            continue
-        except ray.exceptions.RayError as exc:
-            raise _task_error(exc) from None
-        on_done(result)
-        if tick is not None:
-            tick()
+    except BaseException:
+        cluster.stop_workers()  # a stop or a failure: no worker goes on writing into the caller's chunk folder
+        raise
 
 
 def _task_error(exc: BaseException) -> BaseException:
