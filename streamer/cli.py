@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     reuse_freed_memory()
     try:
-        with stop_signals_interrupt(stay_after_stop=True):  # SIGTERM/SIGHUP take Ctrl-C's path (streamer.signals)
+        with stop_signals_interrupt():  # SIGTERM/SIGHUP take Ctrl-C's path (streamer.signals)
             code = int(args.run(args) or 0)
             flush_stdout()  # a reader that went away, or a full disk, shows here, not as a traceback at exit
         return code
@@ -89,6 +89,19 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("internal error", exc_info=True)
         _tell(f"streamer: internal error: {exc.__class__.__name__}: {exc} (run with -vv for details)")
         return 1
+
+
+def console_main() -> int:
+    """The `streamer` command and `python -m streamer`: :func:`main`, and once a stop signal came, more of them
+    stay ignored while the process exits (exit 143, never killed by the second one). In-process callers (the
+    Python API, tests) call :func:`main`, which gives their own handlers back."""
+    with stop_signals_interrupt(stay_after_stop=True):
+        try:
+            return main()
+        except KeyboardInterrupt as exc:  # before main's own block took over: while the flags were read
+            signum = signal_number(exc)
+            _tell(f"streamer: interrupted{stopped_by(signum)}")
+            return exit_code(signum)
 
 
 OUT_OF_MEMORY = "streamer: error: out of memory; try a smaller --size or another --model"

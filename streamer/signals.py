@@ -41,7 +41,7 @@ def signal_number(exc: BaseException | None) -> int:
     return _received[0] if _received else int(signal.SIGINT)
 
 
-def taken_elsewhere(signum: int) -> None:
+def note_stop_signal(signum: int) -> None:
     """A stop signal an event loop's own handler took (``serve`` stops its server in order): from now on it is
     as if ours had taken it, so later stop signals are ignored while the outputs are finalised."""
     if not _received:
@@ -61,9 +61,10 @@ def stopped_by(signum: int) -> str:
 @contextlib.contextmanager
 def stop_signals_interrupt(stay_after_stop: bool = False) -> Iterator[None]:
     """While inside, SIGTERM/SIGHUP raise :class:`Interrupted` in the main thread (elsewhere: a no-op).
-    ``stay_after_stop`` (the command line's): once a stop signal was taken, more of them stay ignored after
-    the block (SIG_IGN: Python's own exit puts every Python handler back to the default), for the process is
-    on its way out; the default would kill it meanwhile and its exit status would be the signal's, not 143."""
+    ``stay_after_stop`` (the process's own block, :func:`streamer.cli.console_main`): once a stop signal was
+    taken, more of them stay ignored after the block (SIG_IGN: Python's exit puts every Python handler back to
+    the default), for the process is on its way out; the default would kill it meanwhile and its exit status
+    would be the signal's, not 143."""
     if threading.current_thread() is not threading.main_thread() or not STOP_SIGNALS:
         yield
         return

@@ -439,18 +439,24 @@ def test_a_recordings_first_picture_is_kept_while_its_sound_starts_the_encoder(t
 
 
 def test_after_a_stop_signal_the_command_line_keeps_ignoring_more_of_them() -> None:
-    """The command line's block: a second SIGTERM after the outputs are finished, while the process exits, must
-    not kill it (its exit status would be the signal's instead of 143)."""
+    """The process's own block (console_main's): a second SIGTERM after the outputs are finished, while the
+    process exits, must not kill it (its exit status would be the signal's instead of 143); an in-process
+    caller's block gives its handlers back."""
     before, before_hup = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
     try:
         with pytest.raises(Interrupted):
             with stop_signals_interrupt(stay_after_stop=True):
-                signal.raise_signal(signal.SIGTERM)
-        signal.raise_signal(signal.SIGTERM)  # ignored: the default would end this test process
-        signal.raise_signal(signal.SIGHUP)
+                with stop_signals_interrupt():  # main()'s own block inside it
+                    signal.raise_signal(signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, before)
         signal.signal(signal.SIGHUP, before_hup)
+    with pytest.raises(Interrupted):
+        with stop_signals_interrupt():
+            signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before  # the Python API, a test: their handler is back
     with stop_signals_interrupt(stay_after_stop=True):  # no signal: the handlers are given back
         pass
     assert signal.getsignal(signal.SIGTERM) is before

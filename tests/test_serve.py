@@ -199,6 +199,21 @@ def test_controls_follow_live_rules() -> None:
     assert not new.size_pinned and new.bypass
 
 
+def test_controls_kept_for_a_starting_camera_keep_the_last_value_and_every_key() -> None:
+    """A slider dragged while the camera connects sends dozens of values: the last one counts, and neither a
+    box ticked before it nor the key presses are pushed out."""
+    from streamer.serve.studio import merge_controls
+
+    kept: list[dict] = []
+    for params in [{"bypass": True}, {"key": "c"}, *({"alpha": a / 100} for a in range(100)), {"key": "m"}]:
+        kept = merge_controls(kept, params, 32)
+    assert kept == [{"bypass": True}, {"key": "c"}, {"alpha": 0.99}, {"key": "m"}]
+    assert merge_controls(kept, {"bypass": False, "alpha": 0.5}, 32) == [{"key": "c"}, {"key": "m"},
+                                                                           {"bypass": False, "alpha": 0.5}]
+    flood = [{"key": "c"}] * 32
+    assert merge_controls(flood, {"key": "m"}, 32) == flood  # a flood of presses: the newest is dropped
+
+
 def test_style_book_never_fails_an_old_index() -> None:
     from streamer.serve.studio import Entry
     from streamer.options import Style
@@ -379,8 +394,10 @@ def test_controls_changed_while_a_camera_connects_reach_its_session(tmp_path: Pa
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.mediastreams import MediaStreamTrack
 
+    import aioice.ice
+
     from streamer.serve import peers
-    from streamer.serve.rtc import parse_offer
+    from streamer.serve.rtc import keep_ice_on, parse_offer
     from streamer.serve.server import Limits, Studio
 
     class LateCamera(MediaStreamTrack):
@@ -401,6 +418,8 @@ def test_controls_changed_while_a_camera_connects_reach_its_session(tmp_path: Pa
                                stop=lambda: None, session=SimpleNamespace(source=source))
 
     monkeypatch.setattr(peers, "build_session", fake_session)
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)  # undone after the test
+    keep_ice_on("127.0.0.1")  # a machine with loopback only still connects
     studio = Studio(plan=SimpleNamespace(fps=10.0), guard=None, info={}, upload_dir=tmp_path, limits=Limits())
 
     async def connect_then_control() -> None:
@@ -420,22 +439,28 @@ def test_controls_changed_while_a_camera_connects_reach_its_session(tmp_path: Pa
             assert not studio.cameras.defer(ident, {"alpha": 1.0})  # started: controls go to the session
         finally:
             await pc.close()
+            for server_side in list(studio.peers):
+                await server_side.streamer_cleanup()
 
     asyncio.run(connect_then_control())
     assert calls == [{"alpha": 0.5}, {"bypass": True}, "start"]
 
 
-def test_a_camera_that_never_sends_a_frame_gives_its_slot_back() -> None:
+def test_a_camera_that_never_sends_a_frame_gives_its_slot_back(monkeypatch) -> None:
     """A tab that offers a camera and then sends nothing would hold the only camera slot for ever: after
     ``camera_start_s`` with no frame the slot is free again and its peer closed."""
     import asyncio
     from types import SimpleNamespace
 
+    import aioice.ice
+
     from streamer.serve import peers
-    from streamer.serve.rtc import parse_offer
+    from streamer.serve.rtc import keep_ice_on, parse_offer
     from streamer.serve.server import Limits
     from streamer.serve.studio import CameraSlots
 
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)  # undone after the test
+    keep_ice_on("127.0.0.1")
     studio = SimpleNamespace(cameras=CameraSlots(1), peers=set(), limits=Limits(camera_start_s=0.5),
                              plan=SimpleNamespace(fps=10.0))
 
@@ -548,7 +573,7 @@ def test_record_flag_leaves_a_playable_file_after_sigterm(weights_dir: Path, med
         while server.proc.poll() is None and time.monotonic() < deadline:  # an impatient `kill`, again and again
             server.proc.send_signal(signal.SIGTERM)
             time.sleep(0.05)
-        code = server.proc.wait(10)
+        code = server.stop()  # already ended: its exit status; else SIGINT, then killed
     assert code == 143, "".join(server.log[-20:])
     frames = video_frames(out)
     assert len(frames) > 0 and frames[-1].shape == (72, 128, 3) and frames[-1].std() > 10

@@ -192,8 +192,10 @@ def test_studio_in_chromium(weights_dir: Path, media: Path, clip: Path, tmp_path
             second.get_by_role("switch", name="camera").check()
             until(lambda: "busy" in second.locator("#message").text_content(), "busy message")
             assert not second.get_by_role("switch", name="camera").is_checked()
-            time.sleep(2.0)  # the server's stream is back in that tab meanwhile: the refusal stays to be read
-            assert "busy" in second.locator("#message").text_content()
+            until(lambda: second.evaluate("() => pc !== null && pc.connectionState === 'connected'"),
+                  "the server's stream back in that tab", explain=lambda: said(second, server))
+            time.sleep(1.0)
+            assert "busy" in second.locator("#message").text_content()  # the refusal stays to be read
             assert state(server, "none")["cameras"] == 1
 
             # a closed tab frees its camera session

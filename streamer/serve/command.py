@@ -9,6 +9,7 @@ import ssl
 import threading
 import time
 import webbrowser
+from typing import Any
 from pathlib import Path
 
 from engines.errors import DeviceError, InputError
@@ -21,7 +22,7 @@ from streamer.live.sizing import working_size
 from streamer.live.outputs import VirtualCamera
 from streamer.options import (add_model_options, add_style_options, add_upscale_option, alpha_value, build_stylizer,
                               check_live_precision, expand_style_paths, pick_device)
-from streamer.signals import STOP_SIGNALS, Interrupted, taken_elsewhere
+from streamer.signals import STOP_SIGNALS, Interrupted, note_stop_signal
 from streamer.temporal import TemporalStabilizer, add_temporal_options, check_strength
 
 log = logging.getLogger(__name__)
@@ -269,21 +270,25 @@ async def _main(studio, args, tls) -> None:
 
 
 async def _until_stopped() -> int:
-    """Wait for Ctrl-C, SIGTERM or SIGHUP (as handlers of this loop, so the server closes its connections in order
-    rather than being cut inside the loop); the signal's number."""
+    """Wait for Ctrl-C, SIGTERM or SIGHUP, so the server closes its connections in order rather than being cut
+    inside the loop; the signal's number. From the first one on, more are ignored (``note_stop_signal``) while
+    the connections close and ``--record`` is finished. SIGTERM/SIGHUP get a plain Python handler, not the
+    loop's: the loop's removal puts the default back (a second SIGTERM then killed the process mid-finish)."""
     loop = asyncio.get_running_loop()
     stop: asyncio.Future = loop.create_future()
-    previous = {}
-    for signum in (signal.SIGINT, *STOP_SIGNALS):
-        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
-            previous[signum] = signal.getsignal(signum)
-            loop.add_signal_handler(signum, lambda s=signum: stop.done() or stop.set_result(s))
-    stopped = await stop
-    # SIGTERM/SIGHUP back to streamer.signals (a closing loop would leave them at the default, and a second
-    # one would kill the process while --record is being finished), told that the first one came
+
+    def stopping(signum: int, _frame=None) -> None:
+        note_stop_signal(signum)
+        loop.call_soon_threadsafe(lambda: stop.done() or stop.set_result(signum))
+
+    previous: dict[int, Any] = {}
     for signum in STOP_SIGNALS:
-        if signum in previous:
-            loop.remove_signal_handler(signum)
-            signal.signal(signum, previous[signum])
-    taken_elsewhere(stopped)
-    return stopped
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+            previous[signum] = signal.signal(signum, stopping)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        loop.add_signal_handler(signal.SIGINT, stopping, signal.SIGINT)
+    try:
+        return await stop
+    finally:
+        for signum, handler in previous.items():  # streamer.signals' handler: it ignores them from now on
+            signal.signal(signum, handler)

@@ -123,7 +123,8 @@ async def _camera(studio: Studio, offer) -> web.Response:
 
     def no_frame() -> None:
         if not state["done"] and studio.cameras.starting(ident):
-            log.warning("browser camera session %s: no frame from the camera in %.0f s; its slot is free again",
+            log.warning("browser camera session %s: no frame from the camera %.0f s after its offer; its slot is "
+                        "free again",
                         ident, studio.limits.camera_start_s)
             asyncio.ensure_future(cleanup())
 
@@ -148,6 +149,7 @@ async def _camera(studio: Studio, offer) -> web.Response:
         state["pump"] = asyncio.ensure_future(rtc.pump_camera(track, on_first))
 
     peer = _register(pc, cleanup)
+    state["timer"] = loop.call_later(studio.limits.camera_start_s, no_frame)  # an offer that stalls frees it too
     try:
         await pc.setRemoteDescription(offer)
         if state["track"] is None:
@@ -155,7 +157,6 @@ async def _camera(studio: Studio, offer) -> web.Response:
         await pc.setLocalDescription(await pc.createAnswer())
     except Exception as exc:  # noqa: BLE001 - a bad offer is the client's: a 4xx
         await _refuse(exc, cleanup)
-    state["timer"] = loop.call_later(studio.limits.camera_start_s, no_frame)
     return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": ident,
                               "peer": peer})
 

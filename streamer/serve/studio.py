@@ -349,10 +349,20 @@ def build_session(plan: SessionPlan, source: Any, label: str, on_viewers=None, o
     return SessionRunner(session, hub, temporal, label, on_end)
 
 
-class CameraSlots:
-    """Browser-camera sessions, at most ``limit`` at once: a slot is held from the offer to the tab's end."""
+def merge_controls(kept: list[dict], params: dict, limit: int) -> list[dict]:
+    """The control changes for a session still starting, with ``params`` added: a value set again replaces the
+    earlier one (a dragged slider sends dozens), key presses stay in order; past ``limit`` entries (a flood of
+    key presses) the new one is dropped."""
+    replaced = {k for k in params if k != "key"}
+    merged = [left for left in ({k: v for k, v in e.items() if k not in replaced} for e in kept) if left]
+    return merged if len(merged) >= limit else [*merged, params]
 
-    MAX_DEFERRED = 32  # control changes kept for a session still starting (the newest)
+
+class CameraSlots:
+    """Browser-camera sessions, at most ``limit`` at once: a slot is held from the offer until the tab ends or
+    its camera sends no first frame in time."""
+
+    MAX_DEFERRED = 32  # control changes kept for a session still starting
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -370,11 +380,9 @@ class CameraSlots:
     def defer(self, ident: Any, params: dict) -> bool:
         """Keep a control change for a session still starting (applied when it starts); False if it is not."""
         with self._lock:
-            if not (isinstance(ident, str) and ident in self.held and self.held[ident] is None):
+            if not self._starting(ident):
                 return False
-            kept = self._deferred.setdefault(ident, [])
-            kept.append(params)
-            del kept[:-self.MAX_DEFERRED]
+            self._deferred[ident] = merge_controls(self._deferred.get(ident, []), params, self.MAX_DEFERRED)
             return True
 
     def set(self, ident: str, runner: Any) -> list[dict]:
@@ -387,7 +395,10 @@ class CameraSlots:
     def starting(self, ident: Any) -> bool:
         """Held, its session not made yet (the offer is answered; the camera's first frame has not arrived)."""
         with self._lock:
-            return isinstance(ident, str) and ident in self.held and self.held[ident] is None
+            return self._starting(ident)
+
+    def _starting(self, ident: Any) -> bool:
+        return isinstance(ident, str) and ident in self.held and self.held[ident] is None
 
     def free(self, ident: str) -> Any:
         with self._lock:

@@ -134,8 +134,9 @@ class Sink(threading.Thread):
             super().start()
             self._launched = True
 
-    def _launch_closed(self) -> bool:
-        """Whether the thread was started; if not, no send starts it any more (the sink is closing)."""
+    def _forbid_start(self) -> bool:
+        """Whether the thread was started; from now on no send starts it (the sink is closing: ``_launched``
+        then means "no more starts")."""
         with self._start_lock:
             launched, self._launched = self._launched, True
             return launched
@@ -174,7 +175,7 @@ class Sink(threading.Thread):
 
     def close(self) -> None:
         """Write what is queued, finish the container (a file: renamed into place); a file's failure is raised."""
-        launched = self._launch_closed()
+        launched = self._forbid_start()
         if launched and self.is_alive():
             wait = None if self.fatal else 3 * NETWORK_TIMEOUT  # a stalled server is not waited for long
             try:
@@ -191,7 +192,7 @@ class Sink(threading.Thread):
 
     def abort(self) -> None:
         """Drop everything: a file leaves nothing behind."""
-        if self._launch_closed() and self.is_alive():
+        if self._forbid_start() and self.is_alive():
             self._aborting = True
             try:
                 self.queue.put(_STOP, timeout=NETWORK_TIMEOUT)
