@@ -184,6 +184,7 @@ def test_studio_in_chromium(weights_dir: Path, media: Path, clip: Path, tmp_path
             stylized = look(page)
             page.get_by_role("checkbox", name="Bypass").check()
             settle(page, server, "bypass", True, target=camera)
+            assert page.locator("#size").input_value() == "64"  # the working size chosen stays shown, not blank
             raw = look(page)
             assert np.abs(raw - clip_mean).max() < 20, (raw, clip_mean)  # the clip itself, through the server
             assert np.abs(stylized - clip_mean).max() > 2 * np.abs(raw - clip_mean).max(), (stylized, raw, clip_mean)

@@ -144,7 +144,10 @@ function showState(body) {
     }
     select.disabled = !s.size_auto;
   }
-  if (document.activeElement !== select) select.value = s.size_auto && !s.size_pinned ? "auto" : String(s.size || "capture");
+  // bypass has no working size (0): the choice stays as it was, for when bypass ends
+  if (document.activeElement !== select && !s.bypass) {
+    select.value = s.size_auto && !s.size_pinned ? "auto" : String(s.size || "capture");
+  }
   for (const button of document.querySelectorAll(".style")) {
     button.setAttribute("aria-pressed", String(Number(button.dataset.index) === s.style));
   }
