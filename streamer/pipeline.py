@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engines.threads import join_thread
+
 log = logging.getLogger(__name__)
 
 _POLL = 0.1  # seconds between checks of the stop flag while waiting on a queue
@@ -127,10 +129,11 @@ class ThreadedPipeline:
         if self._started:
             return
         self._started = True
-        self.threads = [threading.Thread(target=self._run_source, name=f"pipeline-{self.names[0]}", daemon=True)]
-        self.threads += [threading.Thread(target=self._run_stage, args=(k,), name=f"pipeline-{self.names[k + 1]}",
-                                          daemon=True) for k in range(len(self.stages))]
-        for t in self.threads:
+        threads = [threading.Thread(target=self._run_source, name=f"pipeline-{self.names[0]}", daemon=True)]
+        threads += [threading.Thread(target=self._run_stage, args=(k,), name=f"pipeline-{self.names[k + 1]}",
+                                     daemon=True) for k in range(len(self.stages))]
+        for t in threads:  # listed as each start is called: a signal between two leaves the rest unlisted
+            self.threads.append(t)
             t.start()
 
     def __iter__(self) -> Iterator[Any]:
@@ -149,7 +152,7 @@ class ThreadedPipeline:
         self.stop.set()
         deadline = time.monotonic() + timeout
         for t in self.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+            join_thread(t, max(0.0, deadline - time.monotonic()))
             if t.is_alive():
                 log.warning("pipeline thread %s did not stop in time", t.name)
 
@@ -183,7 +186,7 @@ def run_in_thread(fn: Callable[[], Any], nice: int = 0, name: str = "helper",
         t.start()  # inside the try: fn may be running (and the signal come) before start() returns
         t.join()
     except KeyboardInterrupt:
-        t.join()
+        join_thread(t)
         if result and undo is not None:
             undo(result[0])
         raise

@@ -548,3 +548,29 @@ def test_live_temporal_option_builds_a_stabilizer() -> None:
     off = parser.parse_args(["live", "--style", "x.jpg"])
     assert isinstance(temporal_filter(on), TemporalStabilizer)
     assert temporal_filter(off) is None
+
+
+def test_a_signal_while_live_starts_its_threads_still_closes_the_outputs(monkeypatch):
+    """Ctrl-C/SIGTERM inside the engine thread's start(): the session still shuts down (the capture thread
+    stopped, the recording closed) and the interrupt reaches the caller, not a RuntimeError from a join."""
+    real_start = threading.Thread.start
+    calls = []
+
+    def start_then_a_signal(thread: threading.Thread) -> None:
+        calls.append(thread.name)
+        if len(calls) == 2:
+            real_start(thread)
+            thread._started.clear()  # noqa: SLF001 - as seen while start() still waits for it
+            real_start(threading.Timer(0.05, thread._started.set))  # noqa: SLF001
+            raise KeyboardInterrupt
+        real_start(thread)
+
+    out = Collector()
+    session = LiveSession(PatternSource(64, 48, fps=100), FakeStylizer(), fake_styles(None), LiveState(1),
+                          outputs=[out], fps=30, max_frames=45)
+    monkeypatch.setattr(threading.Thread, "start", start_then_a_signal)
+    with pytest.raises(KeyboardInterrupt):
+        session.run()
+    monkeypatch.undo()
+    assert out.closed and session.summary.stop_reason == "interrupted"
+    assert not session.capture.is_alive() and not session.engine.is_alive()

@@ -460,3 +460,34 @@ def test_after_a_stop_signal_the_command_line_keeps_ignoring_more_of_them() -> N
     with stop_signals_interrupt(stay_after_stop=True):  # no signal: the handlers are given back
         pass
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("when", ["before the thread runs", "while it comes up"])
+def test_a_signal_inside_a_threads_start_still_lets_the_clean_up_finish(monkeypatch, when: str) -> None:
+    """Ctrl-C right after `render` starts its pipeline landed inside Thread.start(): the clean-up's join raised
+    RuntimeError ("cannot join thread before it is started") and the user got "internal error", exit 1, instead
+    of the interrupted render's file and exit 130 (CI's fresh-clone run caught it)."""
+    from streamer.pipeline import ThreadedPipeline
+
+    real_start = threading.Thread.start
+    calls = []
+
+    def start_then_a_signal(thread: threading.Thread) -> None:
+        calls.append(thread.name)
+        if len(calls) == 2:
+            if when == "while it comes up":
+                real_start(thread)
+                thread._started.clear()  # noqa: SLF001 - as seen while start() still waits for it
+                real_start(threading.Timer(0.05, thread._started.set))  # noqa: SLF001
+            raise KeyboardInterrupt
+        real_start(thread)
+
+    pipeline = ThreadedPipeline(iter(range(1000)), [lambda x: x + 1, lambda x: x * 2])
+    monkeypatch.setattr(threading.Thread, "start", start_then_a_signal)
+    with pytest.raises(KeyboardInterrupt):
+        with pipeline:
+            for _ in pipeline:
+                pass
+    monkeypatch.undo()
+    assert len(calls) == 2  # the third thread was never started
+    assert not any(t.is_alive() for t in pipeline.threads)

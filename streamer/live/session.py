@@ -19,6 +19,7 @@ from pathlib import Path
 
 from engines.backends.switch import current_label
 from engines.errors import InputError
+from engines.threads import join_thread
 from engines.stylizer import Stylizer
 from streamer.live.audio import SoundSource, SoundThread
 from streamer.live.capture import CaptureThread, Source
@@ -109,6 +110,7 @@ class LiveSession:
         self.engine = EngineThread(stylizer, [s.code for s in styles], lambda: self.state, self.in_slot,
                                    self.out_slot, self.stop, temporal, size, sizing, target_fps)
         self.stdin = StdinCommands(self.stop) if stdin else None
+        self._launched: list[threading.Thread] = []  # the threads whose start() was called, to join
         self.sound: SoundThread | None = None
         if sound is not None:
             if hasattr(sound, "follow"):  # a file's sound keeps pace with the frames read from it
@@ -239,6 +241,7 @@ class LiveSession:
         if self.motion.error is not None:
             raise self.motion.error
         if self.state.motion and self.motion.ident is None and self.steady:
+            self._launched.append(self.motion)
             self.motion.start()  # on first use: a session without motion has no thread polling for it
         if self.motion.failed and self.state.motion:
             self.state = replace(self.state, motion=False)  # the HUD and 'motion' replies say so too
@@ -280,13 +283,11 @@ class LiveSession:
 
     def run(self) -> Summary:
         t_start = time.perf_counter()
-        self.capture.start()
-        self.engine.start()
-        if self.sound is not None:
-            self.sound.start()
-        if self.stdin is not None:
-            self.stdin.start()
         try:
+            for thread in (self.capture, self.engine, self.sound, self.stdin):
+                if thread is not None:
+                    self._launched.append(thread)  # first: a signal inside start() still has it joined
+                    thread.start()
             self.summary.stop_reason = self._loop()
         except BaseException as exc:
             self.summary.stop_reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
@@ -344,15 +345,13 @@ class LiveSession:
         """Stop and join the threads, release the source, close every output; the first error wins."""
         self.stop.set()
         self.in_slot.close()
-        threads = [(self.capture, 5.0), (self.engine, JOIN_TIMEOUT), (self.motion, 5.0)]
-        for thread, timeout in threads + ([(self.sound, 5.0)] if self.sound is not None else []):
-            if thread.ident is None:
-                continue  # never started
-            thread.join(timeout)
+        for thread in self._launched:
+            if thread is self.stdin:  # POSIX: stops within 0.2 s; elsewhere it may sit in readline (a daemon)
+                join_thread(thread, 0.5)
+                continue
+            join_thread(thread, JOIN_TIMEOUT if thread is self.engine else 5.0)
             if thread.is_alive():
                 log.warning("%s thread did not stop in time", thread.name)
-        if self.stdin is not None:
-            self.stdin.join(0.5)  # POSIX: stops within 0.2 s; elsewhere it may sit in readline (a daemon thread)
         error: BaseException | None = None
         for out in [*self.outputs, self.window]:
             if out is None:

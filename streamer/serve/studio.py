@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from engines.threads import join_thread
 from streamer.live.hotkeys import Action, LiveState, handle_command, handle_key, select_style
 from streamer.live.session import LiveSession
 from streamer.live.slot import SourceEnded
@@ -221,8 +222,10 @@ class SessionRunner:
         self.on_end = on_end
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"session-{label}", daemon=True)
+        self._start_called = False
 
     def start(self) -> None:
+        self._start_called = True  # first: a signal inside start() still has the thread joined
         self.thread.start()
 
     def _warm_up(self) -> None:
@@ -258,8 +261,8 @@ class SessionRunner:
         source = self.session.source
         if isinstance(source, PushSource):
             source.close()
-        if self.thread.ident is not None:
-            self.thread.join(timeout)
+        if self._start_called:
+            join_thread(self.thread, timeout)
 
     @property
     def alive(self) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 
 from engines.errors import InputError
 from engines.stylizer import resize_to
+from engines.threads import came_up
 from streamer.sinks.targets import DEFAULT_BITRATE, NETWORK_TIMEOUT, FileTarget, Target, UrlTarget
 from streamer.sinks.urls import _CLAIMED, _CLAIMED_LOCK, _cut, _socket_fds, safe_url
 from streamer.videoio import SOUND_RATE
@@ -131,8 +132,10 @@ class Sink(threading.Thread):
         with self._start_lock:
             if self._launched:
                 return
-            super().start()
-            self._launched = True
+            try:
+                super().start()
+            finally:
+                self._launched = True  # a signal inside start() too: the thread may run (close() sees to it)
 
     def _forbid_start(self) -> bool:
         """Whether the thread was started; from now on no send starts it (the sink is closing: ``_launched``
@@ -175,8 +178,8 @@ class Sink(threading.Thread):
 
     def close(self) -> None:
         """Write what is queued, finish the container (a file: renamed into place); a file's failure is raised."""
-        launched = self._forbid_start()
-        if launched and self.is_alive():
+        started = self._forbid_start() and came_up(self)
+        if started and self.is_alive():
             wait = None if self.fatal else 3 * NETWORK_TIMEOUT  # a stalled server is not waited for long
             try:
                 self.queue.put(_STOP, timeout=wait)
@@ -185,14 +188,14 @@ class Sink(threading.Thread):
                 pass
             if self.is_alive():
                 log.warning("%s: the server did not take the end of the stream in time; left", self.label)
-        elif not launched:
+        elif not started:
             self._finish()
         if self.error is not None and self.fatal and not self.fatal_raised:
             raise self.error
 
     def abort(self) -> None:
         """Drop everything: a file leaves nothing behind."""
-        if self._forbid_start() and self.is_alive():
+        if self._forbid_start() and came_up(self) and self.is_alive():
             self._aborting = True
             try:
                 self.queue.put(_STOP, timeout=NETWORK_TIMEOUT)
