@@ -32,6 +32,7 @@ from engines.stylizer import encode_style
 from streamer.bench_report import (SWITCH_PAUSE_S, RenderRow, Row, engine_label, format_report, median_ms,
                                    synced_call, time_side_by_side)
 from streamer.fileutil import AtomicOutput, print_stdout, refuse_same_file
+from streamer.signals import Interrupted
 from streamer.imageio import parse_size
 
 log = logging.getLogger(__name__)
@@ -375,6 +376,8 @@ def _bench_render(name, model, built, base_label, code, clip, args, rows) -> lis
                 try:
                     stats = render_video_file(clip, Path(tmp) / "out.mp4", Stylizer(model, engine), code,
                                               progress=False, max_frames=plan[label])
+                    if stats.interrupted:  # the render kept its frames and returned: the bench stops here
+                        raise Interrupted(stats.signum)
                     done[label][0] += stats.frames
                     done[label][1] += stats.seconds
                 except Exception as exc:

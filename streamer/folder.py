@@ -140,7 +140,6 @@ def render_folder(job: Job, src: Path, dst: Path, style_paths: list[Path], encod
     tasks = folder_tasks(src, dst)
     check_folder_outputs(tasks, dst, job, style_paths, encoding, overwrite, max_frames)
     what = files_word(tasks)
-    out = FolderOutput(dst)
     skipped: list[tuple[Path, str]] = []
     for path, kind in not_files(src):  # never opened: a FIFO would block the render
         log.warning("skipped: %s is %s", path, kind)
@@ -149,6 +148,7 @@ def render_folder(job: Job, src: Path, dst: Path, style_paths: list[Path], encod
     look = {"size": job.size, "alpha": job.alpha, "upscale": job.upscale, "keep_color": job.preserve_color}
     spans = EngineSpans(what)  # which engine made which files (the fast one may take over part way)
     stylizer = None
+    out = FolderOutput(dst)  # made and locked: closed by the block right after it
     try:
         stylizer = build_stylizer(job, background=True)  # the first files on torch while OpenVINO builds
         code = mixed_code(load_styles(style_paths, stylizer, job.style_size, job.weights_dir), job.style_weights)

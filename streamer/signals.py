@@ -86,7 +86,7 @@ def stop_signals_interrupt(stay_after_stop: bool = False) -> Iterator[None]:
 
 
 class StopRequest:
-    """What :func:`stop_after_step` saw: the first stop signal's number, or None while none came."""
+    """What :func:`stop_after_step` or :func:`finishing` saw: the first stop signal's number, or None."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -94,6 +94,40 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+    def interrupt(self) -> KeyboardInterrupt | None:
+        """The interrupt the signal stands for (to raise, or to report as the run's stop), or None."""
+        if self.signum is None:
+            return None
+        return KeyboardInterrupt() if self.signum == signal.SIGINT else Interrupted(self.signum)
+
+
+@contextlib.contextmanager
+def finishing() -> Iterator[StopRequest]:
+    """Around finishing an output that is whole (closing a video's container, joining chunks, closing a
+    recording): a stop signal then would throw the whole output away, so the first one only sets
+    ``request.signum`` (the caller reports it as the run's stop once the file is done), later SIGTERM/SIGHUP
+    are ignored, and a second Ctrl-C raises at once (the user insists). Outside the main thread: a no-op."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def stop(signum, frame):
+        if request.signum is None:
+            request.signum = signum
+            if signum != signal.SIGINT:
+                note_stop_signal(signum)  # the command's own handler ignores the next ones too
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt()
+
+    signals = (signal.SIGINT, *STOP_SIGNALS)
+    previous = {s: signal.signal(s, stop) for s in signals if signal.getsignal(s) is not signal.SIG_IGN}
+    try:
+        yield request
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from streamer.encoding import CONTAINERS, DEFAULT_PRESET, Encoding, add_encoder_
 from streamer.job import Job
 from streamer.fileutil import AtomicOutput, check_overwrite, refuse_same_file
 from streamer.pipeline import ThreadedPipeline, run_in_thread
-from streamer.signals import exit_code, signal_number, stopped_by
+from streamer.signals import exit_code, finishing, signal_number, stopped_by
 from streamer.temporal import add_temporal_options, make_temporal
 from streamer.videoio import VideoWriter
 from streamer.videoread import BestEffortPts, VideoInfo, open_video, video_stream
@@ -277,7 +277,9 @@ def render_video_file(src: Path, dst: Path, stylizer: Stylizer, code: StyleCode,
             raise InputError(f"cannot decode any video frame of {src}: the file is corrupt or unsupported")
         if decoded.bad_packets and window is None:  # a chunk's are counted by the cluster's driver
             log.warning("%d damaged video packets in %s were skipped", decoded.bad_packets, src)
-        writer.close()
+        with finishing() as late:  # the file is whole: a signal now must not throw it away
+            writer.close()
+        stop = stop or late.interrupt()
     except BaseException:
         if writer is not None:
             writer.abort()

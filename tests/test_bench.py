@@ -151,3 +151,27 @@ def test_missing_weights_bench_random_weights_and_say_so(weights_dir, capsys):
                  "--render-frames", "0", "--weights-dir", str(weights_dir)])
     assert code == 0
     assert "adain: RANDOM weights (speed only)" in capsys.readouterr().out
+
+
+def test_a_stop_during_the_render_phase_stops_the_bench(monkeypatch, tmp_path: Path) -> None:
+    """The render phase's render keeps its frames and returns when a Ctrl-C or SIGTERM comes: the bench went on
+    to the next engine and round (every later SIGTERM then ignored) and exited 0 with a short render's figure."""
+    import signal
+
+    from engines import stylizer
+    from streamer import bench, video
+    from streamer.signals import Interrupted
+
+    calls = []
+
+    def interrupted_render(*args, **kwargs):
+        calls.append(1)
+        return video.RenderStats(5, 0.5, 10.0, interrupted=True, signum=int(signal.SIGTERM))
+
+    monkeypatch.setattr(video, "render_video_file", interrupted_render)
+    monkeypatch.setattr(stylizer, "Stylizer", lambda model, engine: None)
+    args = argparse.Namespace(render_frames=20, budget=1.0)
+    with pytest.raises(Interrupted) as info:
+        bench._bench_render("microast", object(), {"torch/fp32": object(), "openvino/fp32": object()}, "torch/fp32",
+                            {}, tmp_path / "clip.mp4", args, [])
+    assert info.value.signum == signal.SIGTERM and calls == [1]

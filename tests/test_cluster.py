@@ -551,3 +551,25 @@ def test_a_chunk_folder_is_removed_even_if_a_worker_renames_a_file_into_it_meanw
     monkeypatch.setattr(driver.shutil, "rmtree", rmtree_then_a_late_rename)
     work.remove()
     assert late and list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_while_ray_starts_is_a_stop_not_a_silent_exit_15(monkeypatch) -> None:
+    """ray.init puts in its own SIGTERM handler (sys.exit(15)) while it starts or joins a cluster: a SIGTERM
+    then ended the driver with status 15 and no message; it is streamer's stop (exit 143, one line)."""
+    from types import SimpleNamespace
+
+    from streamer import signals
+    from streamer.cluster import connect
+
+    def init(**_):
+        raise SystemExit(signal.SIGTERM)  # what Ray's handler does with the signal
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setattr(connect, "token_source", lambda: None)
+    fake_ray = SimpleNamespace(init=init, exceptions=SimpleNamespace(RayError=RuntimeError))
+    try:
+        with pytest.raises(signals.Interrupted) as info:
+            connect.connect(fake_ray, "local", 1, 1 << 20, 0, {})
+        assert info.value.signum == signal.SIGTERM
+    finally:
+        signals._received.clear()  # noqa: SLF001 - this process's next command starts afresh

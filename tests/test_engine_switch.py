@@ -262,18 +262,20 @@ def test_ctrl_c_during_the_background_build_stops_it(clip, style, weights_dir, t
     # a render long enough to be interrupted while the build runs: the whole clip, on torch at full size
     command = [sys.executable, "-m", "streamer", "render", str(clip), str(out), "--style", str(style),
                "--style-size", "128", "--model", "microast", "--weights-dir", str(weights_dir)]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # its own group, as a shell's foreground job
     lines = []
     for line in process.stderr:  # started: the engine is torch and the build is under way
         lines.append(line)
         if "rendering" in line:
             break
     assert build_processes(cache), "".join(lines)
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C goes to its whole foreground group
     _, rest = process.communicate(timeout=120)
     err = "".join(lines) + rest
     assert process.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
+    assert "could not be built" not in err, err  # the build was stopped by the command, not hit by the Ctrl-C
     assert build_processes(cache) == []
     engines = cache / "streamer" / "engines"  # no half-written temporary file left in the engine cache
     assert not [p.name for p in engines.rglob(".*") if p.is_file()]

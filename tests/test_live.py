@@ -574,3 +574,30 @@ def test_a_signal_while_live_starts_its_threads_still_closes_the_outputs(monkeyp
     monkeypatch.undo()
     assert out.closed and session.summary.stop_reason == "interrupted"
     assert not session.capture.is_alive() and not session.engine.is_alive()
+
+
+def test_a_signal_while_live_finishes_its_recording_keeps_the_recording(tmp_path, monkeypatch):
+    """The session ended (q, --max-frames, the source's end) and the recording is being finished: a SIGTERM then
+    left a hidden .part and no file. Now the recording is finished whole, then the stop is reported."""
+    import signal
+
+    from streamer.signals import Interrupted, stop_signals_interrupt
+    from streamer.sinks import Recording
+
+    class SignalledRecording(Recording):
+        def close(self) -> None:
+            signal.raise_signal(signal.SIGTERM)  # while the encoder is flushed
+            super().close()
+
+    rec = tmp_path / "rec.mp4"
+    session = LiveSession(PatternSource(64, 48, fps=100), FakeStylizer(), fake_styles(None), LiveState(1),
+                          outputs=[SignalledRecording(rec, 64, 48, 30)], fps=30, max_frames=10)
+    try:
+        with stop_signals_interrupt():
+            with pytest.raises(Interrupted):
+                session.run()
+    except KeyboardInterrupt:
+        pytest.fail(f"the signal cut the recording's finish: {sorted(os.listdir(tmp_path))}")
+    assert sorted(os.listdir(tmp_path)) == ["rec.mp4"] and session.summary.stop_reason == "interrupted"
+    with av.open(str(rec)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 10

@@ -491,3 +491,22 @@ def test_a_signal_inside_a_threads_start_still_lets_the_clean_up_finish(monkeypa
     monkeypatch.undo()
     assert len(calls) == 2  # the third thread was never started
     assert not any(t.is_alive() for t in pipeline.threads)
+
+
+def test_finishing_a_whole_output_takes_the_first_signal_as_a_stop_and_a_second_ctrl_c_at_once() -> None:
+    from streamer.signals import finishing
+
+    with stop_signals_interrupt():
+        with finishing() as late:
+            signal.raise_signal(signal.SIGTERM)  # recorded: the file is finished all the same
+            signal.raise_signal(signal.SIGHUP)  # ignored
+        assert late.signum == signal.SIGTERM and isinstance(late.interrupt(), Interrupted)
+        signal.raise_signal(signal.SIGTERM)  # the command's own handler knows it is stopping: ignored too
+    with pytest.raises(KeyboardInterrupt):
+        with finishing() as late:
+            signal.raise_signal(signal.SIGINT)
+            assert late.signum == signal.SIGINT
+            signal.raise_signal(signal.SIGINT)  # a second Ctrl-C: the user insists
+    with finishing() as late:
+        pass
+    assert late.interrupt() is None and signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -275,3 +275,32 @@ def test_real_disk_full_on_a_tiny_filesystem(tmp_path: Path) -> None:
         assert list(mnt.iterdir()) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_finished_video_is_closed_keeps_it_whole(tmp_path: Path, monkeypatch, signum) -> None:
+    """Ctrl-C when the bar is at 100% and the encoder flushes (the moment a render seems to hang) threw the whole
+    finished video away; now the file is closed whole and the run reports the stop (exit 130/143 upstream)."""
+    import signal
+
+    from streamer.signals import stop_signals_interrupt
+
+    src = make_video(tmp_path / "in.mkv", list(range(12)), fractions.Fraction(1, 24))
+    dst = tmp_path / "out.mp4"
+    real_close = VideoWriter.close
+
+    def close_under_a_signal(writer: VideoWriter) -> None:
+        signal.raise_signal(getattr(signal, signum))  # lands while the encoder is flushed
+        real_close(writer)
+
+    monkeypatch.setattr(VideoWriter, "close", close_under_a_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with stop_signals_interrupt():
+            stats = render_video_file(src, dst, InvertingStylizer(), {}, progress=False)
+    except KeyboardInterrupt:
+        pytest.fail(f"the {signum} while closing threw the finished video away: {sorted(os.listdir(tmp_path))}")
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert stats.interrupted and stats.signum == getattr(signal, signum) and stats.frames == 12
+    assert len(frame_times(dst)) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mkv", "out.mp4"]  # no .part left

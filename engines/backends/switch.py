@@ -70,7 +70,8 @@ def build_in_child(spec: dict, started: Callable[[subprocess.Popen], None] | Non
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     process = subprocess.Popen([sys.executable, "-m", "engines.backends.switch", json.dumps(spec)],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env=env, text=True, errors="replace")
+                               env=env, text=True, errors="replace",
+                               start_new_session=True)  # a terminal's Ctrl-C is the command's to handle, not its
     if started is not None:
         started(process)
     _, err = process.communicate()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import DeviceError, InputError
+from streamer.signals import STOP_SIGNALS, Interrupted, note_stop_signal
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,11 @@ def connect(ray, address: str, num_cpus: int, object_store: int, verbose: int, r
             ray.init(address=resolved, **quiet)
     except (DeviceError, InputError):
         raise
+    except SystemExit as exc:  # Ray's own SIGTERM/SIGHUP handler, in place while ray.init runs, exits with it
+        if exc.code not in STOP_SIGNALS:
+            raise
+        note_stop_signal(int(exc.code))
+        raise Interrupted(int(exc.code)) from None
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
         first = str(exc).strip().splitlines()
         raise DeviceError(f"cannot join the Ray cluster at {address}: {first[0] if first else exc}") from None

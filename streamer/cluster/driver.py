@@ -35,7 +35,7 @@ from streamer.cluster.worker import MARKER, WorkerSettings
 from streamer.encoding import Encoding
 from streamer.job import Job
 from streamer.fileutil import AtomicOutput, part_path
-from streamer.signals import exit_code, signal_number, stopped_by
+from streamer.signals import exit_code, finishing, signal_number, stopped_by
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +208,6 @@ def render_video(args: argparse.Namespace, cluster: Cluster, job: VideoJob) -> i
              info.height, total, len(cluster.actors), len(plan), size)
     data = None if all(cluster.visible([src])) else cluster.send(src, MAX_SEND_BYTES)
     code = cluster.actors[0].style_code.remote(job.images, args.style_weights)
-    work = ChunkFolder(chunk_folder_path(dst))
-    spec = {"src": str(src.resolve()), "out_dir": str(work.path), "token": work.token, "suffix": dst.suffix,
-            "codec": job.codec, "width": info.width, "height": info.height}
     done: dict[int, tuple[Path, dict]] = {}
     bar = tqdm(total=total, desc="render", unit="frame", disable=args.quiet, dynamic_ncols=True, file=sys.stderr)
     t0 = time.perf_counter()
@@ -224,7 +221,10 @@ def render_video(args: argparse.Namespace, cluster: Cluster, job: VideoJob) -> i
         bar.n = cluster.ray.get(cluster.progress.total.remote())
         bar.refresh()
 
+    work = ChunkFolder(chunk_folder_path(dst))  # removed by the block right after it
     try:
+        spec = {"src": str(src.resolve()), "out_dir": str(work.path), "token": work.token, "suffix": dst.suffix,
+                "codec": job.codec, "width": info.width, "height": info.height}
         try:
             run_tasks(cluster, plan, lambda a, c: a.render_chunk.remote(spec, c, code, data, cluster.progress),
                       on_done, tick)
@@ -247,9 +247,11 @@ def render_video(args: argparse.Namespace, cluster: Cluster, job: VideoJob) -> i
         if stop is not None or args.max_frames is not None:
             last = prefix[-1][0]
             until = float(last.end_pts * info.time_base) if last.end_pts is not None else None
-        frames = ch.join_chunks(src, dst, [(first, path) for _, path, first in prefix if first is not None],
-                                codec=job.codec, crf=args.crf, preset=args.preset, audio_until=until,
-                                output=job.output)
+        with finishing() as late:  # the chunks are done: a signal now must not throw them away
+            frames = ch.join_chunks(src, dst, [(first, path) for _, path, first in prefix if first is not None],
+                                    codec=job.codec, crf=args.crf, preset=args.preset, audio_until=until,
+                                    output=job.output)
+        stop = stop or late.interrupt()
     finally:
         bar.close()
         work.remove()
@@ -307,7 +309,6 @@ def render_folder(args: argparse.Namespace, cluster: Cluster, job: FolderJob) ->
     total = len(job.tasks) + len(job.skipped)
     code = cluster.actors[0].style_code.remote(job.images, args.style_weights)
     shared = cluster.visible([t.src for t in job.tasks])
-    work = ChunkFolder(dst / ".streamer.chunks")
     by_name = {t.dst.name: t for t in job.tasks}
     failed = list(job.skipped)
     bar = tqdm(total=len(job.tasks), desc="render", unit="file", disable=args.quiet or len(job.tasks) < 2,
@@ -329,6 +330,7 @@ def render_folder(args: argparse.Namespace, cluster: Cluster, job: FolderJob) ->
             job.out.written += 1
             bar.update(1)
 
+    work = ChunkFolder(dst / ".streamer.chunks")  # removed by the block right after it
     try:
         run_tasks(cluster, list(range(len(job.tasks))), submit, on_done)
     except KeyboardInterrupt as exc:

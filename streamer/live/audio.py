@@ -219,7 +219,8 @@ class PulseMic:
                f"--latency-msec={round(CHUNK_SECONDS * 1000)}", "--client-name=streamer"]
         if source:
             cmd.append(f"--device={source}")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_pulse_env())
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_pulse_env(),
+                                     start_new_session=True)  # a terminal's Ctrl-C stops live, which stops parec
 
     def describe(self) -> str:
         return f"microphone {self.source or 'default'} (PulseAudio/PipeWire)"

@@ -233,6 +233,9 @@ def run(args: argparse.Namespace) -> int:
         outputs += stream_outputs(args, out_w, out_h)
         if want_window:
             window = open_window(args.window_toolkit)
+            log.info("window open (%s): h for keys, q or Esc to quit", window.toolkit)
+        elif not args.no_stdin and _stdin_is_terminal():
+            log.info("no window: type n, p, 1-9, +, -, c, space, s or q then Enter ('help' for more)")
         session = LiveSession(source, stylizer, styles, state, window=window, outputs=outputs, fps=args.fps,
                               size=size, max_frames=args.max_frames, temporal=temporal,
                               snapshot_dir=Path(args.snapshot_dir), stdin=not args.no_stdin, sizing=sizing,
@@ -249,11 +252,7 @@ def run(args: argparse.Namespace) -> int:
         if window is not None:
             window.close()
         raise
-    if window is not None:
-        log.info("window open (%s): h for keys, q or Esc to quit", window.toolkit)
-    elif not args.no_stdin and _stdin_is_terminal():
-        log.info("no window: type n, p, 1-9, +, -, c, space, s or q then Enter ('help' for more)")
-    try:
+    try:  # straight after the set-up's own clean-up: the session's run closes everything from here on
         summary = session.run()  # SIGTERM/SIGHUP arrive as Ctrl-C (streamer.signals, installed by the CLI)
     except BaseException:
         finish_background_build(stylizer, wait=False)

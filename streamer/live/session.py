@@ -33,6 +33,7 @@ from streamer.live.slot import LatestSlot, SourceEnded
 from streamer.live.stdin import StdinCommands
 from streamer.options import Style
 from streamer.temporal import Temporal
+from streamer.signals import finishing
 
 log = logging.getLogger(__name__)
 
@@ -292,10 +293,15 @@ class LiveSession:
         except BaseException as exc:
             self.summary.stop_reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"
             self.summary.seconds = time.perf_counter() - t_start
-            self.shutdown(raise_errors=False)  # the first error is the one the user sees
+            with finishing():  # another signal while the recording is finished: it is finished all the same
+                self.shutdown(raise_errors=False)  # the first error is the one the user sees
             raise
         self.summary.seconds = time.perf_counter() - t_start
-        self.shutdown()
+        with finishing() as late:  # q, the source's end, --max-frames: a signal now must not lose the recording
+            self.shutdown()
+        if late.requested:
+            self.summary.stop_reason = "interrupted"
+            raise late.interrupt()
         return self.summary
 
     @property
