@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 #: the signals that stop like Ctrl-C (SIGHUP does not exist on Windows)
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -108,26 +108,12 @@ def finishing() -> Iterator[StopRequest]:
     recording): a stop signal then would throw the whole output away, so the first one only sets
     ``request.signum`` (the caller reports it as the run's stop once the file is done), later SIGTERM/SIGHUP
     are ignored, and a second Ctrl-C raises at once (the user insists). Outside the main thread: a no-op."""
-    request = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield request
-        return
-
-    def stop(signum, frame):
-        if request.signum is None:
-            request.signum = signum
-            if signum != signal.SIGINT:
-                note_stop_signal(signum)  # the command's own handler ignores the next ones too
-        elif signum == signal.SIGINT:
+    def later(signum: int) -> None:
+        if signum == signal.SIGINT:
             raise KeyboardInterrupt()
 
-    signals = (signal.SIGINT, *STOP_SIGNALS)
-    previous = {s: signal.signal(s, stop) for s in signals if signal.getsignal(s) is not signal.SIG_IGN}
-    try:
+    with _first_stop_recorded(later, tell_command=True) as request:
         yield request
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 @contextlib.contextmanager
@@ -135,16 +121,29 @@ def stop_after_step() -> Iterator[StopRequest]:
     """For a loop whose step should not be cut (a training step, then its checkpoint): the first Ctrl-C, SIGTERM
     or SIGHUP only sets ``request.signum`` (the loop ends after the step and keeps its work); a second one raises
     at once (KeyboardInterrupt for Ctrl-C, else :class:`Interrupted`). Outside the main thread: a no-op."""
+    def later(signum: int) -> None:
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
+
+    with _first_stop_recorded(later, tell_command=False) as request:
+        yield request
+
+
+@contextlib.contextmanager
+def _first_stop_recorded(later: Callable[[int], None], tell_command: bool) -> Iterator[StopRequest]:
+    """Ctrl-C, SIGTERM and SIGHUP while inside: the first sets ``request.signum`` (``tell_command``: and the
+    command's own handler ignores more SIGTERM/SIGHUP after the block), later ones go to ``later``."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
 
     def stop(signum, frame):
-        if request.signum is None:
-            request.signum = signum
+        if request.signum is not None:
+            later(signum)
             return
-        raise KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
+        request.signum = signum
+        if tell_command and signum != signal.SIGINT:
+            note_stop_signal(signum)
 
     signals = (signal.SIGINT, *STOP_SIGNALS)
     previous = {s: signal.signal(s, stop) for s in signals if signal.getsignal(s) is not signal.SIG_IGN}
