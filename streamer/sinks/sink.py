@@ -127,8 +127,8 @@ class Sink(threading.Thread):
     def start(self) -> None:
         """Start the thread once, whichever of the live loop and the sound thread sends first (``ident`` stays
         None for a moment after ``start``: two starts broke the thread, and every frame was dropped).
-        ``_launched`` is set once the thread runs: the other sender waits here meanwhile, never finding it
-        launched and not alive (its first picture was counted as dropped)."""
+        ``_launched`` is set once ``start()`` returned (or a signal cut it short): the other sender waits here
+        meanwhile, never finding it launched and not alive (its first picture was counted as dropped)."""
         with self._start_lock:
             if self._launched:
                 return
